@@ -1,0 +1,266 @@
+"""The one typed configuration object of a pfdx pipeline.
+
+A config is a tree of frozen dataclasses. It is read from YAML/JSON as plain data
+(``yaml.safe_load``; nothing is evaluated), every key is checked against the
+dataclass fields so a typo fails with the key's dotted name, and ``--set a.b=v``
+overrides are parsed the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Any, Mapping
+
+import yaml
+
+from pfdx.simulator import schema as sim_schema
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnRoles:
+    """Which raw columns play which role. Nothing is guessed from names."""
+
+    label: str = "conversion"
+    # Rows are kept for CVR training only where this column is 1 (click space).
+    # None: every row is already a click.
+    click: str | None = "click"
+    regular_categorical: tuple[str, ...] = sim_schema.REGULAR_CATEGORICAL
+    regular_numeric: tuple[str, ...] = sim_schema.REGULAR_NUMERIC
+    privileged_continuous: tuple[str, ...] = sim_schema.PRIVILEGED_CONTINUOUS
+    privileged_discrete: tuple[str, ...] = sim_schema.PRIVILEGED_DISCRETE
+    # Columns read but never used as features (ground truth, ids, time stamps).
+    ignore: tuple[str, ...] = sim_schema.IGNORED
+
+    @property
+    def regular(self) -> tuple[str, ...]:
+        return self.regular_categorical + self.regular_numeric
+
+    @property
+    def privileged(self) -> tuple[str, ...]:
+        return self.privileged_continuous + self.privileged_discrete
+
+    def validate(self) -> None:
+        seen: dict[str, str] = {}
+        for role in ("regular_categorical", "regular_numeric", "privileged_continuous",
+                     "privileged_discrete", "ignore"):
+            for col in getattr(self, role):
+                if col in seen:
+                    raise ConfigError(f"data.columns: column {col!r} is in both "
+                                      f"{seen[col]} and {role}")
+                seen[col] = role
+        for name in (self.label, self.click):
+            if name is not None and name in seen:
+                raise ConfigError(f"data.columns: label/click column {name!r} is also "
+                                  f"listed as {seen[name]}")
+        if not self.regular:
+            raise ConfigError("data.columns: at least one regular feature is required")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # None: the pipeline simulates `simulated_rows` rows into <output_root>/data.
+    path: str | None = None
+    format: str = "csv"  # csv | parquet | tfrecord
+    separator: str = ","
+    columns: ColumnRoles = ColumnRoles()
+    # Train/eval split: by time when `time_column` is set (the last
+    # `eval_fraction` of the time range is eval), else by a hash of the row.
+    time_column: str | None = "event_time"
+    eval_fraction: float = 0.2
+    simulated_rows: int = 200_000
+    simulated_seed: int = 7
+
+    def validate(self) -> None:
+        if self.format not in ("csv", "parquet", "tfrecord"):
+            raise ConfigError(f"data.format: {self.format!r} is not one of csv, parquet, tfrecord")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction: {self.eval_fraction} is not in (0, 1)")
+        self.columns.validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+    """Privileged feature selection policy (paper §3.3); defaults are the paper's."""
+
+    drop_top_k: int = 2
+    keep_top_n: int = 12
+    # OR-combined sparse flags: new name -> members (paper: tag|like|share).
+    or_groups: Mapping[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=lambda: {"interact": ("tag", "like", "share")})
+    # A candidate whose rarer value has fewer rows than this is not selected.
+    min_support: int = 100
+    # Each side of an Eq. 8 split must hold at least this fraction of rows.
+    min_part_fraction: float = 0.01
+    # Above this many distinct values a continuous feature is pre-bucketed by quantiles.
+    max_distinct_values: int = 10_000
+    quantile_buckets: int = 1_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    strategy: str = "ha_pfd_v2"
+    embedding_dim: int = 16
+    # Hash buckets for categorical ids; numeric features are bucketized by quantiles.
+    hash_buckets: int = 100_000
+    numeric_buckets: int = 32
+    hidden_units: tuple[int, ...] = (256, 128)
+    smelu_beta: float = 1.0
+    gamma: float = 1.0
+    lam: float = 10.0
+    learning_rate: float = 0.0025
+    weight_decay: float = 0.001
+    clipnorm: float = 600.0
+    init_stddev: float = 0.1
+    batch_size: int = 512
+    epochs: int = 2
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerConfig:
+    pipeline_name: str = "pfdx"
+    output_root: str = "outputs"
+    # multi_processing with one worker per core for real runs; tests use in_memory.
+    direct_running_mode: str = "multi_processing"
+    direct_num_workers: int = 0
+    beam_args: tuple[str, ...] = ()
+    enable_cache: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    data: DataConfig = DataConfig()
+    selection: SelectionConfig = SelectionConfig()
+    model: ModelConfig = ModelConfig()
+    runner: RunnerConfig = RunnerConfig()
+
+    def validate(self) -> "PipelineConfig":
+        self.data.validate()
+        return self
+
+    # Paths -------------------------------------------------------------
+    def resolve(self, relative: str) -> str:
+        """A path under the output root; refuses to escape it unless absolute."""
+        root = os.path.abspath(self.runner.output_root)
+        if os.path.isabs(relative):
+            return relative
+        path = os.path.abspath(os.path.join(root, relative))
+        if os.path.commonpath([root, path]) != root:
+            raise ConfigError(f"path {relative!r} escapes the output root {root}")
+        return path
+
+    @property
+    def pipeline_root(self) -> str:
+        return self.resolve("pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        return self.resolve("metadata.sqlite")
+
+    @property
+    def serving_dir(self) -> str:
+        return self.resolve("serving")
+
+    @property
+    def reports_dir(self) -> str:
+        return self.resolve("reports")
+
+    @property
+    def beam_pipeline_args(self) -> list[str]:
+        r = self.runner
+        args = [f"--direct_running_mode={r.direct_running_mode}",
+                f"--direct_num_workers={r.direct_num_workers}"]
+        return args + list(r.beam_args)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Loading -------------------------------------------------------------------
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass `cls` from plain data, checking every key and type."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, where)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                hint is int and not float(value).is_integer()):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Defaults, then the YAML/JSON file at `path`, then `key.sub=value` overrides."""
+    tree: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML/JSON: {e}") from None
+        tree = loaded or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {path}: top level must be a mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return _build(PipelineConfig, tree, "").validate()

@@ -1,0 +1,17 @@
+"""Test-wide settings, following TFX's own conftest: quiet threads, no gRPC fork support."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+import pfdx  # noqa: E402,F401  (sets the Keras flag before any TF import)
+from pfdx.simulator import simulate  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sim_log():
+    """A small simulated impression log shared by tests (read-only)."""
+    return simulate.simulate(60_000, seed=11)
