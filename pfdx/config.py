@@ -34,8 +34,11 @@ class ColumnRoles:
     regular_numeric: tuple[str, ...] = sim_schema.REGULAR_NUMERIC
     privileged_continuous: tuple[str, ...] = sim_schema.PRIVILEGED_CONTINUOUS
     privileged_discrete: tuple[str, ...] = sim_schema.PRIVILEGED_DISCRETE
-    # Columns read but never used as features (ground truth, ids, time stamps).
+    # Columns read but never used as features (ids, time stamps); dropped.
     ignore: tuple[str, ...] = sim_schema.IGNORED
+    # The true conversion probability, when the log has one (simulated logs): kept
+    # in the examples so evaluation can compare predictions to it; never a feature.
+    truth: str | None = sim_schema.TRUE_CVR
 
     @property
     def regular(self) -> tuple[str, ...]:
@@ -54,7 +57,7 @@ class ColumnRoles:
                     raise ConfigError(f"data.columns: column {col!r} is in both "
                                       f"{seen[col]} and {role}")
                 seen[col] = role
-        for name in (self.label, self.click):
+        for name in (self.label, self.click, self.truth):
             if name is not None and name in seen:
                 raise ConfigError(f"data.columns: label/click column {name!r} is also "
                                   f"listed as {seen[name]}")
@@ -67,6 +70,8 @@ class DataConfig:
     # None: the pipeline simulates `simulated_rows` rows into <output_root>/data.
     path: str | None = None
     format: str = "csv"  # csv | parquet | tfrecord
+    # Files under `path` to read (glob); gzip-compressed TFRecords need "*.gz".
+    file_pattern: str = "*"
     separator: str = ","
     columns: ColumnRoles = ColumnRoles()
     # Train/eval split: by time when `time_column` is set (the last

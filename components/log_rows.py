@@ -1,0 +1,203 @@
+"""Reading raw event-log files row by row, and turning a row into a tf.Example.
+
+Every row ends in exactly one bucket, so counts reconcile
+(read = used + unclicked + quarantined):
+- ``used``: a clicked row that became a tf.Example;
+- ``unclicked``: an impression without a click (out of CVR's click space);
+- ``quarantined``: a row that cannot be trusted, written with its file, row
+  number and reason to the dead-letter output.
+A file that cannot be read as the configured format at all (missing required
+column, not parseable) fails the run with the file named.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from typing import Any, Iterator, Mapping
+
+import tensorflow as tf
+
+USED, UNCLICKED, QUARANTINED = "used", "unclicked", "quarantined"
+
+
+class LogFormatError(ValueError):
+    """A whole file is unusable; the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSchema:
+    """What the converter needs from the config's column roles (plain data, picklable)."""
+
+    label: str
+    click: str | None
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]  # regular numeric + privileged candidates
+    time: str | None
+    truth: str | None
+    ignore: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> "RowSchema":
+        roles = data["columns"]
+        return cls(label=roles["label"], click=roles["click"],
+                   categorical=tuple(roles["regular_categorical"]),
+                   numeric=tuple(roles["regular_numeric"]) + tuple(roles["privileged_continuous"])
+                   + tuple(roles["privileged_discrete"]),
+                   time=data["time_column"], truth=roles["truth"],
+                   ignore=tuple(roles["ignore"]))
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        optional = (self.click, self.time, self.truth)
+        return tuple(c for c in (self.label, *optional, *self.categorical, *self.numeric)
+                     if c is not None)
+
+    @property
+    def known(self) -> frozenset[str]:
+        return frozenset(self.required) | frozenset(self.ignore)
+
+    def check_header(self, path: str, header: list[str]) -> list[str]:
+        """Fails on missing required columns; returns unknown extra columns."""
+        missing = [c for c in self.required if c not in header]
+        if missing:
+            raise LogFormatError(f"{path}: missing required column(s) {missing}; "
+                                 f"the file has {header}")
+        dupes = sorted({c for c in header if header.count(c) > 1})
+        if dupes:
+            raise LogFormatError(f"{path}: duplicated column(s) {dupes}")
+        return [c for c in header if c not in self.known]
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_float(name: str, value: Any) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"field {name!r}: {value!r} is not a number") from None
+    if math.isnan(x) or math.isinf(x):
+        raise ValueError(f"field {name!r}: {value!r} is not finite")
+    return x
+
+
+def _as_flag(name: str, value: Any) -> int:
+    x = _as_float(name, value)
+    if x not in (0.0, 1.0):
+        raise ValueError(f"field {name!r}: {value!r} is not 0/1")
+    return int(x)
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a numeric id read by a typed reader: 12.0 -> b"12"
+    return str(value).encode("utf-8")
+
+
+def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]:
+    """(USED, (time, serialized tf.Example)) | (UNCLICKED, None) | (QUARANTINED, reason)."""
+    try:
+        label = _as_flag(schema.label, row.get(schema.label))
+        if schema.click is not None and _as_flag(schema.click, row.get(schema.click)) == 0:
+            if label == 1:
+                raise ValueError(f"field {schema.label!r}: conversion without a click")
+            return UNCLICKED, None
+        feats: dict[str, tf.train.Feature] = {
+            schema.label: tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
+        time = None
+        if schema.time is not None:
+            time = _as_float(schema.time, row.get(schema.time))
+            feats[schema.time] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(time)]))
+        for name in schema.categorical:
+            v = row.get(name)
+            if not _is_missing(v):
+                feats[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[_as_bytes(v)]))
+        for name in schema.numeric + ((schema.truth,) if schema.truth else ()):
+            v = row.get(name)
+            if not _is_missing(v):
+                feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[_as_float(name, v)]))
+    except ValueError as e:
+        return QUARANTINED, str(e)
+    example = tf.train.Example(features=tf.train.Features(feature=feats))
+    return USED, (time, example.SerializeToString(deterministic=True))
+
+
+# Readers: each yields (row_number, {column: value}) for one file; row numbers are
+# 1-based data rows (CSV line = row + 1 for the header).
+
+def read_csv(path: str, stream: io.BufferedIOBase, separator: str,
+             schema: RowSchema) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """Yields (row, dict) or (row, error message) for a row of the wrong width."""
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+    reader = csv.reader(text, delimiter=separator)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return  # an empty file holds no rows; the caller counts the file
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise LogFormatError(f"{path}: cannot read the header: {e}") from None
+    header = [h.strip() for h in header]
+    schema.check_header(path, header)
+    width = len(header)
+    row = 0
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except (csv.Error, UnicodeDecodeError) as e:
+            row += 1
+            yield row, f"unreadable CSV row: {e}"
+            continue
+        row += 1
+        if not cells:
+            continue  # a blank line is not a row
+        if len(cells) != width:
+            yield row, f"wrong column count: {len(cells)} cells, header has {width}"
+            continue
+        yield row, dict(zip(header, cells))
+
+
+def read_parquet(path: str, stream: io.BufferedIOBase,
+                 schema: RowSchema) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pfile = pq.ParquetFile(stream)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise LogFormatError(f"{path}: not a readable Parquet file: {e}") from None
+    schema.check_header(path, pfile.schema_arrow.names)
+    row = 0
+    for batch in pfile.iter_batches(batch_size=8192):
+        for record in batch.to_pylist():
+            row += 1
+            yield row, record
+
+
+def read_tfrecord(path: str, stream: io.BufferedIOBase,
+                  schema: RowSchema) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """tf.Example records; a feature absent from a record is a missing value.
+
+    TFRecords have no header, so a missing required column shows up per row
+    (e.g. the label) as a quarantined row rather than as a file error.
+    """
+    del stream, schema  # TFRecord framing is read by TensorFlow from the path itself.
+    compression = "GZIP" if path.endswith(".gz") else ""
+    try:
+        for row, raw in enumerate(tf.compat.v1.io.tf_record_iterator(
+                path, tf.io.TFRecordOptions(compression_type=compression)), start=1):
+            example = tf.train.Example.FromString(raw)
+            record: dict[str, Any] = {}
+            for name, feat in example.features.feature.items():
+                kind = feat.WhichOneof("kind")
+                values = list(getattr(feat, kind).value) if kind else []
+                record[name] = (values[0].decode("utf-8", "replace") if kind == "bytes_list"
+                                else values[0]) if values else None
+            yield row, record
+    except tf.errors.DataLossError as e:
+        raise LogFormatError(f"{path}: corrupt TFRecord: {e.message}") from None
