@@ -1,0 +1,59 @@
+import pytest
+
+from pfdx.config import ConfigError, PipelineConfig, load_config
+
+
+def test_defaults_are_the_papers():
+    c = load_config()
+    assert (c.model.gamma, c.model.lam, c.model.learning_rate) == (1.0, 10.0, 0.0025)
+    assert (c.selection.drop_top_k, c.selection.keep_top_n) == (2, 12)
+    assert c.selection.or_groups == {"interact": ("tag", "like", "share")}
+
+
+def test_file_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  gamma: 2\ndata:\n  columns:\n    label: y\n    click: null\n")
+    c = load_config(str(f), ["model.lam=3.5", "runner.beam_args=[--a=1]"])
+    assert c.model.gamma == 2.0 and isinstance(c.model.gamma, float)
+    assert c.model.lam == 3.5
+    assert c.data.columns.label == "y" and c.data.columns.click is None
+    assert c.runner.beam_args == ("--a=1",)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["model.gamm=1"], "model: unknown key(s) ['gamm']"),
+    (["model.epochs=1.5"], "model.epochs: expected int"),
+    (["data.format=xml"], "data.format"),
+    (["data.columns.regular_numeric=bid"], "data.columns.regular_numeric: expected a list"),
+    (["data.columns.ignore=[user_id]"], "'user_id' is in both"),
+    (["runner.enable_cache=yes please"], "runner.enable_cache: expected true/false"),
+])
+def test_bad_config_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, override)
+
+
+def test_yaml_is_data_not_code(tmp_path):
+    f = tmp_path / "evil.yaml"
+    f.write_text("model: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(f))
+
+
+def test_paths_cannot_escape_the_output_root(tmp_path):
+    c = load_config(None, [f"runner.output_root={tmp_path}"])
+    assert c.resolve("serving").startswith(str(tmp_path))
+    with pytest.raises(ConfigError, match="escapes the output root"):
+        c.resolve("../../etc")
+    assert c.resolve("/abs/elsewhere") == "/abs/elsewhere"  # explicit absolute paths are allowed
+
+
+def test_config_round_trips_through_json():
+    c = PipelineConfig()
+    import json
+    import yaml
+    assert load_config(None, []) == c
+    tree = json.loads(c.to_json())
+    assert tree["model"]["strategy"] == "ha_pfd_v2"
+    assert yaml.safe_load(c.to_json()) == tree

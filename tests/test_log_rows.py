@@ -1,0 +1,66 @@
+import io
+
+import pytest
+import tensorflow as tf
+
+from pfdx.components import log_rows
+from pfdx.config import load_config
+
+SCHEMA = log_rows.RowSchema.from_config(load_config().to_dict()["data"])
+
+
+def _row(**over):
+    row = {c: "1" for c in SCHEMA.required}
+    row.update({"user_id": "u1", "click": "1", "conversion": "0", "event_time": "1700000000"})
+    row.update(over)
+    return row
+
+
+def test_clicked_row_becomes_typed_example():
+    status, (time, payload) = log_rows.row_to_example(SCHEMA, _row(user_id="123", bid="0.5"))
+    assert status == log_rows.USED and time == 1700000000
+    ex = tf.train.Example.FromString(payload)
+    f = ex.features.feature
+    assert f["user_id"].bytes_list.value == [b"123"]  # ids stay categorical strings
+    assert f["bid"].float_list.value == [0.5]
+    assert f["conversion"].int64_list.value == [0]
+    assert "click" not in f and "impression_id" not in f
+
+
+def test_missing_values_are_absent_features():
+    status, (_, payload) = log_rows.row_to_example(SCHEMA, _row(duration="", device=""))
+    f = tf.train.Example.FromString(payload).features.feature
+    assert status == log_rows.USED and "duration" not in f and "device" not in f
+
+
+def test_unclicked_rows_are_counted_not_used():
+    assert log_rows.row_to_example(SCHEMA, _row(click="0")) == (log_rows.UNCLICKED, None)
+
+
+@pytest.mark.parametrize("over, reason", [
+    ({"conversion": "2"}, "field 'conversion': '2' is not 0/1"),
+    ({"conversion": "yes"}, "field 'conversion': 'yes' is not a number"),
+    ({"click": "0", "conversion": "1"}, "conversion without a click"),
+    ({"bid": "abc"}, "field 'bid': 'abc' is not a number"),
+    ({"duration": "nan"}, "field 'duration': 'nan' is not finite"),
+    ({"duration": "inf"}, "field 'duration': 'inf' is not finite"),
+    ({"event_time": ""}, "field 'event_time'"),
+])
+def test_bad_rows_are_quarantined_with_a_reason(over, reason):
+    status, why = log_rows.row_to_example(SCHEMA, _row(**over))
+    assert status == log_rows.QUARANTINED
+    assert reason in why
+
+
+def test_csv_reader_flags_wrong_width_and_names_missing_columns():
+    header = ",".join(SCHEMA.required)
+    good = ",".join("1" for _ in SCHEMA.required)
+    data = f"{header}\n{good}\n1,2\n\n{good}\n".encode()
+    rows = list(log_rows.read_csv("f.csv", io.BytesIO(data), ",", SCHEMA))
+    assert [r for r, _ in rows] == [1, 2, 4]
+    assert "wrong column count: 2 cells" in rows[1][1]
+    no_label = ",".join(c for c in SCHEMA.required if c != "conversion")
+    with pytest.raises(log_rows.LogFormatError,
+                       match=r"f.csv: missing required column\(s\) \['conversion'\]; the file has"):
+        list(log_rows.read_csv("f.csv", io.BytesIO(f"{no_label}\n".encode()), ",", SCHEMA))
+    assert list(log_rows.read_csv("e.csv", io.BytesIO(b""), ",", SCHEMA)) == []
