@@ -129,6 +129,20 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """TFMA evaluation of the student and the rule that blesses it for push."""
+
+    # Ad dimensions to slice metrics by (besides the overall slice).
+    slice_by: tuple[str, ...] = ("placement",)
+    calibration_bins: int = 10
+    # Blessing: AUC at least this, not below the last blessed model's AUC by more
+    # than `max_auc_drop`, and ECE at most `max_ece`.
+    min_auc: float = 0.5
+    max_auc_drop: float = 0.0
+    max_ece: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
 class RunnerConfig:
     pipeline_name: str = "pfdx"
     output_root: str = "outputs"
@@ -144,6 +158,7 @@ class PipelineConfig:
     data: DataConfig = DataConfig()
     selection: SelectionConfig = SelectionConfig()
     model: ModelConfig = ModelConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     runner: RunnerConfig = RunnerConfig()
 
     def validate(self) -> "PipelineConfig":
@@ -264,6 +279,12 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         tree = loaded or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"config {path}: top level must be a mapping")
+    return from_dict(tree, overrides)
+
+
+def from_dict(tree: Mapping[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """A config from plain data (e.g. `to_dict()` output) plus `key.sub=value` overrides."""
+    tree = json.loads(json.dumps(tree))  # a private, mutable copy
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")

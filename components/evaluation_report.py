@@ -1,0 +1,124 @@
+"""EvaluationReport: a human-readable report of one run (Markdown + reliability diagram).
+
+Reads what the run recorded — TFMA metrics per slice and the calibration plot of the
+student, the Trainer's teacher/student metrics, ExampleGen's row counts and the
+blessing — and writes `report.md`, `metrics.json` and `reliability.png`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from tfx import v1 as tfx
+from tfx.types import artifact
+
+_ROW_KEYS = ("read", "used", "unclicked", "quarantined", "empty_files")
+
+
+class EvaluationReportArtifact(artifact.Artifact):
+    TYPE_NAME = "pfdx.EvaluationReport"
+
+
+def _slice_name(slice_key) -> str:
+    return "overall" if not slice_key else ", ".join(f"{k}={v}" for k, v in slice_key)
+
+
+def _metric_table(eval_result) -> list[dict]:
+    rows = []
+    for slice_key, per_output in eval_result.slicing_metrics:
+        values = per_output.get("", {}).get("", {})
+        row = {"slice": _slice_name(slice_key)}
+        for name, v in values.items():
+            num = v.get("doubleValue")
+            if num is not None:
+                row[name] = num
+        rows.append(row)
+    rows.sort(key=lambda r: (r["slice"] != "overall", r["slice"]))
+    return rows
+
+
+def _calibration_buckets(eval_result) -> list[tuple[float, float, float]]:
+    """(mean prediction, mean label, weight) per non-empty bucket, overall slice."""
+    for slice_key, plots in eval_result.plots:
+        if slice_key:
+            continue
+        plot = plots.get("", {}).get("", {}).get("calibrationHistogramBuckets", {})
+        out = []
+        for b in plot.get("buckets", []):
+            w = b.get("numWeightedExamples", {}).get("value", 0.0)
+            if w > 0:
+                out.append((b["totalWeightedRefinedPrediction"]["value"] / w,
+                            b["totalWeightedLabel"]["value"] / w, w))
+        return out
+    return []
+
+
+def _plot(buckets, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
+    if buckets:
+        pred, lab, w = zip(*buckets)
+        ax.plot(pred, lab, "o-", label="student")
+        top = max(max(pred), max(lab)) * 1.1
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+    ax.set_xlabel("mean predicted CVR (bucket)")
+    ax.set_ylabel("observed conversion rate")
+    ax.set_title("Reliability diagram (eval split)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@tfx.dsl.components.component
+def EvaluationReport(
+    evaluation: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
+    model_run: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelRun],
+    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
+    blessing: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelBlessing],
+    report: tfx.dsl.components.OutputArtifact[EvaluationReportArtifact],
+) -> None:
+    import tensorflow_model_analysis as tfma
+
+    from pfdx.components.click_log_example_gen import read_row_counts
+    from pfdx.components.trainer import TRAINING_METRICS_FILE
+
+    result = tfma.load_eval_result(evaluation.uri)
+    table = _metric_table(result)
+    with open(os.path.join(model_run.uri, TRAINING_METRICS_FILE), encoding="utf-8") as f:
+        training = json.load(f)
+    counts = read_row_counts(examples.uri)
+    blessed = os.path.exists(os.path.join(blessing.uri, "BLESSED"))
+    buckets = _calibration_buckets(result)
+
+    os.makedirs(report.uri, exist_ok=True)
+    _plot(buckets, os.path.join(report.uri, "reliability.png"))
+    summary = {"blessed": blessed, "rows": counts, "trainer_eval": training, "tfma": table}
+    with open(os.path.join(report.uri, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+
+    cols = ["slice", "ExampleCount", "auc", "ExpectedCalibrationError", "MaxCalibrationError",
+            "mean_label", "mean_prediction"]
+    lines = ["# pfdx run report", "",
+             f"Blessed for push: **{'yes' if blessed else 'no'}**", "",
+             "## Rows", "", "| " + " | ".join(_ROW_KEYS) + " |",
+             "|" + " --- |" * len(_ROW_KEYS),
+             "| " + " | ".join(str(counts.get(k, 0)) for k in _ROW_KEYS) + " |", "",
+             "## Student on the eval split (TFMA, exported SavedModel)", "",
+             "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for row in table:
+        lines.append("| " + " | ".join(
+            row["slice"] if c == "slice" else (f"{row[c]:.5f}" if c in row else "-") for c in cols) + " |")
+    lines += ["", "## Teacher and student (Trainer, eval split)", "",
+              "| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.5f} |" if isinstance(v, float) else f"| {k} | {v} |"
+              for k, v in sorted(training.items())]
+    lines += ["", "![reliability diagram](reliability.png)", ""]
+    with open(os.path.join(report.uri, "report.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))

@@ -1,0 +1,79 @@
+"""PrivilegedTransform: TFX's Transform with the feature-selection artifact as an input.
+
+Stock Transform takes its `custom_config` at DAG-build time, but which privileged
+features to keep, and their thresholds, are only known once
+PrivilegedFeatureSelection has run. This component is Transform's own spec plus a
+`selection` input channel; its executor reads the selection artifact, completes
+the custom_config and hands over to the stock Transform executor — so lineage
+records that the transform graph depends on the selection.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tfx import types
+from tfx.components.transform import executor as transform_executor
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.types import standard_artifacts, standard_component_specs as specs
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.utils import json_utils
+
+from pfdx.components.privileged_feature_selection import (PrivilegedFeatureSelectionResult,
+                                                          load_selection)
+from pfdx.features import transform
+
+SELECTION_KEY = "selection"
+_PREPROCESSING_FN = "pfdx.features.transform.preprocessing_fn"
+
+
+class PrivilegedTransformSpec(types.ComponentSpec):
+    PARAMETERS = {
+        # The regular-feature half of the preprocessing config (plain JSON).
+        specs.CUSTOM_CONFIG_KEY: ExecutionParameter(type=str),
+        specs.PREPROCESSING_FN_KEY: ExecutionParameter(type=str),
+        specs.DISABLE_STATISTICS_KEY: ExecutionParameter(type=int, optional=True),
+        specs.FORCE_TF_COMPAT_V1_KEY: ExecutionParameter(type=int, optional=True),
+    }
+    INPUTS = {
+        specs.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        specs.SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema),
+        SELECTION_KEY: ChannelParameter(type=PrivilegedFeatureSelectionResult),
+    }
+    OUTPUTS = {
+        specs.TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph),
+        specs.TRANSFORMED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+    }
+
+
+class Executor(transform_executor.Executor):
+    def Do(self, input_dict: dict[str, list[types.Artifact]],
+           output_dict: dict[str, list[types.Artifact]], exec_properties: dict[str, Any]) -> None:
+        input_dict = dict(input_dict)
+        (selection_artifact,) = input_dict.pop(SELECTION_KEY)
+        custom = json.loads(exec_properties[specs.CUSTOM_CONFIG_KEY])
+        custom["privileged"] = transform.privileged_config(load_selection(selection_artifact.uri))
+        props = dict(exec_properties, **{specs.CUSTOM_CONFIG_KEY: json_utils.dumps(custom)})
+        super().Do(input_dict, output_dict, props)
+
+
+class PrivilegedTransform(base_beam_component.BaseBeamComponent):
+    """Transform whose preprocessing uses the selected privileged features."""
+
+    SPEC_CLASS = PrivilegedTransformSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, examples: types.BaseChannel, schema: types.BaseChannel,
+                 selection: types.BaseChannel, regular_config: dict[str, Any]):
+        transformed = types.Channel(type=standard_artifacts.Examples)
+        transformed.matching_channel_name = specs.EXAMPLES_KEY
+        super().__init__(spec=PrivilegedTransformSpec(
+            examples=examples, schema=schema, selection=selection,
+            custom_config=json.dumps(regular_config, sort_keys=True),
+            preprocessing_fn=_PREPROCESSING_FN,
+            # TFDV statistics of the transformed data add minutes on 2 cores and
+            # nothing the StatisticsGen before it does not already show.
+            disable_statistics=1,
+            force_tf_compat_v1=0,
+            transform_graph=types.Channel(type=standard_artifacts.TransformGraph),
+            transformed_examples=transformed))

@@ -1,0 +1,105 @@
+"""The TFT preprocessing_fn: raw clicked impressions -> integer ids for the embeddings.
+
+Every model input is an int64 id in [0, vocab) (models.layers.FeatureEmbeddings):
+- regular categorical: `tft.hash_strings` into `hash_buckets` (a missing value
+  hashes as the empty string, i.e. it gets a bucket of its own);
+- regular numeric: quantile buckets (`tft.bucketize`), missing -> an extra id;
+- privileged: the selection artifact's discretisation — continuous z >= threshold
+  -> 1, discrete flag -> 0/1, OR-groups combined — missing -> 2. Their outputs are
+  named with PRIVILEGED_PREFIX so the Trainer can split the two sides by name.
+
+The serving graph needs regular features only: each output depends on its own raw
+column(s), and TFT prunes the graph to the outputs whose inputs are given.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pfdx  # noqa: F401  (Keras flag before TensorFlow)
+import tensorflow as tf
+import tensorflow_transform as tft
+
+PRIVILEGED_PREFIX = "privileged__"
+PRIVILEGED_VOCAB = 3  # 0, 1, missing
+
+
+def regular_config(config) -> dict[str, Any]:
+    """The DAG-time half of preprocessing_fn's `custom_config` (plain data)."""
+    roles = config.data.columns
+    return {
+        "label": roles.label,
+        "regular_categorical": list(roles.regular_categorical),
+        "regular_numeric": list(roles.regular_numeric),
+        "hash_buckets": config.model.hash_buckets,
+        "numeric_buckets": config.model.numeric_buckets,
+    }
+
+
+def privileged_config(selection: Mapping[str, Any]) -> dict[str, Any]:
+    """The run-time half, from the selection artifact (`load_selection`):
+    final feature -> its member columns and their thresholds."""
+    privileged = {}
+    for name in selection["selected"]:
+        members = tuple(selection["or_groups"].get(name, (name,)))
+        privileged[name] = {
+            "members": list(members),
+            "thresholds": {m: selection["thresholds"][m] for m in members
+                           if m in selection["thresholds"]},
+        }
+    return privileged
+
+
+def feature_vocab(custom_config: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """(regular, privileged) transformed feature name -> number of ids."""
+    regular = {n: custom_config["hash_buckets"] for n in custom_config["regular_categorical"]}
+    regular.update({n: custom_config["numeric_buckets"] + 1 for n in custom_config["regular_numeric"]})
+    privileged = {PRIVILEGED_PREFIX + n: PRIVILEGED_VOCAB for n in custom_config["privileged"]}
+    return regular, privileged
+
+
+def _dense(x: tf.Tensor | tf.SparseTensor, default: Any) -> tf.Tensor:
+    """[B] dense values; a missing (sparse) value becomes `default`."""
+    if isinstance(x, tf.SparseTensor):
+        x = tf.sparse.to_dense(
+            tf.SparseTensor(x.indices, x.values, [x.dense_shape[0], 1]), default_value=default)
+    return tf.reshape(x, [-1])
+
+
+def _present(x: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
+    if isinstance(x, tf.SparseTensor):
+        ones = tf.SparseTensor(x.indices, tf.ones_like(x.values, tf.int64), [x.dense_shape[0], 1])
+        return tf.reshape(tf.sparse.to_dense(ones), [-1]) > 0
+    return tf.ones(tf.shape(tf.reshape(x, [-1])), tf.bool)
+
+
+def _privileged_flag(inputs, spec: Mapping[str, Any]) -> tf.Tensor:
+    """0/1 for the OR of the members' discretised values, 2 when any member is missing."""
+    flag, present = None, None
+    for member in spec["members"]:
+        raw = inputs[member]
+        z = _dense(raw, 0.0)
+        threshold = spec["thresholds"].get(member)
+        on = z >= threshold if threshold is not None else z > 0.5
+        flag = on if flag is None else tf.logical_or(flag, on)
+        p = _present(raw)
+        present = p if present is None else tf.logical_and(present, p)
+    return tf.where(present, tf.cast(flag, tf.int64), tf.constant(2, tf.int64))
+
+
+def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+    outputs: dict[str, tf.Tensor] = {}
+    for name in custom_config["regular_categorical"]:
+        outputs[name] = tft.hash_strings(_dense(inputs[name], ""), custom_config["hash_buckets"])
+    n_buckets = custom_config["numeric_buckets"]
+    for name in custom_config["regular_numeric"]:
+        raw = inputs[name]
+        present = _present(raw)
+        x = _dense(raw, 0.0)
+        # quantiles of the present values only: missing rows get their own id
+        buckets = tft.bucketize(x, n_buckets, weights=tf.cast(present, tf.float32))
+        outputs[name] = tf.where(present, buckets, tf.constant(n_buckets, tf.int64))
+    for name, spec in custom_config["privileged"].items():
+        outputs[PRIVILEGED_PREFIX + name] = _privileged_flag(inputs, spec)
+    label = custom_config["label"]
+    outputs[label] = tf.cast(_dense(inputs[label], 0), tf.int64)
+    return outputs

@@ -1,0 +1,107 @@
+"""Export of the student as a TF Serving SavedModel: signatures and warm-up records.
+
+Signatures (inputs are regular features only; the TFT graph is applied inside):
+- ``serving_default``: ``examples`` = serialized tf.Example -> ``cvr`` probability;
+- ``predict_raw``: one named tensor per regular feature (strings for categorical,
+  floats for numeric) -> ``cvr``; the shape TF Serving's REST "instances" JSON takes.
+The student Keras model holds the regular-feature embeddings and the student tower
+only; nothing of the teacher, the privileged embeddings or the mapping nets is
+tracked by the exported module.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Mapping
+
+import pfdx  # noqa: F401
+import tensorflow as tf
+import tensorflow_transform as tft
+
+OUTPUT_KEY = "cvr"
+EXAMPLES_INPUT = "examples"
+RAW_SIGNATURE = "predict_raw"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+
+def serving_feature_spec(tf_transform_output: tft.TFTransformOutput,
+                         regular_features: Iterable[str]) -> dict[str, tf.io.FixedLenFeature]:
+    """Parsing spec of the regular raw features; a missing value parses as a default
+    (empty string / 0), as an ad server may omit a field."""
+    raw = tf_transform_output.raw_feature_spec()
+    spec = {}
+    for name in regular_features:
+        dtype = raw[name].dtype
+        spec[name] = tf.io.FixedLenFeature([1], dtype, default_value="" if dtype == tf.string else 0)
+    return spec
+
+
+class StudentServingModule(tf.Module):
+    """Tracks only the student model and the TFT layer, so only they are saved."""
+
+    def __init__(self, student: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
+                 regular_features: Iterable[str]):
+        super().__init__()
+        self.student = student
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self._regular = tuple(regular_features)
+        self._spec = serving_feature_spec(tf_transform_output, self._regular)
+
+    def _predict(self, raw: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        transformed = self.tft_layer(dict(raw))
+        probs = self.student({k: transformed[k] for k in self._regular})
+        return {OUTPUT_KEY: tf.reshape(probs, [-1])}
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+        def serve_examples(examples):
+            return self._predict(tf.io.parse_example(examples, self._spec))
+
+        raw_specs = {name: tf.TensorSpec([None], f.dtype, name=name)
+                     for name, f in self._spec.items()}
+
+        @tf.function(input_signature=[raw_specs])
+        def serve_raw(features):
+            return self._predict({k: tf.reshape(v, [-1, 1]) for k, v in features.items()})
+
+        return {"serving_default": serve_examples.get_concrete_function(),
+                RAW_SIGNATURE: serve_raw.get_concrete_function()}
+
+
+def export_student(student: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
+                   regular_features: Iterable[str], export_dir: str,
+                   warmup_examples: Iterable[bytes] = ()) -> str:
+    """Saves the serving SavedModel to `export_dir` with warm-up records."""
+    module = StudentServingModule(student, tf_transform_output, regular_features)
+    tf.saved_model.save(module, export_dir, signatures=module.signatures())
+    write_warmup_requests(export_dir, list(warmup_examples))
+    return export_dir
+
+
+def write_warmup_requests(export_dir: str, serialized_examples: list[bytes],
+                          model_name: str = "pfdx") -> None:
+    """TF Serving warm-up: a TFRecord of PredictionLog (at most 1000 records)."""
+    if not serialized_examples:
+        return
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    path = os.path.join(export_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for batch_size in (1, min(len(serialized_examples), 64)):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+            request.inputs[EXAMPLES_INPUT].CopyFrom(
+                tf.make_tensor_proto(serialized_examples[:batch_size], dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def strip_to_regular(serialized: bytes, regular_features: Iterable[str]) -> bytes:
+    """A tf.Example with only the regular features: what an ad server can send."""
+    example = tf.train.Example.FromString(serialized)
+    keep = set(regular_features)
+    for name in list(example.features.feature):
+        if name not in keep:
+            del example.features.feature[name]
+    return example.SerializeToString()
