@@ -3,8 +3,10 @@
 Reads what the run recorded — TFMA metrics per slice and the calibration plot of the
 student, the Trainer's teacher/student metrics, ExampleGen's row counts and the
 blessing — and writes `report.md`, `metrics.json` and `reliability.png`.
+
+No `from __future__ import annotations` here: TFX 1.16 reads a @component's
+annotations as objects and rejects the string "None" as a return type.
 """
-from __future__ import annotations
 
 import json
 import os

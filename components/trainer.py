@@ -37,9 +37,24 @@ def _config(fn_args: tfx.components.FnArgs) -> PipelineConfig:
     return from_dict(fn_args.custom_config[PIPELINE_CONFIG_KEY], overrides)
 
 
-def distribution_strategy() -> tf.distribute.Strategy:
-    """All local GPUs (or the CPU) on one host."""
-    return tf.distribute.MirroredStrategy()
+def distribution_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
+    """The tf.distribute strategy named by `model.distribution`.
+
+    `auto` follows TF_CONFIG, which a multi-host job sets on every replica (Vertex AI
+    worker pools, a Kubeflow TFJob): more than one chief/worker -> synchronous
+    all-reduce across hosts (MultiWorkerMirroredStrategy); otherwise all local GPUs
+    (or the CPU) of this host (MirroredStrategy).
+    """
+    if distribution == "auto":
+        cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+        hosts = sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs)
+        distribution = "multi_worker" if hosts > 1 else "mirrored"
+    if distribution == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if distribution == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    raise ValueError(f"model.distribution: {distribution!r} is not one of auto, mirrored, "
+                     "multi_worker")
 
 
 def _dataset(fn_args, files: list[str], tf_transform_output: tft.TFTransformOutput,

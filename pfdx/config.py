@@ -94,12 +94,16 @@ class DataConfig:
 class SelectionConfig:
     """Privileged feature selection policy (paper §3.3); defaults are the paper's."""
 
+    # Candidates are ranked alone by mutual information; the top `drop_top_k` are
+    # dropped as too informative, the next `keep_top_n` kept.
     drop_top_k: int = 2
     keep_top_n: int = 12
-    # OR-combined sparse flags: new name -> members (paper: tag|like|share).
+    # OR-combined sparse flags: new name -> members (paper: tag|like|share), all
+    # privileged_discrete. The kept members of a group become one feature, their OR.
     or_groups: Mapping[str, tuple[str, ...]] = dataclasses.field(
         default_factory=lambda: {"interact": ("tag", "like", "share")})
-    # A candidate whose rarer value has fewer rows than this is not selected.
+    # A final feature (a group: its OR-ed flag) whose rarer value has fewer rows
+    # than this is not selected.
     min_support: int = 100
     # Each side of an Eq. 8 split must hold at least this fraction of rows.
     min_part_fraction: float = 0.01
@@ -123,9 +127,29 @@ class ModelConfig:
     weight_decay: float = 0.001
     clipnorm: float = 600.0
     init_stddev: float = 0.1
+    # Distillation settings (models/strategies.py). The logit-distillation term (KD or
+    # focal) always carries `lam`; the latent-alignment term carries `align_weight`
+    # (Eq. 6: 1). Appendix A gives the baselines' weights below.
+    align_weight: float = 1.0
+    # Hidden layers of each mapping DNN g^(i) (Eq. 5); its output has the teacher
+    # latent's width. The paper says only "a DNN".
+    mapping_hidden_units: tuple[int, ...] = (128,)
+    review_weight: float = 10.0
+    similarity_weight: float = 100.0
+    adversarial_hidden_units: tuple[int, ...] = (128, 64)
+    adversarial_disc_weight: float = 1.0
+    adversarial_weight: float = 10.0
+    # Steps the discriminators train alone before the student is pushed to fool
+    # them (paper: 5M batches of a 1.39B-row log).
+    adversarial_warmup_steps: int = 1_000
+    # Weight of the auxiliary privileged-feature tasks of the `mtl` baseline.
+    mtl_weight: float = 1.0
     batch_size: int = 512
     epochs: int = 2
     seed: int = 42
+    # tf.distribute strategy: auto (MultiWorkerMirrored when TF_CONFIG names more
+    # than one host, else Mirrored over the local GPUs) | mirrored | multi_worker.
+    distribution: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,12 +178,39 @@ class RunnerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+    """Kubeflow Pipelines: what `pfdx compile-kubeflow` and `pfdx schedule` use.
+
+    Every component runs in its own pod, so paths are shared URIs (gs://, s3://, ...).
+    """
+
+    # The pipeline image (Dockerfile). TFX's default image lacks pfdx: its components
+    # would fail with ModuleNotFoundError.
+    image: str | None = None
+    pipeline_root: str | None = None
+    # Default of the `data_path` run parameter: the log folder ExampleGen reads.
+    data_path: str | None = None
+    # Where the Pusher writes the student; None: <pipeline_root>/serving.
+    serving_dir: str | None = None
+    # GPUs of the Trainer pod. `gpu_type` is the accelerator as the cluster names it:
+    # the node resource on Kubeflow (nvidia.com/gpu), e.g. NVIDIA_TESLA_T4 on Vertex AI.
+    trainer_gpus: int = 0
+    gpu_type: str = "nvidia.com/gpu"
+    # Beam runner of the Beam-based components (DirectRunner: inside each component's
+    # pod), and the site-specific flags of each runner, e.g.
+    # {DataflowRunner: [--project=p, --region=r, --temp_location=gs://b/tmp]}.
+    beam_runner: str = "DirectRunner"
+    beam_args: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     data: DataConfig = DataConfig()
     selection: SelectionConfig = SelectionConfig()
     model: ModelConfig = ModelConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     runner: RunnerConfig = RunnerConfig()
+    kubeflow: KubeflowConfig = KubeflowConfig()
 
     def validate(self) -> "PipelineConfig":
         self.data.validate()

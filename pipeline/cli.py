@@ -1,4 +1,5 @@
-"""The `pfdx` command: simulate logs, run the pipeline, inspect the config."""
+"""The `pfdx` command: simulate logs, run the pipeline, select features, inspect the
+config, compile and schedule on Kubeflow."""
 from __future__ import annotations
 
 import argparse
@@ -67,11 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show-config", help="print the effective config as JSON")
     _add_config_args(p)
     p.set_defaults(func=_cmd_show_config)
+
+    from pfdx.features import selection_cli
+    from pfdx.pipeline import kubeflow
+    selection_cli.add_cli_parser(sub, _add_config_args)
+    kubeflow.add_parsers(sub, _add_config_args)
+    # `pfdx run -v` as well as `pfdx -v run`; SUPPRESS keeps a flag given before
+    # the command from being reset by the sub-command's default.
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log at INFO level")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # TFX's Beam executors parse sys.argv + the Beam args with absl flags, where
+    # pfdx's own `-v` would read as `--verbosity <next Beam arg>`: pfdx's arguments
+    # are consumed here, so the executors must not see them.
+    sys.argv = sys.argv[:1]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

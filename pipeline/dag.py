@@ -4,29 +4,64 @@ from __future__ import annotations
 from tfx import v1 as tfx
 
 from pfdx.components.click_log_example_gen import ClickLogExampleGen
+from pfdx.components.evaluation_report import EvaluationReport
+from pfdx.components.privileged_feature_selection import PrivilegedFeatureSelection
+from pfdx.components.privileged_transform import PrivilegedTransform
+from pfdx.components.trainer import trainer_custom_config
 from pfdx.config import PipelineConfig
+from pfdx.features import transform
+from pfdx.pipeline.evaluation import eval_config
+
+TRAINER_MODULE = "pfdx.components.trainer"
 
 
-def create_components(config: PipelineConfig, input_base: str) -> list:
+def create_components(config: PipelineConfig, input_base: str, serving_dir: str) -> list:
     """Components in DAG order; runners add only runner-specific settings."""
     example_gen = ClickLogExampleGen(input_base=input_base,
                                      data_config=config.to_dict()["data"],
                                      pattern=config.data.file_pattern)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    examples = example_gen.outputs["examples"]
+    statistics_gen = tfx.components.StatisticsGen(examples=examples)
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                           infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    return [example_gen, statistics_gen, schema_gen, example_validator]
+    selection = PrivilegedFeatureSelection(examples=examples, config=config)
+    transform_ = PrivilegedTransform(examples=examples, schema=schema_gen.outputs["schema"],
+                                     selection=selection.outputs["selection"],
+                                     regular_config=transform.regular_config(config))
+    trainer = tfx.components.Trainer(
+        run_fn=f"{TRAINER_MODULE}.run_fn",
+        examples=examples,
+        transform_graph=transform_.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        custom_config=trainer_custom_config(config))
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=examples, model=trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"], eval_config=eval_config(config))
+    report = EvaluationReport(evaluation=evaluator.outputs["evaluation"],
+                              model_run=trainer.outputs["model_run"], examples=examples,
+                              blessing=evaluator.outputs["blessing"])
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)))
+    return [example_gen, statistics_gen, schema_gen, example_validator, selection,
+            transform_, trainer, baseline, evaluator, report, pusher]
 
 
 def create_pipeline(config: PipelineConfig, input_base: str, pipeline_root: str,
-                    metadata_connection_config=None,
+                    serving_dir: str, metadata_connection_config=None,
                     beam_pipeline_args: list[str] | None = None) -> tfx.dsl.Pipeline:
     return tfx.dsl.Pipeline(
         pipeline_name=config.runner.pipeline_name,
         pipeline_root=pipeline_root,
-        components=create_components(config, input_base),
+        components=create_components(config, input_base, serving_dir),
         enable_cache=config.runner.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

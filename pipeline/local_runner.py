@@ -45,6 +45,7 @@ def run(config: PipelineConfig) -> None:
         f.write(config.to_json())
     pipeline = dag.create_pipeline(
         config, input_base=input_base, pipeline_root=config.pipeline_root,
+        serving_dir=config.serving_dir,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             config.metadata_path),
         beam_pipeline_args=config.beam_pipeline_args)

@@ -1,0 +1,65 @@
+"""Run parameters of the Kubeflow pipeline: what may change between runs without recompiling.
+
+They are KFP runtime parameters (TFX `RuntimeParameter`): inputs of the compiled
+pipeline, set per run or per recurring run, defaulting to the compiled config.
+- `data_path` is ExampleGen's `input_base`: which logs this run trains on.
+- The hyperparameters (the signature of `RunHyperparameters` below) reach the
+  Trainer through the `hyperparameters` input TFX's Trainer already has: it loads
+  the JSON file of that artifact into `fn_args.hyperparameters`, and the Trainer's
+  run_fn applies each entry as a `model.<name>` override of the pipeline config.
+  A small component writes that file, because a RuntimeParameter cannot sit inside
+  the Trainer's `custom_config` (one JSON string of the whole config).
+"""
+# No `from __future__ import annotations`: TFX's @component reads the signature's
+# annotations as types, and string annotations fail its checks.
+import json
+import os
+
+from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
+from tfx.types import standard_component_specs
+
+from pfdx.config import PipelineConfig
+
+DATA_PATH = "data_path"
+HYPERPARAMETERS_FILE = "hyperparameters.json"
+STEP_ID = "run_hyperparameters"
+
+
+@component
+def RunHyperparameters(
+        hyperparameters: OutputArtifact[tfx.types.standard_artifacts.HyperParameters],
+        strategy: Parameter[str], epochs: Parameter[int], gamma: Parameter[float],
+        lam: Parameter[float]) -> None:
+    """Writes this run's `model.*` overrides where the Trainer reads them."""
+    values = dict(strategy=strategy, epochs=epochs, gamma=gamma, lam=lam)
+    with fileio.open(os.path.join(hyperparameters.uri, HYPERPARAMETERS_FILE), "w") as f:
+        json.dump(values, f, sort_keys=True)
+
+
+# The hyperparameter names are the component's parameters, which are ModelConfig fields.
+HYPERPARAMETERS = tuple(RunHyperparameters.SPEC_CLASS.PARAMETERS)
+
+
+def declare(config: PipelineConfig) -> dict[str, tfx.dsl.experimental.RuntimeParameter]:
+    """Every run parameter, by name, defaulting to `config`'s value."""
+    params = {DATA_PATH: tfx.dsl.experimental.RuntimeParameter(
+        name=DATA_PATH, ptype=str, default=config.kubeflow.data_path)}
+    for name, spec in RunHyperparameters.SPEC_CLASS.PARAMETERS.items():
+        params[name] = tfx.dsl.experimental.RuntimeParameter(
+            name=name, ptype=spec.type, default=spec.type(getattr(config.model, name)))
+    return params
+
+
+def with_hyperparameters(components: list, trainer: tfx.components.Trainer,
+                         params: dict[str, tfx.dsl.experimental.RuntimeParameter]) -> list:
+    """`components` plus a RunHyperparameters step that feeds `trainer`'s hyperparameters.
+
+    The shared DAG (dag.py) leaves the Trainer's optional `hyperparameters` input
+    unset; setting it here keeps the local DAG free of Kubeflow-only steps.
+    """
+    step = RunHyperparameters(**{name: params[name] for name in HYPERPARAMETERS}).with_id(STEP_ID)
+    trainer.inputs[standard_component_specs.HYPERPARAMETERS_KEY] = step.outputs["hyperparameters"]
+    return [step, *components]

@@ -1,0 +1,84 @@
+"""The exportable student takes regular features only and holds no teacher-side weight."""
+import numpy as np
+import pytest
+
+import pfdx  # noqa: F401
+import tensorflow as tf
+
+from pfdx.config import ModelConfig
+from pfdx.models.model import JointModel
+
+REGULAR = {"user_id": 40, "bid": 9}
+PRIVILEGED = {"privileged__page_jump": 3, "privileged__duration": 3}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(1)
+    n = 16
+    features = {"user_id": tf.constant(np.array([f"u{i}" for i in rng.integers(0, 30, n)])),
+                "bid": tf.constant(rng.integers(0, 9, n)),
+                "privileged__page_jump": tf.constant(rng.integers(0, 3, n)),
+                "privileged__duration": tf.constant(rng.integers(0, 3, n))}
+    return features, tf.constant(rng.integers(0, 2, n))
+
+
+def built(strategy, batch):
+    model = JointModel(ModelConfig(strategy=strategy, hidden_units=(16, 8),
+                                   mapping_hidden_units=(8,)), REGULAR, PRIVILEGED)
+    model.loss_terms(*batch)  # creates every variable, the strategy's included
+    return model
+
+
+def refs(*holders):
+    return {v.ref() for h in holders for v in h.variables}
+
+
+@pytest.mark.parametrize("strategy", ["ha_pfd_v2", "adversarial_kd", "mtl"])
+def test_student_holds_only_regular_embeddings_and_student_side_nets(strategy, batch):
+    model = built(strategy, batch)
+    student = model.student_model()
+    own = refs(student.embeddings, student.tower)
+    if strategy == "mtl":  # the auxiliary towers compute the served model's inputs
+        own |= refs(model.strategy.encoder)
+    assert refs(student) == own
+    assert sorted(student.embeddings.tables) == sorted(REGULAR)
+    if model.has_teacher:
+        assert not refs(student) & refs(model.teacher_tower, model.privileged_embeddings)
+        strategy_nets = refs(model.strategy)
+        assert strategy_nets and not refs(student) & strategy_nets
+
+
+def test_student_needs_no_privileged_input_and_matches_the_joint_model(batch):
+    model = built("ha_pfd_v2", batch)
+    features = batch[0]
+    regular_only = {k: features[k] for k in REGULAR}
+    served = model.student_model()(regular_only).numpy()
+    assert served.shape == (16,)
+    np.testing.assert_allclose(served, model.predict_both(features)["student"], rtol=1e-6)
+    assert set(model.predict_both(features)) == {"student", "teacher"}
+
+
+def test_saved_student_asks_for_regular_features_and_saves_no_teacher_weight(batch, tmp_path):
+    model = built("ha_pfd_v2", batch)
+    student = model.student_model()
+    module = tf.Module()
+    module.student = student
+    spec = {"user_id": tf.TensorSpec([None], tf.string, name="user_id"),
+            "bid": tf.TensorSpec([None], tf.int64, name="bid")}
+    serve = tf.function(lambda features: {"cvr": student(features)}, input_signature=[spec])
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": serve})
+
+    saved = tf.train.list_variables(str(tmp_path / "variables" / "variables"))
+    names = [name for name, _ in saved if not name.startswith("_CHECKPOINTABLE")]
+    assert not [n for n in names if any(w in n for w in ("teacher", "privileged", "mapping"))]
+    saved_params = sum(int(np.prod(shape)) for name, shape in saved
+                       if name.endswith(".ATTRIBUTES/VARIABLE_VALUE"))
+    assert saved_params == sum(int(np.prod(v.shape)) for v in student.variables)
+
+    loaded = tf.saved_model.load(str(tmp_path))
+    signature = loaded.signatures["serving_default"]
+    assert set(signature.structured_input_signature[1]) == set(REGULAR)
+    features = batch[0]
+    out = signature(user_id=features["user_id"], bid=features["bid"])["cvr"]
+    np.testing.assert_allclose(out, student({k: features[k] for k in REGULAR}), rtol=1e-6)

@@ -1,0 +1,71 @@
+"""A short joint training on simulated clicks: the teacher, which sees post-click
+signals, ranks conversions better than the student, which learns something too."""
+import numpy as np
+import pytest
+
+import pfdx  # noqa: F401
+import tensorflow as tf
+
+from pfdx.config import ModelConfig
+from pfdx.models import metrics
+from pfdx.models.model import build_model
+from pfdx.simulator import schema
+from pfdx.simulator.simulate import simulate
+
+ROWS = 400_000  # ~11k clicks
+HASH_BINS = 2_000
+NUMERIC_BINS = 8
+# The paper's post-click signals; the near-label leaks are left out on purpose.
+PRIVILEGED = schema.PAPER_DISCRETE + schema.PAPER_CONTINUOUS
+
+
+def to_model_inputs(clicks, train):
+    """Categoricals as strings (the model hashes them), numerics as quantile-bucket
+    ids, privileged signals as 0/1 ids (continuous ones split at the train median)."""
+    features = {name: clicks[name].astype(str).to_numpy() for name in schema.REGULAR_CATEGORICAL}
+    for name in schema.REGULAR_NUMERIC:
+        edges = np.quantile(train[name], np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1])
+        features[name] = np.digitize(clicks[name], edges).astype(np.int64)
+    for name in schema.PRIVILEGED_CONTINUOUS:
+        if name in PRIVILEGED:
+            features[name] = (clicks[name] >= train[name].median()).astype(np.int64).to_numpy()
+    for name in schema.PAPER_DISCRETE:
+        features[name] = clicks[name].astype(np.int64).to_numpy()
+    return features, clicks[schema.LABEL].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def clicks():
+    df = simulate(ROWS, seed=5)
+    return df[df[schema.CLICK] == 1].reset_index(drop=True)
+
+
+def test_teacher_beats_student_after_joint_training(clicks):
+    split = int(len(clicks) * 0.8)  # rows are in time order: train on the past
+    train_rows, eval_rows = clicks.iloc[:split], clicks.iloc[split:]
+    x_train, y_train = to_model_inputs(train_rows, train_rows)
+    x_eval, y_eval = to_model_inputs(eval_rows, train_rows)
+    regular = {n: HASH_BINS for n in schema.REGULAR_CATEGORICAL}
+    regular.update({n: NUMERIC_BINS for n in schema.REGULAR_NUMERIC})
+    privileged = {n: 2 for n in PRIVILEGED}
+
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(), regular, privileged)  # ha_pfd_v2, paper settings
+    train = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+             .shuffle(20_000, seed=0).batch(512))
+    model.fit(train, epochs=4, verbose=0)
+
+    evaluation = tf.data.Dataset.from_tensor_slices((x_eval, y_eval)).batch(2048)
+    logged = model.evaluate(evaluation, return_dict=True, verbose=0)
+    probs = model.predict(evaluation, verbose=0)
+    student, teacher = metrics.auc(y_eval, probs["student"]), metrics.auc(y_eval, probs["teacher"])
+
+    assert student > 0.6, student  # chance is 0.5; ~0.66 here
+    assert teacher > student + 0.05, (teacher, student)  # ~0.79 vs ~0.66 here
+    # The streaming training metrics agree with the numpy definitions.
+    assert logged["student_auc"] == pytest.approx(student, abs=5e-3)
+    assert logged["teacher_auc"] == pytest.approx(teacher, abs=5e-3)
+    ece, mce = metrics.calibration_errors(y_eval, probs["student"])
+    assert logged["student_ece"] == pytest.approx(ece, abs=1e-4)
+    assert logged["student_mce"] == pytest.approx(mce, abs=1e-3)
+    assert logged["label_avg"] == pytest.approx(y_eval.mean(), abs=1e-6)
