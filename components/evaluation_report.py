@@ -47,12 +47,37 @@ def _calibration_buckets(eval_result) -> list[tuple[float, float, float]]:
         plot = plots.get("", {}).get("", {}).get("calibrationHistogramBuckets", {})
         out = []
         for b in plot.get("buckets", []):
-            w = b.get("numWeightedExamples", {}).get("value", 0.0)
+            # TFMA's JSON form of the plot proto: plain numbers, zeros omitted.
+            w = float(b.get("numWeightedExamples", 0.0))
             if w > 0:
-                out.append((b["totalWeightedRefinedPrediction"]["value"] / w,
-                            b["totalWeightedLabel"]["value"] / w, w))
+                out.append((float(b.get("totalWeightedRefinedPrediction", 0.0)) / w,
+                            float(b.get("totalWeightedLabel", 0.0)) / w, w))
         return out
     return []
+
+
+def _blessing_failures(evaluation_uri: str) -> list[str]:
+    """Why the Evaluator did not bless: one line per failed threshold."""
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_validation_result(evaluation_uri)
+    lines = []
+    for per_slice in result.metric_validations_per_slice:
+        keys = per_slice.slice_key.single_slice_keys
+        where = ", ".join(f"{k.column}={k.bytes_value.decode() or k.int64_value}"
+                          for k in keys) or "overall"
+        for f in per_slice.failures:
+            t = f.metric_threshold
+            if f.metric_key.is_diff:
+                rule = f"change vs the last blessed model, at least {t.change_threshold.absolute.value:+.4g}"
+            else:
+                bounds = t.value_threshold
+                rule = " and ".join(
+                    ([f">= {bounds.lower_bound.value:g}"] if bounds.HasField("lower_bound") else [])
+                    + ([f"<= {bounds.upper_bound.value:g}"] if bounds.HasField("upper_bound") else []))
+            lines.append(f"{f.metric_key.name} = {f.metric_value.double_value.value:.5f} "
+                         f"({where}) fails: {rule}")
+    return lines
 
 
 def _plot(buckets, path: str) -> None:
@@ -97,18 +122,21 @@ def EvaluationReport(
         training = json.load(f)
     counts = read_row_counts(examples.uri)
     blessed = os.path.exists(os.path.join(blessing.uri, "BLESSED"))
+    failures = [] if blessed else _blessing_failures(evaluation.uri)
     buckets = _calibration_buckets(result)
 
     os.makedirs(report.uri, exist_ok=True)
     _plot(buckets, os.path.join(report.uri, "reliability.png"))
-    summary = {"blessed": blessed, "rows": counts, "trainer_eval": training, "tfma": table}
+    summary = {"blessed": blessed, "blessing_failures": failures, "rows": counts,
+               "trainer_eval": training, "tfma": table}
     with open(os.path.join(report.uri, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
 
-    cols = ["slice", "ExampleCount", "auc", "ExpectedCalibrationError", "MaxCalibrationError",
-            "mean_label", "mean_prediction"]
+    cols = ["slice", "example_count", "auc", "expected_calibration_error",
+            "max_calibration_error", "mean_label", "mean_prediction"]
     lines = ["# pfdx run report", "",
              f"Blessed for push: **{'yes' if blessed else 'no'}**", "",
+             *(f"- {line}" for line in failures), *([""] if failures else []),
              "## Rows", "", "| " + " | ".join(_ROW_KEYS) + " |",
              "|" + " --- |" * len(_ROW_KEYS),
              "| " + " | ".join(str(counts.get(k, 0)) for k in _ROW_KEYS) + " |", "",

@@ -13,21 +13,27 @@ MCE_METRIC = "MaxCalibrationError"
 METRICS_MODULE = "pfdx.models.metrics"
 
 
+def _overall(threshold: tfma.MetricThreshold) -> list[tfma.PerSliceMetricThreshold]:
+    """The blessing rule judges the whole eval split. (A plain `threshold` would
+    apply to every slice too, and a small slice's noise would veto a good model.)"""
+    return [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)]
+
+
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     e = config.evaluation
     bins = json.dumps({"num_bins": e.calibration_bins})
     auc = tfma.MetricConfig(
         class_name="AUC",
-        threshold=tfma.MetricThreshold(
+        per_slice_thresholds=_overall(tfma.MetricThreshold(
             value_threshold=tfma.GenericValueThreshold(lower_bound={"value": e.min_auc}),
             # Compared with the last blessed model when there is one.
             change_threshold=tfma.GenericChangeThreshold(
                 direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                absolute={"value": -e.max_auc_drop - 1e-10})))
+                absolute={"value": -e.max_auc_drop - 1e-10}))))
     ece = tfma.MetricConfig(
         class_name=ECE_METRIC, module=METRICS_MODULE, config=bins,
-        threshold=tfma.MetricThreshold(
-            value_threshold=tfma.GenericValueThreshold(upper_bound={"value": e.max_ece})))
+        per_slice_thresholds=_overall(tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(upper_bound={"value": e.max_ece}))))
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default",
                                     label_key=config.data.columns.label,

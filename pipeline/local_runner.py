@@ -7,6 +7,7 @@ import os
 
 from tfx import v1 as tfx
 
+from pfdx.components.evaluation_report import EvaluationReportArtifact
 from pfdx.config import PipelineConfig
 from pfdx.pipeline import dag
 from pfdx.simulator import simulate
@@ -37,8 +38,9 @@ def ensure_input(config: PipelineConfig) -> str:
     return out
 
 
-def run(config: PipelineConfig) -> None:
-    """Builds and runs the pipeline; outputs go under config.runner.output_root."""
+def run(config: PipelineConfig) -> dict:
+    """Builds and runs the pipeline; outputs go under config.runner.output_root.
+    Returns the run report's summary (metrics.json)."""
     input_base = ensure_input(config)
     os.makedirs(config.resolve("."), exist_ok=True)
     with open(config.resolve("config.json"), "w", encoding="utf-8") as f:
@@ -50,3 +52,24 @@ def run(config: PipelineConfig) -> None:
             config.metadata_path),
         beam_pipeline_args=config.beam_pipeline_args)
     tfx.orchestration.LocalDagRunner().run(pipeline)
+    return publish_report(config)
+
+
+def publish_report(config: PipelineConfig) -> dict:
+    """Copies the run's report (newest EvaluationReport artifact in MLMD) to
+    `<output_root>/reports/` and returns its metrics.json, so a user finds it without
+    browsing the pipeline root."""
+    import shutil
+
+    from ml_metadata import metadata_store
+
+    store = metadata_store.MetadataStore(
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
+    reports = store.get_artifacts_by_type(EvaluationReportArtifact.TYPE_NAME)
+    if not reports:
+        raise RuntimeError(f"the run wrote no report; see the MLMD store {config.metadata_path}")
+    latest = max(reports, key=lambda a: a.id)
+    shutil.rmtree(config.reports_dir, ignore_errors=True)
+    shutil.copytree(latest.uri, config.reports_dir)
+    with open(os.path.join(config.reports_dir, "metrics.json"), encoding="utf-8") as f:
+        return json.load(f)

@@ -27,6 +27,28 @@ class ServingError(RuntimeError):
     """TF Serving answered with an error; the message carries its text."""
 
 
+def instances_from_examples(serialized_examples: Iterable[bytes],
+                            regular_features: Iterable[str]) -> list[dict[str, Any]]:
+    """REST "instances" (feature -> value) from logged tf.Examples: replays a log
+    against a server. Missing features are left out, as an ad server would omit them."""
+    import tensorflow as tf
+
+    names = tuple(regular_features)
+    instances = []
+    for serialized in serialized_examples:
+        feature = tf.train.Example.FromString(serialized).features.feature
+        row = {}
+        for name in names:
+            if name not in feature:
+                continue
+            f = feature[name]
+            kind = f.WhichOneof("kind")
+            value = getattr(f, kind).value[0]
+            row[name] = value.decode("utf-8") if kind == "bytes_list" else value
+        instances.append(row)
+    return instances
+
+
 def rest_request_body(instances: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The REST predict body for the raw-tensor signature (JSON-serialisable)."""
     return {"signature_name": RAW_SIGNATURE, "instances": [dict(i) for i in instances]}

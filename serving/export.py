@@ -10,14 +10,22 @@ tracked by the exported module.
 """
 from __future__ import annotations
 
+import base64
+import json
 import os
 from typing import Iterable, Mapping
+
+import numpy as np
 
 import pfdx  # noqa: F401
 import tensorflow as tf
 import tensorflow_transform as tft
 
 OUTPUT_KEY = "cvr"
+# Beside the model in the Trainer's model_run dir: rows, their in-training student
+# predictions and what the exported SavedModel answered for them.
+EXPORT_CHECK_FILE = "export_check.json"
+EXPORT_TOLERANCE = 1e-5
 EXAMPLES_INPUT = "examples"
 RAW_SIGNATURE = "predict_raw"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -105,3 +113,41 @@ def strip_to_regular(serialized: bytes, regular_features: Iterable[str]) -> byte
         if name not in keep:
             del example.features.feature[name]
     return example.SerializeToString()
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported SavedModel does not predict what the trained student predicts."""
+
+
+def check_export(student: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
+                 regular_features: Iterable[str], export_dir: str,
+                 serialized_examples: list[bytes], record_path: str) -> dict:
+    """Reloads the SavedModel and compares it with the in-training student.
+
+    The in-training side parses the *full* logged examples (privileged features
+    included) through the training transform graph into the Keras student; the
+    exported side gets the same rows stripped to regular features through
+    `serving_default`. Any gap beyond EXPORT_TOLERANCE (a serving signature that
+    parses or transforms differently, or reads a privileged feature) fails the
+    Trainer before the model can be blessed or pushed. The record is written to
+    `record_path` so a later process can check the pushed copy the same way.
+    """
+    regular = tuple(regular_features)
+    raw = tf.io.parse_example(tf.constant(serialized_examples),
+                              tf_transform_output.raw_feature_spec())
+    transformed = tf_transform_output.transform_features_layer()(raw)
+    trained = np.asarray(student({k: transformed[k] for k in regular})).reshape(-1)
+    stripped = [strip_to_regular(e, regular) for e in serialized_examples]
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    served = serve(**{EXAMPLES_INPUT: tf.constant(stripped)})[OUTPUT_KEY].numpy().reshape(-1)
+    gap = float(np.max(np.abs(trained - served))) if len(trained) else 0.0
+    record = {"tolerance": EXPORT_TOLERANCE, "max_abs_gap": gap,
+              "examples_b64": [base64.b64encode(e).decode("ascii") for e in stripped],
+              "student": trained.tolist(), "served": served.tolist()}
+    with tf.io.gfile.GFile(record_path, "w") as f:
+        json.dump(record, f)
+    if not gap <= EXPORT_TOLERANCE:
+        raise ExportMismatchError(
+            f"exported model at {export_dir} differs from the trained student by {gap:.3g} "
+            f"(> {EXPORT_TOLERANCE}) on {len(trained)} eval rows; see {record_path}")
+    return record
