@@ -9,7 +9,10 @@ cache) and Examples artifact, and adds what CVR training needs:
 - a time split (last `eval_fraction` of the time range is eval) or a hash split;
 - a dead-letter output: every rejected row with file, row and reason, and counts
   that reconcile (read = used + unclicked + quarantined), stored as custom
-  properties of the Examples artifact in MLMD and as `row_counts.json`.
+  properties of the Examples artifact in MLMD and as `row_counts.json`;
+- a failed run, not a quietly smaller one, when no clicked row survives or more
+  than `data.max_quarantined_fraction` of them is quarantined (a drifted or
+  misread log): the message names the first dead-letter rows (file, row, field).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import zlib
 from typing import Any, Iterable
 
 import apache_beam as beam
+import tensorflow as tf
 from apache_beam.io import fileio
 from google.protobuf import any_pb2, json_format, struct_pb2
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
@@ -70,22 +74,27 @@ class _ParseFile(beam.DoFn):
                 it = log_rows.read_parquet(path, stream, self._schema)
             else:
                 it = log_rows.read_tfrecord(path, stream, self._schema)
-            if self._fmt in ("csv", "parquet"):
-                for col in self._unknown_columns(path):
-                    yield beam.pvalue.TaggedOutput("count", f"unknown_column:{col}")
+            # CSV/Parquet name their columns in a header; a TFRecord's show per record.
+            unknown = set(self._unknown_columns(path)) if self._fmt in ("csv", "parquet") else set()
             for row, record in it:
                 rows += 1
                 yield beam.pvalue.TaggedOutput("count", "read")
                 if isinstance(record, str):
                     status, payload = log_rows.QUARANTINED, record
                 else:
+                    if self._fmt == "tfrecord":
+                        unknown.update(c for c in record if c not in self._schema.known)
                     status, payload = log_rows.row_to_example(self._schema, record)
                 yield beam.pvalue.TaggedOutput("count", status)
                 if status == log_rows.USED:
                     yield payload
                 elif status == log_rows.QUARANTINED:
                     yield beam.pvalue.TaggedOutput(
+                        "count", f"{log_rows.QUARANTINED}:{log_rows.reason_key(payload)}")
+                    yield beam.pvalue.TaggedOutput(
                         "dead", json.dumps({"file": path, "row": row, "reason": payload}))
+        for col in sorted(unknown):
+            yield beam.pvalue.TaggedOutput("count", f"unknown_column:{col}")
         if rows == 0:
             yield beam.pvalue.TaggedOutput("count", "empty_files")
 
@@ -185,10 +194,38 @@ class Executor(BaseExampleGenExecutor):
         counts = read_row_counts(examples.uri)
         for key, value in counts.items():
             examples.set_int_custom_property(f"rows_{key}", value)
+        data = _read_custom_config(exec_properties)
+        source = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        if counts["read"] == 0 and counts["empty_files"] == 0:
+            raise ValueError(f"no file in {source} matches "
+                             f"data.file_pattern={data['file_pattern']!r}")
         if counts["used"] == 0:
-            raise ValueError(f"no clicked rows were read from "
-                             f"{exec_properties[standard_component_specs.INPUT_BASE_KEY]} "
-                             f"(row counts: {counts}); see {examples.uri}/{DEAD_LETTER_DIR}")
+            raise ValueError(f"no clicked rows were read from {source} (row counts: {counts})"
+                             f"{_first_dead_rows(examples.uri)}")
+        bad, limit = counts[log_rows.QUARANTINED], float(data["max_quarantined_fraction"])
+        if bad > limit * (counts[log_rows.USED] + bad):
+            raise ValueError(
+                f"{bad} of the {counts[log_rows.USED] + bad} clicked or unusable rows read "
+                f"from {source} were quarantined, more than "
+                f"data.max_quarantined_fraction={limit:g} (row counts: {counts})"
+                f"{_first_dead_rows(examples.uri)}")
+
+
+def _first_dead_rows(examples_uri: str, n: int = 5) -> str:
+    """The first `n` dead-letter rows as message lines (file:row: reason). Read
+    before failing: TFX deletes a failed execution's outputs, dead letter included."""
+    pattern = os.path.join(examples_uri, DEAD_LETTER_DIR, "*")
+    lines = []
+    for path in sorted(tf.io.gfile.glob(pattern)):
+        with tf.io.gfile.GFile(path) as f:
+            for line in f:
+                dead = json.loads(line)
+                lines.append(f"\n  {dead['file']}:{dead['row']}: {dead['reason']}")
+                if len(lines) == n:
+                    break
+        if len(lines) == n:
+            break
+    return "; first quarantined rows:" + "".join(lines) if lines else ""
 
 
 def read_row_counts(examples_uri: str) -> dict[str, int]:

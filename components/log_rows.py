@@ -5,7 +5,10 @@ Every row ends in exactly one bucket, so counts reconcile
 - ``used``: a clicked row that became a tf.Example;
 - ``unclicked``: an impression without a click (out of CVR's click space);
 - ``quarantined``: a row that cannot be trusted, written with its file, row
-  number and reason to the dead-letter output.
+  number and reason to the dead-letter output: a label/click/flag that is not
+  0/1, a number that does not parse or is NaN/inf, a negative value in a
+  `data.non_negative` column, a conversion without a click, or a post-click
+  (privileged) signal on an unclicked row (a broken click join).
 A file that cannot be read as the configured format at all (missing required
 column, not parseable) fails the run with the file named.
 """
@@ -15,6 +18,7 @@ import csv
 import dataclasses
 import io
 import math
+import re
 from typing import Any, Iterator, Mapping
 
 import tensorflow as tf
@@ -37,16 +41,23 @@ class RowSchema:
     time: str | None
     truth: str | None
     ignore: tuple[str, ...]
+    privileged: tuple[str, ...]
+    flags: tuple[str, ...]  # privileged discrete: 0/1 only
+    non_negative: tuple[str, ...]
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any]) -> "RowSchema":
         roles = data["columns"]
+        continuous, flags = tuple(roles["privileged_continuous"]), tuple(roles["privileged_discrete"])
+        non_negative = data["non_negative"]
+        if non_negative is None:
+            non_negative = tuple(roles["regular_numeric"]) + continuous
         return cls(label=roles["label"], click=roles["click"],
                    categorical=tuple(roles["regular_categorical"]),
-                   numeric=tuple(roles["regular_numeric"]) + tuple(roles["privileged_continuous"])
-                   + tuple(roles["privileged_discrete"]),
+                   numeric=tuple(roles["regular_numeric"]) + continuous + flags,
                    time=data["time_column"], truth=roles["truth"],
-                   ignore=tuple(roles["ignore"]))
+                   ignore=tuple(roles["ignore"]), privileged=continuous + flags, flags=flags,
+                   non_negative=tuple(non_negative))
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -71,7 +82,9 @@ class RowSchema:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+    """An empty cell, a null or an absent feature. (A NaN is not: in a numeric column
+    it is a bad value; only a categorical column reads pandas' NaN as missing.)"""
+    return value is None or value == ""
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -99,6 +112,40 @@ def _as_bytes(value: Any) -> bytes:
     return str(value).encode("utf-8")
 
 
+def _check_unclicked(schema: RowSchema, row: Mapping[str, Any]) -> None:
+    """Post-click signals exist only after a click: an unclicked row may hold none
+    (empty, 0 or NaN); anything else means the click column or the join is wrong."""
+    for name in schema.privileged:
+        v = row.get(name)
+        if _is_missing(v):
+            continue
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"field {name!r}: {v!r} is not a number") from None
+        if x != 0.0 and not math.isnan(x):
+            raise ValueError(f"field {name!r}: post-click signal {v!r} on an unclicked row")
+
+
+def _numeric(schema: RowSchema, name: str, value: Any) -> float:
+    if name in schema.flags:
+        return float(_as_flag(name, value))
+    x = _as_float(name, value)
+    if x < 0.0 and name in schema.non_negative:
+        raise ValueError(f"field {name!r}: {value!r} is negative (data.non_negative)")
+    return x
+
+
+_FIELD_REASON = re.compile(r"field '([^']*)'")
+
+
+def reason_key(reason: str) -> str:
+    """What a quarantine reason is about, to count by: the field it names, else the
+    row-level problem (e.g. 'wrong column count')."""
+    field = _FIELD_REASON.match(reason)
+    return field.group(1) if field else reason.split(":", 1)[0]
+
+
 def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]:
     """(USED, (time, serialized tf.Example)) | (UNCLICKED, None) | (QUARANTINED, reason)."""
     try:
@@ -106,6 +153,7 @@ def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]
         if schema.click is not None and _as_flag(schema.click, row.get(schema.click)) == 0:
             if label == 1:
                 raise ValueError(f"field {schema.label!r}: conversion without a click")
+            _check_unclicked(schema, row)
             return UNCLICKED, None
         feats: dict[str, tf.train.Feature] = {
             schema.label: tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
@@ -115,12 +163,13 @@ def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]
             feats[schema.time] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(time)]))
         for name in schema.categorical:
             v = row.get(name)
-            if not _is_missing(v):
+            if not _is_missing(v) and not (isinstance(v, float) and math.isnan(v)):
                 feats[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[_as_bytes(v)]))
         for name in schema.numeric + ((schema.truth,) if schema.truth else ()):
             v = row.get(name)
             if not _is_missing(v):
-                feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[_as_float(name, v)]))
+                feats[name] = tf.train.Feature(
+                    float_list=tf.train.FloatList(value=[_numeric(schema, name, v)]))
     except ValueError as e:
         return QUARANTINED, str(e)
     example = tf.train.Example(features=tf.train.Features(feature=feats))

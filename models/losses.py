@@ -1,8 +1,10 @@
-"""Per-example distillation losses (paper §3.1-3.2 and the appendix A baselines).
+"""Per-example distillation losses (paper §3.1-3.2, the appendix A baselines, and
+the multi-head / impression-space methods EKTF, TAML, UKD of papers/README.md).
 
-Every function returns one value per example (no reduction): the joint model sums
+Every loss returns one value per example (no reduction): the joint model sums
 the terms and divides by the *global* batch size, which is what makes the step
-correct under MirroredStrategy.
+correct under MirroredStrategy. (EKTF's exam scores and weights are per-head batch
+statistics that weight such losses.)
 
 Teacher-side inputs pass through `tf.stop_gradient` here, so a distillation term
 can never train the teacher, whoever calls it.
@@ -143,3 +145,97 @@ def adversarial_student_loss(student_scores: Sequence[tf.Tensor] | tf.Tensor) ->
     The caller scores with frozen discriminators so only the student learns."""
     return tf.add_n([tf.reduce_sum(_bce_with_logits(1.0, s), axis=-1)
                      for s in _as_list(student_scores)])
+
+
+# Multi-head and impression-space losses (EKTF, TAML, UKD) ---------------------
+
+def squared_error(p_teacher, p_student) -> tf.Tensor:
+    """(p_t - p_s)^2, the teacher side fixed: EKTF's MSE between probabilities."""
+    p_teacher, p_student = _prepare(p_teacher, p_student)
+    return tf.square(p_teacher - p_student)
+
+
+def exam_scores(labels, head_probs) -> tf.Tensor:
+    """EKTF Eq. 4 over a batch: S_k = 1 - mean_i |y_i - p_k,i|, shape [K].
+
+    `labels` is [B] or [B, 1], `head_probs` [B, K]. The scores weight losses but
+    are not themselves optimised, so they carry no gradient."""
+    probs = tf.stop_gradient(tf.convert_to_tensor(head_probs))
+    y = tf.reshape(tf.cast(labels, probs.dtype), [-1, 1])
+    return 1.0 - tf.reduce_mean(tf.abs(y - probs), axis=0)
+
+
+def exam_weights(scores) -> tuple[tf.Tensor, tf.Tensor]:
+    """EKTF Eq. 5: (lambda [K], mu [K, K]).
+
+    lambda_k = softmin_k(S): the teacher teaches low scorers harder; mu[k, l] =
+    softmax over l != k of S_l - S_k: head k learns most from its best peers;
+    mu[k, k] = 0. Needs K >= 2."""
+    scores = tf.convert_to_tensor(scores)
+    lam = tf.nn.softmax(-scores)
+    k = tf.shape(scores)[0]
+    diff = scores[tf.newaxis, :] - scores[:, tf.newaxis]  # [k, l] = S_l - S_k
+    off_diagonal = tf.logical_not(tf.eye(k, dtype=tf.bool))
+    mu = tf.nn.softmax(tf.where(off_diagonal, diff, tf.constant(-float("inf"), diff.dtype)),
+                       axis=-1)
+    return lam, mu
+
+
+def ektf_losses(labels, head_logits, scores=None) -> dict[str, tf.Tensor]:
+    """EKTF's per-example, per-head terms, each [B, K] (column k is head k's loss):
+
+    - `task`: BCE(y, p_k);
+    - `kd`: lambda_k (p_t - p_k)^2, p_t = sigmoid(mean_k logit_k), the abstract teacher;
+    - `dml`: sum_{l != k} mu[k, l] (p_l - p_k)^2.
+
+    Eq. 6 is mean_k task + sum_k kd + mean_k dml. The teacher and the peers enter
+    column k as constants, so a head's loss trains that head only. `scores` are the
+    exam scores S [K]; by default those of this batch."""
+    logits = tf.convert_to_tensor(head_logits)
+    y = tf.reshape(tf.cast(labels, logits.dtype), [-1, 1])
+    probs = tf.sigmoid(logits)
+    lam, mu = exam_weights(exam_scores(labels, probs) if scores is None else scores)
+    teacher = tf.sigmoid(tf.reduce_mean(logits, axis=-1, keepdims=True))
+    # [B, k, l] = (p_l - p_k)^2 with the peer p_l fixed
+    peers = squared_error(probs[:, tf.newaxis, :], probs[:, :, tf.newaxis])
+    return {
+        "task": tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=tf.broadcast_to(y, tf.shape(logits)), logits=logits),
+        "kd": lam * squared_error(teacher, probs),
+        "dml": tf.reduce_sum(mu * peers, axis=-1),
+    }
+
+
+def self_distillation(fused_logit, learner_logits: Sequence[tf.Tensor]) -> tf.Tensor:
+    """TAML Eq. 2/3: sum over learners of KD(p_fused -> p_learner), the fused
+    output fixed. (The paper's '(1 - log p)' is read as log(1 - p).)"""
+    return tf.add_n([tf.reshape(kd_loss(fused_logit, l, from_logits=True), [-1])
+                     for l in learner_logits])
+
+
+def _log1mexp(x: tf.Tensor) -> tf.Tensor:
+    """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2."""
+    log_half = tf.constant(-0.6931471805599453, x.dtype)
+    return tf.where(x > log_half, tf.math.log(-tf.math.expm1(x)),
+                    tf.math.log1p(-tf.exp(tf.minimum(x, log_half))))
+
+
+def ctcvr_loss(ctcvr_labels, ctr_logit, cvr_logit) -> tf.Tensor:
+    """ESMM / TAML Eq. 5: BCE of y_click * y_conv against p_ctr * p_cvr, from logits.
+
+    log p = log_sigmoid(c) + log_sigmoid(v) is exact; log(1 - p) is kept finite by
+    capping p at 1 - EPSILON, as for a clipped student probability."""
+    ctr_logit = tf.reshape(tf.convert_to_tensor(ctr_logit), [-1])
+    cvr_logit = tf.reshape(tf.convert_to_tensor(cvr_logit), [-1])
+    y = tf.reshape(tf.cast(ctcvr_labels, ctr_logit.dtype), [-1])
+    log_p = tf.math.log_sigmoid(ctr_logit) + tf.math.log_sigmoid(cvr_logit)
+    log_not_p = _log1mexp(tf.minimum(log_p, tf.cast(tf.math.log1p(-EPSILON), log_p.dtype)))
+    return -y * log_p - (1.0 - y) * log_not_p
+
+
+def bernoulli_kl(logit_p, logit_q) -> tf.Tensor:
+    """KL(Bern(p) || Bern(q)) from logits, elementwise: UKD Eq. 11's uncertainty."""
+    logit_p, logit_q = tf.convert_to_tensor(logit_p), tf.convert_to_tensor(logit_q)
+    p = tf.sigmoid(logit_p)
+    return (p * (tf.math.log_sigmoid(logit_p) - tf.math.log_sigmoid(logit_q))
+            + (1.0 - p) * (tf.math.log_sigmoid(-logit_p) - tf.math.log_sigmoid(-logit_q)))

@@ -3,7 +3,11 @@
 Data: batches are `(features, labels)` tuples, as `model.fit` and the Trainer's
 dataset give them: `features` maps feature names to ids (see
 `layers.FeatureIds` for the contract; regular and privileged features in one
-dict), `labels` is the 0/1 conversion, shape [B] or [B, 1].
+dict), `labels` is the 0/1 conversion, shape [B] or [B, 1] (click space: every
+row is a click). Impression space (strategies whose `space` is "impression"):
+`labels` is a dict {"label": conversion, "click": click, and for the UKD student
+"pseudo_label": the teacher's CVR}; the conversion task and its metrics then
+count clicked rows only.
 
 One optimizer step minimises, per example and averaged over the global batch,
     L_task(teacher) + L_task(student) + sum of the strategy's terms,
@@ -29,8 +33,9 @@ import tensorflow_recommenders as tfrs
 from pfdx.config import ModelConfig
 from pfdx.models import metrics
 from pfdx.models.distributed import global_batch_size
+from pfdx.models.heads import CTR, HeadOutputs
 from pfdx.models.layers import FeatureEmbeddings, Tower
-from pfdx.models.strategies import Outputs, make_strategy
+from pfdx.models.strategies import CLICK, LABEL, Outputs, make_strategy
 
 
 class StudentOutputs(NamedTuple):
@@ -38,32 +43,53 @@ class StudentOutputs(NamedTuple):
     logit: tf.Tensor  # [B, 1]
     latents: tuple[tf.Tensor, ...]
     auxiliary: Mapping[str, tf.Tensor]
+    heads: Mapping[str, tf.Tensor]  # a multi-output head's extra logits (models/heads.py)
 
 
 class Student(tf.keras.Model):
     """What is served: regular-feature embeddings -> (optional encoder) -> tower.
 
     `call` takes a dict holding the regular features (other keys are ignored) and
-    returns the CVR probability, shape [B]."""
+    returns the CVR probability, shape [B]. A strategy may replace the tower with a
+    multi-output head (`head`, returning `heads.HeadOutputs`); `embeddings` lets a
+    serving copy share the trained tables (`with_head`)."""
 
     def __init__(self, config: ModelConfig, regular_vocab: Mapping[str, int],
-                 encoder: tf.keras.layers.Layer | None = None, **kwargs):
+                 encoder: tf.keras.layers.Layer | None = None,
+                 head: tf.keras.layers.Layer | None = None,
+                 embeddings: FeatureEmbeddings | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.embeddings = FeatureEmbeddings(regular_vocab, config.embedding_dim,
-                                            config.init_stddev, name="regular_embeddings")
+        self.model_config = config
+        self.embeddings = embeddings if embeddings is not None else FeatureEmbeddings(
+            regular_vocab, config.embedding_dim, config.init_stddev, name="regular_embeddings")
         self.encoder = encoder
-        self.tower = Tower(config.hidden_units, 1, config.smelu_beta, config.init_stddev,
-                           name="student_tower")
+        self.tower = head if head is not None else Tower(
+            config.hidden_units, 1, config.smelu_beta, config.init_stddev, name="student_tower")
 
-    def forward(self, features: Mapping[str, tf.Tensor]) -> StudentOutputs:
+    def with_head(self, head: tf.keras.layers.Layer) -> "Student":
+        """A student with these embeddings and encoder and another head."""
+        return Student(self.model_config, self.embeddings.ids.vocab_sizes, self.encoder, head,
+                       self.embeddings, name=self.name)
+
+    def forward(self, features: Mapping[str, tf.Tensor], training=None) -> StudentOutputs:
         embedded = self.embeddings(features)
         auxiliary = self.encoder(embedded) if self.encoder is not None else {}
         tower_input = tf.concat([embedded, *(auxiliary[k] for k in sorted(auxiliary))], axis=-1)
-        logit, latents = self.tower(tower_input)
-        return StudentOutputs(embedded, logit, latents, auxiliary)
+        head = self.tower(tower_input, training=training)
+        if not isinstance(head, HeadOutputs):  # a plain Tower: (logit, latents)
+            head = HeadOutputs(*head)
+        return StudentOutputs(embedded, head.logit, head.latents, auxiliary, head.heads)
 
-    def call(self, features):
-        return tf.sigmoid(tf.reshape(self.forward(features).logit, [-1]))
+    def call(self, features, training=None):
+        return tf.sigmoid(tf.reshape(self.forward(features, training).logit, [-1]))
+
+    def predictions(self, features) -> dict[str, tf.Tensor]:
+        """Served probabilities, [B] each: "cvr", and "ctr" when the head has a CTR logit."""
+        out = self.forward(features)
+        probs = {"cvr": tf.sigmoid(tf.reshape(out.logit, [-1]))}
+        if CTR in out.heads:
+            probs[CTR] = tf.sigmoid(tf.reshape(out.heads[CTR], [-1]))
+        return probs
 
 
 def _ranking_task(prefix: str, calibration: bool) -> tfrs.tasks.Ranking:
@@ -93,7 +119,8 @@ class JointModel(tfrs.Model):
         super().__init__(**kwargs)
         self.config = config
         self.strategy = make_strategy(config, privileged_vocab)
-        self.student = Student(config, regular_vocab, self.strategy.student_encoder, name="student")
+        self.student = Student(config, regular_vocab, self.strategy.student_encoder,
+                               self.strategy.student_head, name="student")
         self.student_task = _ranking_task("student", calibration=True)
         self.distillation_loss = tf.keras.metrics.Mean(name="distillation_loss")
         # `none` and `mtl` have no teacher: the teacher's task loss would otherwise
@@ -107,24 +134,27 @@ class JointModel(tfrs.Model):
                                        config.init_stddev, name="teacher_tower")
             self.teacher_task = _ranking_task("teacher", calibration=False)
 
-    def forward(self, features: Mapping[str, tf.Tensor]) -> Outputs:
-        student = self.student.forward(features)
+    def forward(self, features: Mapping[str, tf.Tensor], training=None) -> Outputs:
+        student = self.student.forward(features, training)
         if not self.has_teacher:
-            return Outputs(student.logit, student.latents, auxiliary=student.auxiliary)
+            return Outputs(student.logit, student.latents, auxiliary=student.auxiliary,
+                           student_heads=student.heads)
         teacher_logit, teacher_latents = self.teacher_tower(
             tf.concat([student.embedded, self.privileged_embeddings(features)], axis=-1))
         return Outputs(student.logit, student.latents, teacher_logit, teacher_latents,
-                       student.auxiliary)
+                       student.auxiliary, student.heads)
 
     # See compute_loss. `training` is unused, but Keras passes it to a wrapped call.
     @tf.autograph.experimental.do_not_convert
     def call(self, features, training=None):
         """{"student": p_s, "teacher": p_t} CVR probabilities, [B] each ("teacher"
-        only when the strategy has one)."""
+        only when the strategy has one; "ctr" when the student has a CTR head)."""
         out = self.forward(features)
         probs = {"student": tf.sigmoid(tf.reshape(out.student_logit, [-1]))}
         if self.has_teacher:
             probs["teacher"] = tf.sigmoid(tf.reshape(out.teacher_logit, [-1]))
+        if CTR in out.student_heads:
+            probs[CTR] = tf.sigmoid(tf.reshape(out.student_heads[CTR], [-1]))
         return probs
 
     def predict_both(self, features) -> dict[str, tf.Tensor]:
@@ -135,18 +165,35 @@ class JointModel(tfrs.Model):
         """The exportable student: regular features in, CVR probability out. It
         holds the regular embeddings, the student tower (and MTL's auxiliary
         towers) and nothing of the teacher, the privileged embeddings or the
-        strategy's mapping nets / discriminators."""
-        return self.student
+        strategy's mapping nets / discriminators. A multi-head strategy may serve
+        part of its head (`Strategy.serving_head`: EKTF's best head, TAML / UKD
+        without their CTR tower); that student shares the trained weights."""
+        head = self.strategy.serving_head
+        return self.student if head is None else self.student.with_head(head)
 
     def loss_terms(self, features, labels, training: bool = False) -> dict[str, tf.Tensor]:
         """Every per-example loss term, [B] each, by name; updates the metrics."""
-        labels = tf.reshape(tf.cast(labels, tf.float32), [-1, 1])
-        out = self.forward(features)
-        terms = {"student_task": self.student_task(labels, out.student_logit, training=training)}
+        labels, side = split_labels(labels)
+        click = side.get(CLICK)
+        if self.strategy.space == "impression" and click is None:
+            raise ValueError(f"strategy {self.config.strategy!r} trains on impressions: "
+                             f"labels must be a dict with {LABEL!r} and {CLICK!r}")
+        out = self.forward(features, training)
+        # Impression space: the conversion label, so its losses and metrics, only
+        # count on clicked rows.
+        student_task = self.student_task(labels, out.student_logit, sample_weight=click,
+                                         training=training)
+        # A strategy that owns the student's supervised loss (multi-head students)
+        # returns it itself; the task then only keeps the served prediction's metrics.
+        terms = {} if self.strategy.owns_student_task else {"student_task": student_task}
         if self.has_teacher:
-            terms["teacher_task"] = self.teacher_task(labels, out.teacher_logit, training=training)
+            terms["teacher_task"] = self.teacher_task(labels, out.teacher_logit,
+                                                      sample_weight=click, training=training)
         step = self.optimizer.iterations if self.optimizer is not None else tf.constant(0, tf.int64)
-        distillation = self.strategy(out, features, labels, step)
+        if self.strategy.space == "impression":
+            distillation = self.strategy(out, features, labels, step, side=side, training=training)
+        else:
+            distillation = self.strategy(out, features, labels, step, training=training)
         if distillation:
             self.distillation_loss.update_state(tf.add_n(list(distillation.values())))
         return {**terms, **distillation}
@@ -161,6 +208,17 @@ class JointModel(tfrs.Model):
         per_example = tf.add_n(list(self.loss_terms(features, labels, training).values()))
         n = tf.cast(global_batch_size(tf.shape(per_example)[0]), per_example.dtype)
         return tf.reduce_sum(per_example) / n
+
+
+def split_labels(labels) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """(conversion [B, 1], the other label columns {name: [B, 1]}), all float32;
+    `labels` is the conversion tensor or a dict holding it under "label"."""
+    def column(x):
+        return tf.reshape(tf.cast(x, tf.float32), [-1, 1])
+
+    if not isinstance(labels, Mapping):
+        return column(labels), {}
+    return column(labels[LABEL]), {k: column(v) for k, v in labels.items() if k != LABEL}
 
 
 def make_optimizer(config: ModelConfig) -> tf.keras.optimizers.Optimizer:

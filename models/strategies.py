@@ -7,6 +7,12 @@ to the teacher's and the student's task losses (Eq. 7). It says whether the mode
 needs a teacher at all, and may give the student an extra encoder (MTL), which is
 then exported with the student.
 
+A strategy may also replace the student's tower with a multi-output head
+(models/heads.py: EKTF's ensemble, TAML's learners, UKD's twin CVR heads), own the
+student's supervised loss, and choose what of that head is served. The
+impression-space strategies (`space = "impression"`: TAML, UKD) train on every
+impression and get the click (and pseudo-) labels as `side`.
+
 `STRATEGIES` maps `ModelConfig.strategy` names to factories
 `(config, privileged_vocab) -> Strategy`; the compound methods are sums of parts.
 Weights: the logit term (KD or focal) carries `lam` everywhere; Eq. 6's latent
@@ -17,13 +23,20 @@ from __future__ import annotations
 import functools
 from typing import Callable, Mapping, NamedTuple, Sequence
 
+import numpy as np
+
 import pfdx  # noqa: F401  (Keras 2 flag before TensorFlow)
 import tensorflow as tf
 
 from pfdx.config import ModelConfig
+from pfdx.models import heads as heads_lib
 from pfdx.models import losses
 from pfdx.models.distributed import gather_batch
+from pfdx.models.heads import CTR, head_key
 from pfdx.models.layers import FeatureIds, Tower
+
+# Keys of the labels dict of an impression-space batch (models/model.py).
+LABEL, CLICK, PSEUDO_LABEL = "label", "click", "pseudo_label"
 
 
 class Outputs(NamedTuple):
@@ -35,6 +48,8 @@ class Outputs(NamedTuple):
     teacher_latents: tuple[tf.Tensor, ...] | None = None
     # Student encoder outputs (MTL: auxiliary logits per privileged feature).
     auxiliary: Mapping[str, tf.Tensor] = {}
+    # A multi-output student head's extra logits, [B, 1] each (models/heads.py).
+    student_heads: Mapping[str, tf.Tensor] = {}
 
 
 class Strategy(tf.keras.layers.Layer):
@@ -42,9 +57,16 @@ class Strategy(tf.keras.layers.Layer):
 
     `call(outputs, features, labels, step)` gets the forward pass, the feature dict,
     the [B, 1] float labels and the optimizer's step counter, and returns
-    {term name: per-example loss [B]}."""
+    {term name: per-example loss [B]}. An impression-space strategy also gets
+    `side`: the other label columns ({"click": [B, 1], ...}).
+
+    `owns_student_task`: the strategy returns the student's supervised loss
+    itself (e.g. one BCE per head); the model's BCE on the served logit then only
+    feeds the metrics."""
 
     uses_teacher: bool = True
+    owns_student_task: bool = False
+    space: str = "click"  # "impression": trains on every impression (see ModelConfig)
 
     def __init__(self, config: ModelConfig, privileged_vocab: Mapping[str, int], **kwargs):
         super().__init__(**kwargs)
@@ -54,6 +76,17 @@ class Strategy(tf.keras.layers.Layer):
     def student_encoder(self) -> tf.keras.layers.Layer | None:
         """A layer the student applies to its embedded regular features, whose
         outputs (a dict of [B, k] tensors) it concatenates to them."""
+        return None
+
+    @property
+    def student_head(self) -> tf.keras.layers.Layer | None:
+        """A head (returning heads.HeadOutputs) to use in place of the student's tower."""
+        return None
+
+    @property
+    def serving_head(self) -> tf.keras.layers.Layer | None:
+        """The part of `student_head` that is exported, sharing its weights; None:
+        the student as trained."""
         return None
 
     def call(self, outputs: Outputs, features: Mapping[str, tf.Tensor], labels: tf.Tensor,
@@ -194,6 +227,182 @@ class AdversarialKD(Strategy):
         }
 
 
+def _bce(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), [-1])
+
+
+# Decay of the running exam scores that pick EKTF's best head (~ the last 100 steps).
+EXAM_DECAY = 0.99
+
+
+class EnsembleDistillation(Strategy):
+    """`ektf` (Ensemble Knowledge Transfer, paper 001): `ektf_heads` student towers
+    on the shared regular embeddings. Their mean logit is the abstract teacher and
+    the served prediction. Per example (Eq. 6):
+        heads_task = mean_k BCE(y, p_k),
+        ektf_kd    = sum_k lambda_k (p_t - p_k)^2,    lambda = softmin(S),
+        ektf_dml   = mean_k sum_{l != k} mu_kl (p_l - p_k)^2,  mu_k = softmax_l(S_l - S_k),
+    with exam scores S_k = 1 - mean |y - p_k| over the global batch; teacher and
+    peers are constants in head k's terms. Alone it has no privileged teacher;
+    combined (`ha_pfd_v2_ektf`) the privileged teacher distils into the ensemble
+    (the served logit and the heads' concatenated latents).
+
+    Serving (`ektf_serve`): the ensemble, or the one head with the best running
+    exam score over training (the paper's cheaper option)."""
+
+    uses_teacher = False
+    owns_student_task = True
+
+    def __init__(self, config, privileged_vocab, **kwargs):
+        super().__init__(config, privileged_vocab, **kwargs)
+        if config.ektf_heads < 2:
+            raise ValueError(f"model.ektf_heads: EKTF needs at least 2 heads, got {config.ektf_heads}")
+        if config.ektf_serve not in ("ensemble", "best"):
+            raise ValueError(f"model.ektf_serve: {config.ektf_serve!r} is not ensemble or best")
+        self.heads = heads_lib.EnsembleHeads(
+            [self._tower(config.hidden_units, 1, f"student_head_{k}")
+             for k in range(config.ektf_heads)], name="student_heads")
+        # Replicas hold the same value: the scores come from the gathered batch.
+        self.exam_average = self.add_weight(
+            "exam_average", shape=[config.ektf_heads], initializer="zeros", trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    @property
+    def student_head(self):
+        return self.heads
+
+    @property
+    def serving_head(self):
+        if self.config.ektf_serve == "ensemble":
+            return None
+        return self.heads.towers[self.best_head()]
+
+    def best_head(self) -> int:
+        return int(np.argmax(self.exam_average.numpy()))
+
+    def call(self, outputs, features, labels, step, training=None):
+        logits = tf.concat([outputs.student_heads[head_key("head", k)]
+                            for k in range(self.config.ektf_heads)], axis=-1)  # [B, K]
+        scores = losses.exam_scores(gather_batch(labels), gather_batch(tf.sigmoid(logits)))
+        if training:
+            self.exam_average.assign(EXAM_DECAY * self.exam_average + (1.0 - EXAM_DECAY) * scores)
+        terms = losses.ektf_losses(labels, logits, scores)
+        return {"heads_task": tf.reduce_mean(terms["task"], axis=-1),
+                "ektf_kd": tf.reduce_sum(terms["kd"], axis=-1),
+                "ektf_dml": tf.reduce_mean(terms["dml"], axis=-1)}
+
+
+class TaskAdaptiveMultiLearner(Strategy):
+    """`taml` (Task Adaptive Multi-Learner, paper 004), impression space: the
+    student is TAML's network (heads.TaskAdaptiveLearners: experts, gates, n
+    learners per task fused by averaging logits). Per impression (Eq. 6):
+        ctr_task   = BCE(y_click, p_ctr),
+        ctcvr_task = BCE(y_click * y_conv, p_ctr * p_cvr),
+        ctr_self_kd = alpha * sum_l KD(p_ctr -> p_ctr^l),
+        cvr_self_kd = beta  * sum_l KD(p_cvr -> p_cvr^l),
+    the fused outputs fixed in the self-distillation. No privileged teacher.
+    Serves the fused CVR (and the fused CTR with `serve_ctr`)."""
+
+    uses_teacher = False
+    owns_student_task = True
+    space = "impression"
+
+    def __init__(self, config, privileged_vocab, **kwargs):
+        super().__init__(config, privileged_vocab, **kwargs)
+        self.network = heads_lib.task_adaptive_learners(config)
+
+    @property
+    def student_head(self):
+        return self.network
+
+    @property
+    def serving_head(self):
+        return None if self.config.serve_ctr else self.network.cvr_only()
+
+    def call(self, outputs, features, labels, step, side):
+        c, heads, click = self.config, outputs.student_heads, side[CLICK]
+        ctr, cvr = heads[CTR], outputs.student_logit
+        learners = {task: [heads[head_key(task, l)] for l in range(c.taml_learners)]
+                    for task in ("cvr", CTR)}
+        return {
+            "ctr_task": _bce(click, ctr),
+            "ctcvr_task": losses.ctcvr_loss(click * labels, ctr, cvr),
+            "ctr_self_kd": c.taml_alpha * losses.self_distillation(ctr, learners[CTR]),
+            "cvr_self_kd": c.taml_beta * losses.self_distillation(cvr, learners["cvr"]),
+        }
+
+
+class ClickAdaptiveTeacher(Strategy):
+    """`ukd_teacher` (UKD stage 1, paper 003 §3.1), impression space: the student
+    model is the click-adaptive teacher T_f + T_p, trained on clicked rows' labels
+    (the model's student task, weighted by the click) while a click discriminator
+    T_d on its last hidden layer learns clicked vs unclicked through a gradient
+    reversal (Eq. 7), which pushes T_f to make the two indistinguishable. Its
+    exported student pseudo-labels unclicked impressions
+    (models/impressions.py `with_pseudo_labels`)."""
+
+    uses_teacher = False
+    space = "impression"
+
+    def __init__(self, config, privileged_vocab, **kwargs):
+        super().__init__(config, privileged_vocab, **kwargs)
+        self.reversal = heads_lib.GradientReversal(config.ukd_reversal_scale)
+        self.discriminator = self._tower(config.adversarial_hidden_units, 1, "click_discriminator")
+
+    def call(self, outputs, features, labels, step, side):
+        scores = self.discriminator(self.reversal(outputs.student_latents[-1]))[0]
+        return {"click_discriminator": _bce(side[CLICK], scores)}
+
+
+class UncertaintyDistillation(Strategy):
+    """`ukd` (UKD stage 2, paper 003 §3.2), impression space: labels carry the
+    teacher's `pseudo_label` for every row. The student (heads.TwinDropoutHeads)
+    has two dropout CVR heads p, p' and a CTR tower. Per impression (Eq. 9-12),
+    with both heads' losses averaged:
+        cvr_click   = click * BCE(y_conv, p),
+        cvr_unclick = alpha * (1 - click) * exp(-lambda * KL(p || p')) * BCE(p_T, p),
+        uncertainty = (1 - click) * KL(p || p'),
+        ctr_task    = gamma * BCE(y_click, p_ctr).
+    The weight keeps its gradient, as in the paper: the KL term is what stops the
+    heads from disagreeing to silence the pseudo-labels. Serves the mean of the two
+    CVR heads' logits (and the CTR with `serve_ctr`)."""
+
+    uses_teacher = False
+    owns_student_task = True
+    space = "impression"
+
+    def __init__(self, config, privileged_vocab, **kwargs):
+        super().__init__(config, privileged_vocab, **kwargs)
+        self.network = heads_lib.twin_dropout_heads(config)
+
+    @property
+    def student_head(self):
+        return self.network
+
+    @property
+    def serving_head(self):
+        return None if self.config.serve_ctr else self.network.cvr_only()
+
+    def call(self, outputs, features, labels, step, side):
+        c, heads = self.config, outputs.student_heads
+        if PSEUDO_LABEL not in side:
+            raise ValueError(f"strategy 'ukd' needs the teacher's {PSEUDO_LABEL!r} in the labels "
+                             "(models/impressions.py with_pseudo_labels)")
+        click, pseudo = side[CLICK], side[PSEUDO_LABEL]
+        p, p_ = (heads[head_key("cvr", i)] for i in range(2))
+        kl = tf.reshape(losses.bernoulli_kl(p, p_), [-1])
+        unclicked = 1.0 - tf.reshape(click, [-1])
+        # Soft-label BCE: the pseudo-label is a probability, and data (no gradient).
+        distilled = (_bce(pseudo, p) + _bce(pseudo, p_)) / 2.0
+        return {
+            "cvr_click": tf.reshape(click, [-1]) * (_bce(labels, p) + _bce(labels, p_)) / 2.0,
+            "cvr_unclick": c.ukd_pseudo_weight * unclicked
+            * tf.exp(-c.ukd_uncertainty_scale * kl) * distilled,
+            "uncertainty": unclicked * kl,
+            "ctr_task": c.ukd_ctr_weight * _bce(click, heads[CTR]),
+        }
+
+
 class Combined(Strategy):
     """A sum of strategies (e.g. HA-PFD = layer alignment + focal distillation)."""
 
@@ -202,12 +411,30 @@ class Combined(Strategy):
         super().__init__(config, privileged_vocab, **kwargs)
         self.parts = [part(config, privileged_vocab) for part in parts]
         self.uses_teacher = any(p.uses_teacher for p in self.parts)
+        self.owns_student_task = any(p.owns_student_task for p in self.parts)
+        if any(p.space != "click" for p in self.parts):
+            raise ValueError("only click-space strategies combine")
+        self._head_part = _one_of([p for p in self.parts if p.student_head is not None])
+
+    @property
+    def student_head(self):
+        return self._head_part.student_head if self._head_part else None
+
+    @property
+    def serving_head(self):
+        return self._head_part.serving_head if self._head_part else None
 
     def call(self, outputs, features, labels, step):
         terms: dict[str, tf.Tensor] = {}
         for part in self.parts:
             terms.update(part(outputs, features, labels, step))
         return terms
+
+
+def _one_of(parts: list[Strategy]) -> Strategy | None:
+    if len(parts) > 1:
+        raise ValueError(f"at most one combined part may change the student: {parts}")
+    return parts[0] if parts else None
 
 
 def _combined(*parts: Callable[..., Strategy]) -> Callable[..., Strategy]:
@@ -231,6 +458,11 @@ STRATEGIES: dict[str, Callable[[ModelConfig, Mapping[str, int]], Strategy]] = {
     "review_kd": functools.partial(LayerAlignment, review=True),
     "similarity_kd": SimilarityKD,
     "adversarial_kd": AdversarialKD,
+    "ektf": EnsembleDistillation,
+    "ha_pfd_v2_ektf": _combined(LayerAlignment, _FOCAL_V2, EnsembleDistillation),
+    "taml": TaskAdaptiveMultiLearner,
+    "ukd_teacher": ClickAdaptiveTeacher,
+    "ukd": UncertaintyDistillation,
 }
 
 

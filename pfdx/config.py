@@ -81,12 +81,36 @@ class DataConfig:
     eval_fraction: float = 0.2
     simulated_rows: int = 200_000
     simulated_seed: int = 7
+    # Numeric columns whose negative values quarantine the row (durations, counters,
+    # amounts). None: every regular numeric and privileged continuous column.
+    non_negative: tuple[str, ...] | None = None
+    # The run fails when more than this fraction of the rows that would be used
+    # (used + quarantined) is quarantined: a drifted or misread log, not a few bad rows.
+    max_quarantined_fraction: float = 0.05
+    # A curated TFDV schema (schema.pbtxt: absolute path or URI) that the data is
+    # validated, transformed and trained against instead of the one SchemaGen infers
+    # (TFX ImportSchemaGen). TFX caches the import by path: give an edited schema a
+    # new file name. None: infer the schema from each run's statistics.
+    schema_path: str | None = None
 
     def validate(self) -> None:
         if self.format not in ("csv", "parquet", "tfrecord"):
             raise ConfigError(f"data.format: {self.format!r} is not one of csv, parquet, tfrecord")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction: {self.eval_fraction} is not in (0, 1)")
+        parts = self.file_pattern.replace("\\", "/").split("/")
+        if os.path.isabs(self.file_pattern) or ".." in parts:
+            raise ConfigError(f"data.file_pattern: {self.file_pattern!r} is not a glob inside "
+                              "data.path")
+        if not 0.0 <= self.max_quarantined_fraction <= 1.0:
+            raise ConfigError(f"data.max_quarantined_fraction: {self.max_quarantined_fraction} "
+                              "is not in [0, 1]")
+        roles = self.columns
+        numeric = roles.regular_numeric + roles.privileged
+        unknown = [c for c in self.non_negative or () if c not in numeric]
+        if unknown:
+            raise ConfigError(f"data.non_negative: {unknown} are not numeric columns "
+                              f"(regular_numeric or privileged); numeric: {list(numeric)}")
         self.columns.validate()
 
 
@@ -110,6 +134,10 @@ class SelectionConfig:
     # Above this many distinct values a continuous feature is pre-bucketed by quantiles.
     max_distinct_values: int = 10_000
     quantile_buckets: int = 1_000
+
+
+# Strategies trained on all impressions (models/strategies.py: `space`).
+IMPRESSION_SPACE_STRATEGIES = ("taml", "ukd_teacher", "ukd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +172,29 @@ class ModelConfig:
     adversarial_warmup_steps: int = 1_000
     # Weight of the auxiliary privileged-feature tasks of the `mtl` baseline.
     mtl_weight: float = 1.0
+    # Multi-head students (models/heads.py). EKTF: `ektf_heads` student towers on
+    # the shared embeddings, taught by their logit mean; serve that mean
+    # (`ensemble`) or the head with the best running exam score (`best`).
+    ektf_heads: int = 3
+    ektf_serve: str = "ensemble"
+    # TAML (impression space): learners per task; experts per group (general, per
+    # task; each learner also has its own, so a gate weighs 2e + 1 experts) of
+    # `taml_expert_units`; self-distillation weights alpha (CTR), beta (CVR).
+    taml_learners: int = 2
+    taml_experts: int = 1
+    taml_expert_units: int = 64
+    taml_alpha: float = 0.1
+    taml_beta: float = 0.1
+    # UKD (impression space): CTR loss weight gamma, pseudo-label weight alpha,
+    # uncertainty scale lambda, dropout before the two CVR heads; the teacher's
+    # gradient-reversal scale (its click discriminator: adversarial_hidden_units).
+    ukd_ctr_weight: float = 0.2
+    ukd_pseudo_weight: float = 0.5
+    ukd_uncertainty_scale: float = 100.0
+    ukd_dropout: float = 0.2
+    ukd_reversal_scale: float = 1.0
+    # TAML / UKD students also serve their CTR.
+    serve_ctr: bool = False
     batch_size: int = 512
     epochs: int = 2
     seed: int = 42
@@ -175,6 +226,9 @@ class RunnerConfig:
     direct_num_workers: int = 0
     beam_args: tuple[str, ...] = ()
     enable_cache: bool = True
+    # Proceed past data-validation anomalies (components/validation_gate.py) instead
+    # of stopping before training; the run records that it was overridden.
+    allow_anomalies: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +258,44 @@ class KubeflowConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """`pfdx compare`: strategies trained on one train window, scored on a later test
+    window (the last `data.eval_fraction` of the time range, as ExampleGen's eval split)."""
+
+    # Strategy names of models/strategies.py; empty: all that train on clicked rows.
+    strategies: tuple[str, ...] = ()
+    # Runs per strategy, seeded model.seed, model.seed + 1, ...
+    seeds: int = 3
+    # Hyperparameter grid: a ModelConfig field -> values, for every strategy
+    # (`lam: [1, 10]`) or for one (`"ha_pfd_v2:gamma": [0.5, 1]`, which replaces the
+    # shared entry for that strategy). Each combination trains on the train window
+    # minus its last `validation_fraction` of time and is scored on that validation
+    # window; the best by `grid_metric` is used for the test runs.
+    grid: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    validation_fraction: float = 0.2
+    # student_auc (higher is better) | student_ece | student_mce (lower is better)
+    grid_metric: str = "student_auc"
+
+    def validate(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError(f"compare.seeds: {self.seeds} is below 1")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(f"compare.validation_fraction: {self.validation_fraction} "
+                              "is not in (0, 1)")
+        if self.grid_metric not in ("student_auc", "student_ece", "student_mce"):
+            raise ConfigError(f"compare.grid_metric: {self.grid_metric!r} is not one of "
+                              "student_auc, student_ece, student_mce")
+        fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"strategy", "seed"}
+        for key, values in self.grid.items():
+            field = key.rsplit(":", 1)[-1]
+            if field not in fields:
+                raise ConfigError(f"compare.grid.{key}: {field!r} is not a tunable "
+                                  f"model field; known: {sorted(fields)}")
+            if not values:
+                raise ConfigError(f"compare.grid.{key}: no values")
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     data: DataConfig = DataConfig()
     selection: SelectionConfig = SelectionConfig()
@@ -211,10 +303,21 @@ class PipelineConfig:
     evaluation: EvaluationConfig = EvaluationConfig()
     runner: RunnerConfig = RunnerConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
+    compare: CompareConfig = CompareConfig()
 
     def validate(self) -> "PipelineConfig":
         self.data.validate()
+        self.compare.validate()
+        if self.space == "impression" and self.data.columns.click is None:
+            raise ConfigError(f"model.strategy: {self.model.strategy!r} trains on every "
+                              "impression and needs data.columns.click")
         return self
+
+    @property
+    def space(self) -> str:
+        """`impression` (every row, with its click label) for the strategies that
+        learn from unclicked impressions, else `click` (clicked rows only)."""
+        return "impression" if self.model.strategy in IMPRESSION_SPACE_STRATEGIES else "click"
 
     # Paths -------------------------------------------------------------
     def resolve(self, relative: str) -> str:
@@ -340,5 +443,9 @@ def from_dict(tree: Mapping[str, Any], overrides: list[str] | tuple[str, ...] = 
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw  # not YAML, e.g. the glob *.csv: the text itself (types are checked below)
+        _set_dotted(tree, key.strip(), value)
     return _build(PipelineConfig, tree, "").validate()

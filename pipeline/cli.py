@@ -12,6 +12,8 @@ import warnings
 # or google-cloud's Python-version notices; -v brings INFO logs back.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", category=FutureWarning)
+# ... and in the Beam worker processes, which inherit the environment, not filters.
+os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
 
 import pfdx  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pfdx.config import ConfigError, load_config  # noqa: E402
@@ -38,8 +40,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pfdx.pipeline import local_runner
 
     config = load_config(args.config, args.overrides)
-    local_runner.run(config)
+    summary = local_runner.run(config)
+    student = summary["trainer_eval"]
+    teacher = (f", teacher AUC {student['teacher_auc']:.4f}" if "teacher_auc" in student else "")
     print(f"pipeline finished; outputs under {config.resolve('.')}")
+    print(f"student on eval: AUC {student['student_auc']:.4f}, ECE {student['student_ece']:.4f}, "
+          f"MCE {student['student_mce']:.4f}{teacher}")
+    if summary["blessed"]:
+        print(f"blessed and pushed to {config.serving_dir}")
+    else:
+        print("not blessed, nothing pushed:\n  " + "\n  ".join(summary["blessing_failures"]))
+    print(f"report: {os.path.join(config.reports_dir, 'report.md')}")
     return 0
 
 
@@ -70,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_show_config)
 
     from pfdx.features import selection_cli
-    from pfdx.pipeline import kubeflow
+    from pfdx.pipeline import compare, kubeflow
     selection_cli.add_cli_parser(sub, _add_config_args)
+    compare.add_cli_parser(sub, _add_config_args)
     kubeflow.add_parsers(sub, _add_config_args)
     # `pfdx run -v` as well as `pfdx -v run`; SUPPRESS keeps a flag given before
     # the command from being reset by the sub-command's default.
@@ -94,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"pfdx: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001  (a failed component: its message, not a trace)
+        if args.verbose:
+            raise
+        print(f"pfdx: error: {type(e).__name__}: {e}\n(run with -v for the full traceback "
+              "and component logs)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

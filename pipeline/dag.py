@@ -8,6 +8,7 @@ from pfdx.components.evaluation_report import EvaluationReport
 from pfdx.components.privileged_feature_selection import PrivilegedFeatureSelection
 from pfdx.components.privileged_transform import PrivilegedTransform
 from pfdx.components.trainer import trainer_custom_config
+from pfdx.components.validation_gate import VALIDATED_KEY, ValidationGate
 from pfdx.config import PipelineConfig
 from pfdx.features import transform
 from pfdx.pipeline.evaluation import eval_config
@@ -22,14 +23,34 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
                                      pattern=config.data.file_pattern)
     examples = example_gen.outputs["examples"]
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                          infer_feature_shape=True)
+    if config.data.schema_path is None:
+        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                              infer_feature_shape=True)
+    else:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=config.data.schema_path)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    # The schema of the last run the gate passed (none on a first run): drift baseline.
+    last_validated = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        schema=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Schema,
+                               producer_component_id=ValidationGate.__name__,
+                               output_key=VALIDATED_KEY),
+    ).with_id("latest_validated_schema_resolver")
+    gate = ValidationGate(statistics=statistics_gen.outputs["statistics"],
+                          schema=schema_gen.outputs["schema"],
+                          anomalies=example_validator.outputs["anomalies"],
+                          baseline=last_validated.outputs["schema"],
+                          allow_anomalies=config.runner.allow_anomalies)
     selection = PrivilegedFeatureSelection(examples=examples, config=config)
     transform_ = PrivilegedTransform(examples=examples, schema=schema_gen.outputs["schema"],
                                      selection=selection.outputs["selection"],
                                      regular_config=transform.regular_config(config))
+    # Nothing that reads the examples runs before the gate passes. An ordering edge,
+    # not a data edge: the gate re-runs every run (its baseline is the previous
+    # run's output), and a data edge would make every component after it re-run too.
+    for consumer in (selection, transform_):
+        consumer.add_upstream_node(gate)
     trainer = tfx.components.Trainer(
         run_fn=f"{TRAINER_MODULE}.run_fn",
         examples=examples,
@@ -51,8 +72,8 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)))
-    return [example_gen, statistics_gen, schema_gen, example_validator, selection,
-            transform_, trainer, baseline, evaluator, report, pusher]
+    return [example_gen, statistics_gen, schema_gen, example_validator, last_validated, gate,
+            selection, transform_, trainer, baseline, evaluator, report, pusher]
 
 
 def create_pipeline(config: PipelineConfig, input_base: str, pipeline_root: str,

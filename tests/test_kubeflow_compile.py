@@ -119,6 +119,19 @@ def test_run_parameters_default_to_the_config_and_reach_their_components(job, lo
         "outputArtifactKey": "hyperparameters", "producerTask": kubeflow_params.STEP_ID}}
 
 
+def test_the_validation_gate_precedes_whatever_reads_examples_for_training(job):
+    tasks = _spec(job)["root"]["dag"]["tasks"]
+    for consumer in ("PrivilegedFeatureSelection", "PrivilegedTransform"):
+        assert "ValidationGate" in tasks[consumer]["dependentTasks"], consumer
+    resolver = "latest_validated_schema_resolver"
+    assert tasks["ValidationGate"]["inputs"]["artifacts"]["baseline"] == {"taskOutputArtifact": {
+        "outputArtifactKey": "schema", "producerTask": resolver}}
+    # TFX's v2 compiler resolves by type alone: the newest Schema of the metadata store.
+    queries = _spec(job)["deploymentSpec"]["executors"][_executor_label(job, resolver)]
+    assert queries["resolver"]["outputArtifactQueries"]["schema"]["filter"] == \
+        'schema_title="tfx.Schema" AND state=LIVE'
+
+
 def test_trainer_applies_what_the_hyperparameters_step_writes(tmp_path):
     from tfx.utils import io_utils
 

@@ -34,7 +34,8 @@ def test_missing_values_are_absent_features():
 
 
 def test_unclicked_rows_are_counted_not_used():
-    assert log_rows.row_to_example(SCHEMA, _row(click="0")) == (log_rows.UNCLICKED, None)
+    unclicked = _row(click="0", **{c: "" for c in SCHEMA.privileged})  # no post-click signals
+    assert log_rows.row_to_example(SCHEMA, unclicked) == (log_rows.UNCLICKED, None)
 
 
 @pytest.mark.parametrize("over, reason", [
@@ -45,11 +46,58 @@ def test_unclicked_rows_are_counted_not_used():
     ({"duration": "nan"}, "field 'duration': 'nan' is not finite"),
     ({"duration": "inf"}, "field 'duration': 'inf' is not finite"),
     ({"event_time": ""}, "field 'event_time'"),
+    ({"duration": "-3.5"}, "field 'duration': '-3.5' is negative (data.non_negative)"),
+    ({"bid": -0.1}, "field 'bid': -0.1 is negative"),
+    ({"page_jump": "2"}, "field 'page_jump': '2' is not 0/1"),
+    ({"duration": float("nan")}, "field 'duration': nan is not finite"),  # a typed reader's NaN
 ])
 def test_bad_rows_are_quarantined_with_a_reason(over, reason):
     status, why = log_rows.row_to_example(SCHEMA, _row(**over))
     assert status == log_rows.QUARANTINED
     assert reason in why
+    assert log_rows.reason_key(why) == next(iter(k for k in over if k != "click"))
+
+
+def _unclicked(value, **over):
+    return _row(click="0", **{**{c: value for c in SCHEMA.privileged}, **over})
+
+
+@pytest.mark.parametrize("value", ["", None, "0", 0.0, float("nan"), "nan"])
+def test_unclicked_rows_may_carry_empty_or_zero_post_click_signals(value):
+    assert log_rows.row_to_example(SCHEMA, _unclicked(value)) == (log_rows.UNCLICKED, None)
+
+
+@pytest.mark.parametrize("over, reason", [
+    ({"duration": "12.5"}, "field 'duration': post-click signal '12.5' on an unclicked row"),
+    ({"page_jump": 1.0}, "field 'page_jump': post-click signal 1.0 on an unclicked row"),
+    ({"duration": "abc"}, "field 'duration': 'abc' is not a number"),
+])
+def test_post_click_signals_on_unclicked_rows_are_quarantined(over, reason):
+    # A broken click join: the row is out of click space, but not to be trusted.
+    status, why = log_rows.row_to_example(SCHEMA, _unclicked("", **over))
+    assert (status, why) == (log_rows.QUARANTINED, reason)
+
+
+def test_non_negative_columns_come_from_the_config():
+    data = load_config(None, ["data.non_negative=[duration]"]).to_dict()["data"]
+    schema = log_rows.RowSchema.from_config(data)
+    assert schema.non_negative == ("duration",)
+    assert log_rows.row_to_example(schema, _row(bid="-1"))[0] == log_rows.USED
+    assert log_rows.row_to_example(schema, _row(duration="-1"))[0] == log_rows.QUARANTINED
+    # Default: every regular numeric and privileged continuous column.
+    assert set(SCHEMA.non_negative) == {"user_past_clicks", "user_past_conversions", "bid",
+                                        "duration", "click_leave_time", "in_platform_time",
+                                        "noise_scroll_speed"}
+
+
+def test_a_nan_category_is_a_missing_value():
+    status, (_, payload) = log_rows.row_to_example(SCHEMA, _row(device=float("nan")))
+    assert status == log_rows.USED
+    assert "device" not in tf.train.Example.FromString(payload).features.feature
+
+
+def test_reason_keys_of_row_level_problems():
+    assert log_rows.reason_key("wrong column count: 2 cells, header has 40") == "wrong column count"
 
 
 def test_csv_reader_flags_wrong_width_and_names_missing_columns():

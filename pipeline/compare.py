@@ -1,0 +1,612 @@
+"""`pfdx compare`: every distillation strategy on one train window, scored on a later test window.
+
+What it does, in order (all under `--out`, default `<output_root>/compare`):
+1. Reads the raw log (`--data`, in `data.format`) with ExampleGen's own row code
+   (`components/log_rows.py`): the same typing, click space and quarantine rules.
+   Parquet is read with pyarrow there, not tensorflow-io: tensorflow-io 0.37's
+   `IODataset.from_parquet` aborts the whole process ("parquet::ParquetException:
+   Unexpected end of stream", tensorflow/io#1667, #1781) on a column with nulls, and
+   post-click signals are null on every unclicked impression.
+2. Splits clicked rows by time like ExampleGen: the test window is the last
+   `data.eval_fraction` of the time range (the pipeline's eval split); with a grid,
+   the train window's last `compare.validation_fraction` of time is the validation
+   window. Each window is written as gzip tf.Example TFRecords (`work/examples/`).
+3. Preprocesses like the pipeline, fitted on the train window only: the selection
+   Beam job (`features/selection_beam.py`, paper §3.3) and the TFT analysis of
+   `features/transform.py`'s `preprocessing_fn` (tft_beam.AnalyzeDataset) ->
+   `work/<train window>/selection.json` and a Transform graph.
+4. Optionally tunes `compare.grid` per strategy on the validation window
+   (preprocessing fitted on the rest of the train window), picking by
+   `compare.grid_metric`.
+5. Trains each strategy x seed with `models/training.py` `fit_and_evaluate` -- the
+   Trainer's own code -- and saves its test predictions (`predictions/*.npz`).
+6. Writes `compare.csv` / `compare.md` (mean and sample std over seeds of the
+   paper's columns, plus the gap to the log's true CVR when it has one),
+   `runs.csv`, `grid.csv`, `compare.json` and `reliability.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from pfdx.config import ConfigError, PipelineConfig, from_dict
+
+PREDICTIONS_DIR = "predictions"
+WORK_DIR = "work"
+TELEMETRY = ["pfdx", "Compare"]
+TRAIN, TEST, FIT, VALIDATION = "train", "test", "fit", "validation"
+
+# Columns of compare.csv (each as <name>_mean, <name>_std) and runs.csv, in the
+# paper's order (Tables 2-5), then the gap to the true CVR and the run time.
+METRICS = ("student_auc", "teacher_auc", "label_avg", "student_pred_avg",
+           "student_pred_avg_gap", "teacher_pred_avg", "teacher_pred_avg_gap",
+           "student_ece", "student_mce", "truth_avg", "student_truth_mae",
+           "student_truth_ece", "student_truth_mce", "seconds")
+_LOWER_IS_BETTER = {"student_ece", "student_mce"}
+
+
+# CLI -------------------------------------------------------------------------
+
+def add_cli_parser(subparsers: argparse._SubParsersAction,
+                   add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Registers `compare`; `add_config_args` adds the CLI's --config/--set."""
+    p = subparsers.add_parser(
+        "compare", help="train every strategy on one time window, score them on a later one "
+                        "(AUC, ECE, MCE, pred/label avg; mean and spread over seeds)")
+    p.add_argument("--data", required=True,
+                   help="the raw impression log in data.format: a folder (files matching "
+                        "data.file_pattern), a file or a glob")
+    p.add_argument("--out", help="output folder (default: <runner.output_root>/compare)")
+    p.add_argument("--strategies", help="comma-separated strategy names (sets "
+                   "compare.strategies; default: every click-space strategy of "
+                   "models/strategies.py)")
+    p.add_argument("--seeds", type=int, help="runs per strategy (sets compare.seeds)")
+    p.add_argument("--grid", action="append", default=[], metavar="[STRATEGY:]FIELD=V1,V2",
+                   help="tune a model field on the validation window, e.g. --grid lam=1,10 "
+                        "or --grid ha_pfd_v2:gamma=0.5,1 (repeatable; sets compare.grid)")
+    p.add_argument("--grid-metric", help="student_auc | student_ece | student_mce "
+                   "(sets compare.grid_metric)")
+    add_config_args(p)
+    p.set_defaults(func=compare_command)
+
+
+def cli_overrides(args: argparse.Namespace) -> list[str]:
+    """The command's flags as config overrides, applied after --config and --set."""
+    out = []
+    if args.strategies:
+        out.append("compare.strategies=" + json.dumps(
+            [s.strip() for s in args.strategies.split(",") if s.strip()]))
+    if args.seeds is not None:
+        out.append(f"compare.seeds={args.seeds}")
+    for item in args.grid:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ConfigError(f"--grid {item!r}: expected [STRATEGY:]FIELD=V1,V2,...")
+        out.append(f"compare.grid.{key.strip()}=[{values}]")
+    if args.grid_metric:
+        out.append(f"compare.grid_metric={args.grid_metric}")
+    return out
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from pfdx.config import load_config
+
+    config = load_config(args.config, list(args.overrides) + cli_overrides(args))
+    out = args.out or config.resolve("compare")
+    summary = run(config, args.data, out)
+    print(f"wrote {os.path.join(out, 'compare.md')}, compare.csv, runs.csv and "
+          f"reliability.png in {out} ({summary['seconds']:.0f}s)")
+    return 0
+
+
+# Strategies and grid ------------------------------------------------------------
+
+def strategies(config: PipelineConfig) -> list[str]:
+    from pfdx.models.strategies import STRATEGIES
+
+    # The windows hold clicked rows only, so strategies that also learn from
+    # unclicked impressions (PipelineConfig.space "impression": TAML, UKD) are out.
+    click_space = [n for n in STRATEGIES if dataclasses.replace(
+        config, model=dataclasses.replace(config.model, strategy=n)).space == "click"]
+    names = list(config.compare.strategies) or click_space
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"compare.strategies: unknown {unknown}; one of {sorted(STRATEGIES)}")
+    impression = [n for n in names if n not in click_space]
+    if impression:
+        raise ConfigError(f"compare.strategies: {impression} train on every impression; "
+                          f"pfdx compare trains on clicked rows only: {click_space}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"compare.strategies: {names} names a strategy twice")
+    for key in config.compare.grid:
+        prefix = key.rsplit(":", 1)[0] if ":" in key else None
+        if prefix is not None and prefix not in STRATEGIES:
+            raise ConfigError(f"compare.grid.{key}: unknown strategy {prefix!r}")
+    return names
+
+
+def grid_points(config: PipelineConfig, strategy: str) -> list[dict[str, Any]]:
+    """The grid's combinations for `strategy` (field -> value); [] without a grid."""
+    grid = {k: v for k, v in config.compare.grid.items() if ":" not in k}
+    grid.update({k.split(":", 1)[1]: v for k, v in config.compare.grid.items()
+                 if k.split(":", 1)[0] == strategy and ":" in k})
+    fields = sorted(grid)
+    if not fields:
+        return []
+    return [dict(zip(fields, combo)) for combo in itertools.product(*(grid[f] for f in fields))]
+
+
+def with_model(config: PipelineConfig, **fields: Any) -> PipelineConfig:
+    """`config` with model fields replaced, typed and checked like `--set model.x=v`."""
+    return from_dict(config.to_dict(), [f"model.{k}={json.dumps(v)}" for k, v in fields.items()])
+
+
+# Raw log -> windows ------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    name: str
+    pattern: str  # gzip tf.Example TFRecords
+    rows: int
+    conversions: int
+    time_range: tuple[float, float]
+
+
+def log_files(path: str, config: PipelineConfig) -> list[str]:
+    import tensorflow as tf
+
+    pattern = os.path.join(path, config.data.file_pattern) if tf.io.gfile.isdir(path) else path
+    files = sorted(f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f))
+    if not files:
+        raise FileNotFoundError(f"--data: no file matches {pattern!r}")
+    return files
+
+
+def read_log(files: Sequence[str], config: PipelineConfig):
+    """(event times, serialized tf.Examples, labels) of the clicked rows, row counts
+    and quarantined rows ({file, row, reason}): ExampleGen's `_ParseFile`, in process."""
+    import numpy as np
+    from apache_beam.io.filesystems import FileSystems
+
+    from pfdx.components import log_rows
+
+    data = config.data
+    if data.time_column is None:
+        raise ConfigError("data.time_column: pfdx compare splits train and test windows by "
+                          "time and needs a time column")
+    schema = log_rows.RowSchema.from_config(config.to_dict()["data"])
+    label_feature = config.data.columns.label
+    counts = {"read": 0, log_rows.USED: 0, log_rows.UNCLICKED: 0, log_rows.QUARANTINED: 0}
+    times, records, labels, dead = [], [], [], []
+    for path in files:
+        with FileSystems.open(path, compression_type="uncompressed") as stream:
+            if data.format == "csv":
+                rows = log_rows.read_csv(path, stream, data.separator, schema)
+            elif data.format == "parquet":
+                rows = log_rows.read_parquet(path, stream, schema)
+            else:
+                rows = log_rows.read_tfrecord(path, stream, schema)
+            for row, record in rows:
+                counts["read"] += 1
+                if isinstance(record, str):
+                    status, payload = log_rows.QUARANTINED, record
+                else:
+                    status, payload = log_rows.row_to_example(schema, record)
+                counts[status] += 1
+                if status == log_rows.USED:
+                    times.append(payload[0])
+                    records.append(payload[1])
+                    labels.append(int(float(record[label_feature])))  # checked 0/1 above
+                elif status == log_rows.QUARANTINED:
+                    dead.append({"file": path, "row": row, "reason": payload})
+    if not records:
+        raise ValueError(f"--data: no clicked rows in {len(files)} file(s) "
+                         f"(row counts: {counts})")
+    return np.asarray(times), records, np.asarray(labels), counts, dead
+
+
+def window_masks(times, eval_fraction: float, validation_fraction: float) -> dict[str, Any]:
+    """Boolean row masks of the time windows: test = the last `eval_fraction` of the
+    time range (ExampleGen's cut), train = the rest; validation = the train window's
+    last `validation_fraction` of time, fit = the train window before it."""
+    lo, hi = float(times.min()), float(times.max())
+    test_cut = hi - eval_fraction * (hi - lo)
+    validation_cut = test_cut - validation_fraction * (test_cut - lo)
+    test = times >= test_cut
+    validation = ~test & (times >= validation_cut)
+    return {TRAIN: ~test, TEST: test, FIT: ~test & ~validation, VALIDATION: validation}
+
+
+def write_window(name: str, mask, times, records, labels, out_dir: str) -> Window:
+    import numpy as np
+    import tensorflow as tf
+
+    if not mask.any():
+        raise ValueError(f"the {name} window holds no clicked rows; widen it "
+                         "(data.eval_fraction, compare.validation_fraction) or give more data")
+    tf.io.gfile.makedirs(out_dir)
+    path = os.path.join(out_dir, "examples.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        for i in np.flatnonzero(mask):
+            writer.write(records[i])
+    return Window(name, path, int(mask.sum()), int(labels[mask].sum()),
+                  (float(times[mask].min()), float(times[mask].max())))
+
+
+# Preprocessing: selection + Transform fitted on one window ---------------------------
+
+def raw_schema(config: PipelineConfig):
+    """The raw tf.Example schema of `log_rows.row_to_example`'s output: int64 label,
+    string categoricals, float numerics / privileged candidates / true probability.
+    Every feature but the label may be absent, so each is a VarLen feature; the
+    preprocessing_fn densifies dense and sparse inputs alike."""
+    import tensorflow as tf
+    from tensorflow_transform.tf_metadata import schema_utils
+
+    roles = config.data.columns
+    spec = {roles.label: tf.io.FixedLenFeature([], tf.int64)}
+    spec.update((n, tf.io.VarLenFeature(tf.string)) for n in roles.regular_categorical)
+    spec.update((n, tf.io.VarLenFeature(tf.float32))
+                for n in roles.regular_numeric + roles.privileged
+                + ((roles.truth,) if roles.truth else ()))
+    return schema_utils.schema_from_feature_spec(spec)
+
+
+def preprocess(config: PipelineConfig, window: Window, out_dir: str):
+    """Selection (Beam job) and TFT analysis on `window`; (selection, TFTransformOutput)."""
+    import apache_beam as beam
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+    from tfx_bsl.public import tfxio
+
+    from pfdx.features import selection_beam, selection_report, transform
+
+    options = PipelineOptions(config.beam_pipeline_args)
+    selection = selection_beam.run_job(
+        beam.Pipeline(options=options), tfxio.TFExampleRecord(window.pattern,
+                                                              telemetry_descriptors=TELEMETRY),
+        config.selection, config.data.columns, out_dir, window.pattern)
+    selection_report.write_report(selection, os.path.join(out_dir, selection_report.SELECTION_FILE),
+                                  os.path.join(out_dir, selection_report.CHART_FILE))
+
+    custom_config = dict(transform.regular_config(config),
+                         privileged=transform.privileged_config(selection))
+    schema = raw_schema(config)
+    transform_dir = os.path.join(out_dir, "transform")
+    source = tfxio.TFExampleRecord(window.pattern, schema=schema, telemetry_descriptors=TELEMETRY)
+    with beam.Pipeline(options=options) as pipeline, tft_beam.Context(
+            temp_dir=os.path.join(out_dir, "tft_tmp"), force_tf_compat_v1=False):
+        transform_fn = ((pipeline | "ReadWindow" >> source.BeamSource(),
+                         source.TensorAdapterConfig())
+                        | "Analyze" >> tft_beam.AnalyzeDataset(functools.partial(
+                            transform.preprocessing_fn, custom_config=custom_config)))
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_dir)
+    # Where TFX's Transform puts the raw schema, which the Trainer parses with.
+    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
+                               os.path.join(transform_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+    return selection, tft.TFTransformOutput(transform_dir)
+
+
+def dataset_factory(files, options, schema):
+    """What the Trainer's `data_accessor.tf_dataset_factory` does for tf.Example files."""
+    from tfx_bsl.public import tfxio
+
+    return tfxio.TFExampleRecord(files, schema=schema,
+                                 telemetry_descriptors=TELEMETRY).TensorFlowDataset(options)
+
+
+def train_one(config: PipelineConfig, tf_transform_output, train: Window, evaluation: Window):
+    """One `fit_and_evaluate` as the Trainer runs it; returns (result, seconds)."""
+    import tensorflow as tf
+
+    from pfdx.components.trainer import distribution_strategy
+    from pfdx.models import training
+
+    tf.keras.backend.clear_session()  # drop the previous run's graphs and variables
+    start = time.perf_counter()
+    result = training.fit_and_evaluate(
+        config, tf_transform_output, dataset_factory, [train.pattern], [evaluation.pattern],
+        strategy=distribution_strategy(config.model.distribution),
+        validate_each_epoch=False, verbose=0)
+    return result, time.perf_counter() - start
+
+
+# The run -------------------------------------------------------------------------
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _progress(prefix: str, metrics: dict[str, float], seconds: float) -> str:
+    line = (f"{prefix}  {seconds:6.1f}s  AUC {_fmt(metrics['student_auc'])}  teacher "
+            f"{_fmt(metrics.get('teacher_auc'))}  pred {_fmt(metrics['student_pred_avg'])} "
+            f"(label {_fmt(metrics['label_avg'])})  ECE {_fmt(metrics['student_ece'])}  "
+            f"MCE {_fmt(metrics['student_mce'])}")
+    if "student_truth_mae" in metrics:
+        line += (f"  |p-true| {_fmt(metrics['student_truth_mae'])}  "
+                 f"ECE(true) {_fmt(metrics['student_truth_ece'])}")
+    return line
+
+
+def tune(config: PipelineConfig, names: Sequence[str], fit: Window, validation: Window,
+         work: str, log: Callable[[str], None]) -> tuple[dict[str, dict], list[dict]]:
+    """Per strategy, the grid point with the best validation `grid_metric` (first
+    seed); returns (chosen fields per strategy, every grid row)."""
+    points = {n: grid_points(config, n) for n in names}
+    if not any(points.values()):
+        return {n: {} for n in names}, []
+    log(f"grid: preprocessing fitted on the fit window ({fit.rows} rows), "
+        f"scored on the validation window ({validation.rows} rows)")
+    _, tft_output = preprocess(config, fit, os.path.join(work, FIT))
+    metric = config.compare.grid_metric
+    sign = -1.0 if metric in _LOWER_IS_BETTER else 1.0
+    chosen, rows = {}, []
+    for name in names:
+        best = None
+        for point in points[name]:
+            result, seconds = train_one(with_model(config, strategy=name, **point), tft_output,
+                                        fit, validation)
+            value = result.metrics.get(metric, math.nan)
+            rows.append({"strategy": name, "params": point, "seconds": seconds,
+                         **result.metrics})
+            log(_progress(f"[grid] {name:<15} {json.dumps(point)}", result.metrics, seconds))
+            if not math.isnan(value) and (best is None or sign * value > sign * best[0]):
+                best = (value, point)
+        chosen[name] = best[1] if best else {}
+    return chosen, rows
+
+
+def run(config: PipelineConfig, data: str, out: str,
+        log: Callable[[str], None] = functools.partial(print, flush=True)) -> dict[str, Any]:
+    """The whole comparison; returns what compare.json holds."""
+    import numpy as np
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    names = strategies(config)
+    c = config.compare
+    work = os.path.join(out, WORK_DIR)
+    tf.io.gfile.makedirs(os.path.join(out, PREDICTIONS_DIR))
+
+    files = log_files(data, config)
+    times, records, labels, counts, dead = read_log(files, config)
+    masks = window_masks(times, config.data.eval_fraction, c.validation_fraction)
+    tuning = any(grid_points(config, n) for n in names)
+    windows = {w: write_window(w, masks[w], times, records, labels,
+                               os.path.join(work, "examples", w))
+               for w in ((TRAIN, TEST, FIT, VALIDATION) if tuning else (TRAIN, TEST))}
+    del records  # the windows are on disk now; training needs the memory
+    log(f"read {counts['read']} rows from {len(files)} file(s): {counts['used']} clicked, "
+        f"{counts['unclicked']} unclicked, {counts['quarantined']} quarantined; "
+        + ", ".join(f"{w.name} {w.rows} rows ({w.conversions} conversions)"
+                    for w in windows.values()) + f" [{time.perf_counter() - start:.0f}s]")
+
+    chosen, grid_rows = tune(config, names, windows.get(FIT), windows.get(VALIDATION), work, log)
+
+    selection, tft_output = preprocess(config, windows[TRAIN], os.path.join(work, TRAIN))
+    log(f"selection and Transform fitted on the train window; privileged features: "
+        f"{', '.join(selection['selected'])} [{time.perf_counter() - start:.0f}s]")
+
+    runs = []
+    total = len(names) * c.seeds
+    for i, (name, k) in enumerate(itertools.product(names, range(c.seeds)), start=1):
+        seed = config.model.seed + k
+        run_config = with_model(config, strategy=name, seed=seed, **chosen[name])
+        result, seconds = train_one(run_config, tft_output, windows[TRAIN], windows[TEST])
+        path = os.path.join(out, PREDICTIONS_DIR, f"{name}-seed{seed}.npz")
+        result.predictions.save(path)
+        runs.append({"strategy": name, "seed": seed, "params": chosen[name], "seconds": seconds,
+                     "predictions": os.path.relpath(path, out), **result.metrics})
+        log(_progress(f"[{i:>{len(str(total))}}/{total}] {name:<15} seed {seed}",
+                      result.metrics, seconds) + f"  [{time.perf_counter() - start:.0f}s]")
+
+    test = load_predictions(out, runs[0])
+    oracle = None
+    if test.truth is not None and not np.isnan(test.truth).any():
+        from pfdx.models import metrics as model_metrics
+        oracle = model_metrics.summary(test.labels, test.truth, config.evaluation.calibration_bins)
+
+    table = aggregate(runs, names)
+    summary = {
+        "data": {"path": data, "files": files, "format": config.data.format, "rows": counts,
+                 "quarantined_examples": dead[:20]},
+        "windows": {w.name: dataclasses.asdict(w) for w in windows.values()},
+        "selection": {"selected": selection["selected"], "or_groups": selection["or_groups"],
+                      "file": os.path.join(WORK_DIR, TRAIN, "selection.json")},
+        "config": config.to_dict(), "strategies": names, "chosen_params": chosen,
+        "grid": grid_rows, "runs": runs, "table": table, "oracle_true_cvr": oracle,
+        "seconds": time.perf_counter() - start,
+    }
+    write_outputs(out, summary, config)
+    return summary
+
+
+def load_predictions(out: str, run_row: dict[str, Any]):
+    from pfdx.models.training import Predictions
+
+    return Predictions.load(os.path.join(out, run_row["predictions"]))
+
+
+def aggregate(runs: Sequence[dict[str, Any]], names: Iterable[str]) -> list[dict[str, Any]]:
+    """Per strategy: every metric's mean and sample standard deviation over seeds
+    (std None with one seed; a metric a strategy lacks, e.g. its teacher, is None)."""
+    import numpy as np
+
+    table = []
+    for name in names:
+        rows = [r for r in runs if r["strategy"] == name]
+        entry: dict[str, Any] = {"strategy": name, "seeds": len(rows),
+                                 "params": rows[0]["params"]}
+        for m in METRICS:
+            values = np.array([r[m] for r in rows if r.get(m) is not None], dtype=np.float64)
+            entry[f"{m}_mean"] = float(values.mean()) if values.size else None
+            entry[f"{m}_std"] = float(values.std(ddof=1)) if values.size > 1 else None
+        table.append(entry)
+    return table
+
+
+# Outputs -------------------------------------------------------------------------
+
+def write_outputs(out: str, summary: dict[str, Any], config: PipelineConfig) -> None:
+    import tensorflow as tf
+
+    def write_csv(name: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+        with tf.io.gfile.GFile(os.path.join(out, name), "w") as f:
+            writer = csv.DictWriter(f, columns, extrasaction="ignore")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: json.dumps(v, sort_keys=True) if isinstance(v, dict)
+                                 else ("" if v is None else v) for k, v in r.items()})
+
+    write_csv("compare.csv", summary["table"],
+              ["strategy", "seeds", "params"] + [f"{m}_{s}" for m in METRICS
+                                                 for s in ("mean", "std")])
+    write_csv("runs.csv", summary["runs"], ["strategy", "seed", "params", "rows", "truth_rows"]
+              + list(METRICS) + ["predictions"])
+    if summary["grid"]:
+        write_csv("grid.csv", summary["grid"], ["strategy", "params", "rows"] + list(METRICS))
+    with tf.io.gfile.GFile(os.path.join(out, "compare.md"), "w") as f:
+        f.write(markdown(summary))
+    with tf.io.gfile.GFile(os.path.join(out, "compare.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True, default=str)
+    with tf.io.gfile.GFile(os.path.join(out, "reliability.png"), "wb") as f:
+        f.write(reliability_chart(out, summary, config.evaluation.calibration_bins))
+
+
+def _cell(entry: dict[str, Any], metric: str, digits: int = 4) -> str:
+    mean, std = entry.get(f"{metric}_mean"), entry.get(f"{metric}_std")
+    if mean is None:
+        return "-"
+    return _fmt(mean, digits) + (f" ± {_fmt(std, digits)}" if std is not None else "")
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    table, windows, oracle = summary["table"], summary["windows"], summary["oracle_true_cvr"]
+    model = summary["config"]["model"]
+    truth = any(e.get("student_truth_mae_mean") is not None for e in table)
+    seeds = max(e["seeds"] for e in table)
+    cols = ["strategy", "AUC", "teacher AUC", "label avg", "pred avg (gap)",
+            "teacher pred avg (gap)", "ECE", "MCE"]
+    if truth:
+        cols += ["mean abs(p − true CVR)", "ECE vs true CVR", "MCE vs true CVR"]
+    cols += ["params", "s / run"]
+    lines = [
+        "# pfdx compare", "",
+        f"Test window: {windows[TEST]['rows']} clicked rows ({windows[TEST]['conversions']} "
+        f"conversions), after a train window of {windows[TRAIN]['rows']} rows "
+        f"({windows[TRAIN]['conversions']} conversions); split by time. "
+        f"{seeds} seed(s) per strategy: each cell is the mean"
+        + (" ± the sample standard deviation over seeds" if seeds > 1 else "") + ". "
+        f"Model: hidden {model['hidden_units']}, {model['epochs']} epoch(s), batch "
+        f"{model['batch_size']}, lr {model['learning_rate']}, hash buckets "
+        f"{model['hash_buckets']}, γ {model['gamma']}, λ {model['lam']}. "
+        f"Privileged features (selected on the train window): "
+        f"{', '.join(summary['selection']['selected'])}.", "",
+        "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for e in table:
+        cells = [e["strategy"], _cell(e, "student_auc"), _cell(e, "teacher_auc"),
+                 _cell(e, "label_avg"),
+                 f"{_cell(e, 'student_pred_avg')} ({_fmt(e['student_pred_avg_gap_mean'], 4)})",
+                 "-" if e["teacher_pred_avg_mean"] is None else
+                 f"{_cell(e, 'teacher_pred_avg')} ({_fmt(e['teacher_pred_avg_gap_mean'], 4)})",
+                 _cell(e, "student_ece"), _cell(e, "student_mce")]
+        if truth:
+            cells += [_cell(e, "student_truth_mae"), _cell(e, "student_truth_ece"),
+                      _cell(e, "student_truth_mce")]
+        cells += [json.dumps(e["params"], sort_keys=True) if e["params"] else "-",
+                  _fmt(e["seconds_mean"], 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if oracle is not None:
+        cells = ["true CVR (oracle)", _fmt(oracle["auc"]), "-", _fmt(oracle["label_avg"]),
+                 f"{_fmt(oracle['pred_avg'])} ({_fmt(oracle['pred_avg_gap'])})", "-",
+                 _fmt(oracle["ece"]), _fmt(oracle["mce"])]
+        if truth:
+            cells += ["0", "0", "0"]
+        lines.append("| " + " | ".join(cells + ["-", "-"]) + " |")
+        lines += ["", "The oracle row scores the simulator's hidden true CVR as if it were a "
+                  "model: the best AUC any model can reach on this window, and the ECE / MCE "
+                  "that label noise alone produces."]
+    if summary["grid"]:
+        lines += ["", f"Hyperparameters chosen per strategy on the validation window by "
+                  f"{summary['config']['compare']['grid_metric']} (grid.csv has every point)."]
+    lines += ["", "![reliability diagram](reliability.png)", ""]
+    return "\n".join(lines)
+
+
+# A bin with fewer pooled rows is not drawn: its mean label is mostly noise (ECE and
+# MCE in the table still count every bin).
+MIN_BIN_ROWS = 20
+
+
+def reliability_chart(out: str, summary: dict[str, Any], num_bins: int) -> bytes:
+    """PNG: per strategy (all seeds pooled) mean label -- and mean true CVR when known --
+    against mean prediction in each of `num_bins` equal-width bins."""
+    import io
+
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from pfdx.models import metrics as model_metrics
+
+    pooled: dict[str, dict[str, list]] = {}
+    for run_row in summary["runs"]:
+        p = load_predictions(out, run_row)
+        parts = pooled.setdefault(run_row["strategy"], {"student": [], "labels": [], "truth": []})
+        parts["student"].append(p.student)
+        parts["labels"].append(p.labels)
+        parts["truth"].append(p.truth)
+    with_truth = all(t is not None and not np.isnan(t).any()
+                     for parts in pooled.values() for t in parts["truth"])
+    fig, axes = plt.subplots(1, 2 if with_truth else 1, figsize=(13 if with_truth else 7, 6),
+                             squeeze=False)
+    targets = [("labels", "mean label (observed conversion rate)")]
+    if with_truth:
+        targets.append(("truth", "mean true CVR (simulator)"))
+    # tab20 has a colour for each of up to 20 strategies; solid and dashed lines
+    # alternate so neighbouring colours stay apart.
+    colours = plt.get_cmap("tab20").colors
+    top = 0.0
+    for ax, (field, ylabel) in zip(axes[0], targets):
+        for i, (name, parts) in enumerate(pooled.items()):
+            student, target = np.concatenate(parts["student"]), np.concatenate(parts[field])
+            b = model_metrics.bin_index(student, num_bins)
+            n = np.bincount(b, minlength=num_bins)
+            drawn = n >= MIN_BIN_ROWS
+            if not drawn.any():
+                continue
+            x = np.bincount(b, student, num_bins)[drawn] / n[drawn]
+            y = np.bincount(b, target, num_bins)[drawn] / n[drawn]
+            top = max(top, x.max(), y.max())
+            ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=name,
+                    color=colours[(2 * i) % 20 + (i // 10) % 2],
+                    linestyle="-" if i % 2 == 0 else "--")
+        ax.set_xlabel("mean prediction in bin")
+        ax.set_ylabel(ylabel)
+    for ax in axes[0]:
+        lim = min(1.0, top * 1.05)
+        ax.plot([0, lim], [0, lim], color="black", linestyle="--", linewidth=0.8,
+                label="perfect calibration")
+        ax.set_xlim(0, lim)
+        ax.set_ylim(0, lim)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(f"Student reliability on the test window ({num_bins} equal-width bins, "
+                 f"seeds pooled; bins under {MIN_BIN_ROWS} rows not drawn)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()

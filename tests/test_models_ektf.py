@@ -1,0 +1,218 @@
+"""EKTF (`ektf`, `ha_pfd_v2_ektf`): exam-score weights, the loss terms against a
+numpy reference, gradient isolation between heads, and the served student."""
+import numpy as np
+import pytest
+
+import pfdx  # noqa: F401
+import tensorflow as tf
+
+from pfdx.config import ModelConfig
+from pfdx.models import losses
+from pfdx.models.model import JointModel, build_model
+from pfdx.models.strategies import EXAM_DECAY
+
+REGULAR = {"user_id": 40, "bid": 9}
+PRIVILEGED = {"privileged__page_jump": 3, "privileged__duration": 3}
+K = 3
+
+
+def config(strategy="ektf", **overrides):
+    settings = dict(hidden_units=(16, 8), mapping_hidden_units=(8,), ektf_heads=K)
+    return ModelConfig(strategy=strategy, **{**settings, **overrides})
+
+
+def make_batch(n, seed):
+    rng = np.random.default_rng(seed)
+    features = {"user_id": tf.constant(np.array([f"u{i}" for i in rng.integers(0, 30, n)])),
+                "bid": tf.constant(rng.integers(0, 9, n)),
+                "privileged__page_jump": tf.constant(rng.integers(0, 3, n)),
+                "privileged__duration": tf.constant(rng.integers(0, 3, n))}
+    return features, tf.constant(rng.integers(0, 2, n))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return make_batch(32, 0)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def reference_weights(y, p):
+    """Eq. 4-5 with explicit loops: S, lambda = softmin(S), mu[k, l] over l != k."""
+    k = p.shape[1]
+    s = np.array([1.0 - np.mean(np.abs(y - p[:, j])) for j in range(k)])
+    lam = np.exp(-s) / np.exp(-s).sum()
+    mu = np.zeros((k, k))
+    for a in range(k):
+        z = sum(np.exp(s[b] - s[a]) for b in range(k) if b != a)
+        for b in range(k):
+            if b != a:
+                mu[a, b] = np.exp(s[b] - s[a]) / z
+    return s, lam, mu
+
+
+def reference_terms(y, logits):
+    """Eq. 6 per example, in float64: mean BCE, sum_k lambda_k MSE, mean_k DML."""
+    p = sigmoid(logits)
+    _, lam, mu = reference_weights(y, p)
+    teacher = sigmoid(logits.mean(axis=1))
+    bce = -(y[:, None] * np.log(p) + (1 - y[:, None]) * np.log(1 - p))
+    kd = sum(lam[k] * (teacher - p[:, k]) ** 2 for k in range(K))
+    dml = sum(mu[k, l] * (p[:, l] - p[:, k]) ** 2
+              for k in range(K) for l in range(K) if l != k) / K
+    return {"heads_task": bce.mean(axis=1), "ektf_kd": kd, "ektf_dml": dml}
+
+
+def head_logits(model, features):
+    out = model.forward(features)
+    return np.concatenate([out.student_heads[f"head_{k}"].numpy() for k in range(K)], axis=1)
+
+
+def test_exam_weights_match_the_reference():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 50).astype(np.float64)
+    p = rng.uniform(0.01, 0.99, (50, 4))
+    s, lam, mu = reference_weights(y, p)
+    scores = losses.exam_scores(y, p)
+    got_lam, got_mu = losses.exam_weights(scores)
+    np.testing.assert_allclose(scores, s, rtol=1e-12)
+    np.testing.assert_allclose(got_lam, lam, rtol=1e-12)
+    np.testing.assert_allclose(got_mu, mu, rtol=1e-12)
+    # The worst head is taught hardest; every head learns most from the best peer.
+    assert np.argmax(lam) == np.argmin(s)
+    for a in range(4):
+        assert np.argmax(mu[a]) == max((b for b in range(4) if b != a), key=lambda b: s[b])
+
+
+def test_loss_terms_match_the_reference_and_the_ensemble_is_served(batch):
+    model = JointModel(config(), REGULAR, PRIVILEGED)
+    features, y = batch
+    terms = model.loss_terms(features, y)
+    assert set(terms) == {"heads_task", "ektf_kd", "ektf_dml"}  # no BCE on the ensemble
+    logits = head_logits(model, features).astype(np.float64)
+    expected = reference_terms(y.numpy().astype(np.float64), logits)
+    for name, value in expected.items():
+        np.testing.assert_allclose(terms[name], value, rtol=2e-4, atol=1e-7, err_msg=name)
+    assert not model.has_teacher
+    served = model.student_model()({k: features[k] for k in REGULAR}).numpy()
+    np.testing.assert_allclose(served, sigmoid(logits.mean(axis=1)), rtol=1e-5)
+
+
+def test_a_heads_distillation_trains_that_head_only(batch):
+    """Teacher (the ensemble) and peers are constants in head k's KD and DML terms."""
+    model = JointModel(config(), REGULAR, PRIVILEGED)
+    features, y = batch
+    towers = model.strategy.heads.towers
+    with tf.GradientTape(persistent=True) as tape:
+        out = model.forward(features)
+        logits = tf.concat([out.student_heads[f"head_{k}"] for k in range(K)], axis=-1)
+        terms = losses.ektf_losses(tf.reshape(tf.cast(y, tf.float32), [-1, 1]), logits)
+        per_head = {name: tf.unstack(value, axis=1) for name, value in terms.items()}
+    for name in ("kd", "dml", "task"):
+        for k in range(K):
+            for j, tower in enumerate(towers):
+                grads = tape.gradient(per_head[name][k], tower.trainable_variables)
+                moved = any(g is not None and np.any(g.numpy()) for g in grads)
+                assert moved == (j == k), (name, k, j)
+            shared = tape.gradient(per_head[name][k], model.student.embeddings.trainable_variables)
+            assert any(np.any(tf.convert_to_tensor(g).numpy()) for g in shared)
+
+
+def test_privileged_teacher_distils_into_the_ensemble(batch):
+    model = JointModel(config("ha_pfd_v2_ektf"), REGULAR, PRIVILEGED)
+    features, y = batch
+    with tf.GradientTape(persistent=True) as tape:
+        terms = model.loss_terms(features, y)
+    assert set(terms) == {"teacher_task", "layer_align", "focal_v2",
+                          "heads_task", "ektf_kd", "ektf_dml"}
+    out = model.forward(features)
+    ensemble = tf.reduce_mean(tf.concat([out.student_heads[f"head_{k}"] for k in range(K)], -1),
+                              axis=-1, keepdims=True)
+    focal = losses.focal_v2(tf.reshape(tf.cast(y, tf.float32), [-1, 1]), out.teacher_logit,
+                            ensemble, 1.0, from_logits=True)
+    np.testing.assert_allclose(terms["focal_v2"], 10.0 * tf.reshape(focal, [-1]), rtol=1e-5)
+    # The ensemble's latent is the heads' latents side by side.
+    assert out.student_latents[0].shape == (32, 16 * K)
+
+    teacher = model.teacher_tower.trainable_variables + model.privileged_embeddings.trainable_variables
+    for name in ("layer_align", "focal_v2", "heads_task", "ektf_kd", "ektf_dml"):
+        grads = tape.gradient(terms[name], teacher)
+        assert all(g is None or not np.any(tf.convert_to_tensor(g).numpy()) for g in grads), name
+        for tower in model.strategy.student_head.towers:  # every head learns from each term
+            grads = tape.gradient(terms[name], tower.trainable_variables)
+            assert any(g is not None and np.any(g.numpy()) for g in grads), name
+
+
+def refs(*holders):
+    return {v.ref() for h in holders for v in h.variables}
+
+
+@pytest.mark.parametrize("strategy", ["ektf", "ha_pfd_v2_ektf"])
+def test_served_student_is_the_ensemble_or_the_best_head(strategy, batch):
+    model = JointModel(config(strategy), REGULAR, PRIVILEGED)
+    features, _ = batch
+    model.loss_terms(*batch)
+    towers = model.student.tower.towers
+    student = model.student_model()
+    assert refs(student) == refs(model.student.embeddings, *towers)
+    if model.has_teacher:
+        assert not refs(student) & refs(model.teacher_tower, model.privileged_embeddings)
+
+    best = JointModel(config(strategy, ektf_serve="best"), REGULAR, PRIVILEGED)
+    best.loss_terms(*batch)
+    part = best.strategy if strategy == "ektf" else best.strategy.parts[-1]
+    part.exam_average.assign([0.2, 0.9, 0.5])
+    student = best.student_model()
+    towers = best.student.tower.towers
+    assert refs(student) == refs(best.student.embeddings, towers[1])
+    regular = {k: features[k] for k in REGULAR}
+    logit_1 = best.forward(features).student_heads["head_1"].numpy().reshape(-1)
+    np.testing.assert_allclose(student(regular), sigmoid(logit_1), rtol=1e-5)
+
+
+def test_saved_best_head_asks_for_regular_features_only(batch, tmp_path):
+    model = JointModel(config("ha_pfd_v2_ektf", ektf_serve="best"), REGULAR, PRIVILEGED)
+    model.loss_terms(*batch)
+    student = model.student_model()
+    module = tf.Module()
+    module.student = student
+    spec = {"user_id": tf.TensorSpec([None], tf.string, name="user_id"),
+            "bid": tf.TensorSpec([None], tf.int64, name="bid")}
+    serve = tf.function(lambda features: {"cvr": student(features)}, input_signature=[spec])
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": serve})
+    saved = tf.train.list_variables(str(tmp_path / "variables" / "variables"))
+    names = [n for n, _ in saved if not n.startswith("_CHECKPOINTABLE")]
+    assert not [n for n in names if any(w in n for w in ("teacher", "privileged", "mapping"))]
+    saved_params = sum(int(np.prod(s)) for n, s in saved if n.endswith(".ATTRIBUTES/VARIABLE_VALUE"))
+    assert saved_params == sum(int(np.prod(v.shape)) for v in student.variables)
+    signature = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    assert set(signature.structured_input_signature[1]) == set(REGULAR)
+    features = batch[0]
+    np.testing.assert_allclose(signature(user_id=features["user_id"], bid=features["bid"])["cvr"],
+                               student({k: features[k] for k in REGULAR}), rtol=1e-6)
+
+
+def test_training_updates_the_running_exam_scores_and_learns():
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config(learning_rate=0.01), REGULAR, PRIVILEGED)
+    features, y = make_batch(256, 5)
+    model.loss_terms(features, y)  # evaluation-mode terms leave the scores alone
+    np.testing.assert_array_equal(model.strategy.exam_average.numpy(), np.zeros(K))
+    data = tf.data.Dataset.from_tensor_slices((features, y)).batch(256)
+    first = float(model.compute_loss((features, y)))
+    history = model.fit(data, epochs=5, verbose=0).history
+    scores = model.strategy.exam_average.numpy()
+    # Five steps of S_t towards ~1 - mean|y - p|: (1 - decay^5) of the way, from 0.
+    assert np.all(scores > 0.45 * (1 - EXAM_DECAY ** 5)) and np.all(scores < 1 - EXAM_DECAY ** 5)
+    assert history["loss"][-1] < first
+    assert all(np.isfinite(v) for v in history["loss"])
+    assert "student_auc" in history  # the served ensemble keeps the student metrics
+
+
+def test_bad_settings_fail_clearly():
+    with pytest.raises(ValueError, match="at least 2 heads"):
+        JointModel(config(ektf_heads=1), REGULAR, PRIVILEGED)
+    with pytest.raises(ValueError, match="ektf_serve"):
+        JointModel(config(ektf_serve="median"), REGULAR, PRIVILEGED)

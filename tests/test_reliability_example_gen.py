@@ -1,0 +1,199 @@
+"""Bad logs (issue 7): each kind of bad input gets its one documented behaviour.
+
+Row-level kinds are quarantined with file, row and reason, counted per field, and the
+counts reconcile; a log that is mostly bad, or absent, fails the run with a message
+that names file/row/field; a failed ExampleGen leaves nothing a later run trusts.
+"""
+import collections
+import glob
+import json
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import TaggedOutput
+from tfx import v1 as tfx
+
+from pfdx.components import log_rows
+from pfdx.components.click_log_example_gen import DEAD_LETTER_DIR, ClickLogExampleGen, _ParseFile
+from pfdx.config import ConfigError, load_config
+from pfdx.simulator import simulate
+from tests.pipeline_helpers import int_props, latest, make_config, store
+
+SCHEMA = log_rows.RowSchema.from_config(load_config().to_dict()["data"])
+
+
+def _run_example_gen(config, input_base):
+    gen = ClickLogExampleGen(input_base=input_base, data_config=config.to_dict()["data"],
+                             pattern=config.data.file_pattern)
+    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+        pipeline_name="example_gen_only", pipeline_root=config.pipeline_root, components=[gen],
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path),
+        beam_pipeline_args=config.beam_pipeline_args))
+
+
+def _dead_letter(examples_uri):
+    d = os.path.join(examples_uri, DEAD_LETTER_DIR)
+    return [json.loads(line) for name in sorted(os.listdir(d)) for line in open(os.path.join(d, name))]
+
+
+def _edit(frame, row, **values):
+    for column, value in values.items():
+        frame[column] = frame[column].astype(object)
+        frame.at[row, column] = value
+
+
+@pytest.mark.e2e
+def test_every_bad_row_is_quarantined_with_its_reason_and_counted(tmp_path):
+    frame = simulate.simulate(10_000, seed=6)
+    clicked = frame.index[frame["click"] == 1]
+    unclicked = frame.index[frame["click"] == 0]
+    # Row r of the DataFrame is data row r + 1 of the CSV (1-based, after the header).
+    bad = {
+        clicked[0]: ({"bid": "abc"}, "field 'bid': 'abc' is not a number"),
+        clicked[1]: ({"bid": "inf"}, "field 'bid': 'inf' is not finite"),
+        clicked[2]: ({"duration": "nan"}, "field 'duration': 'nan' is not finite"),
+        clicked[3]: ({"duration": "-4.0"}, "field 'duration': '-4.0' is negative"),
+        clicked[4]: ({"conversion": "2"}, "field 'conversion': '2' is not 0/1"),
+        clicked[5]: ({"page_jump": "3"}, "field 'page_jump': '3' is not 0/1"),
+        unclicked[0]: ({"conversion": "1"}, "field 'conversion': conversion without a click"),
+        unclicked[1]: ({"duration": "12.0"},
+                       "field 'duration': post-click signal '12.0' on an unclicked row"),
+    }
+    for row, (values, _) in bad.items():
+        _edit(frame, row, **values)
+    logs = tmp_path / "logs"
+    simulate.write(frame, str(logs), fmt="csv")
+    (main,) = logs.glob("*.csv")
+    lines = main.read_text().splitlines()
+    wide = clicked[6]
+    lines[wide + 1] += ",surplus"
+    main.write_text("\n".join(lines) + "\n")
+    extra = simulate.simulate(200, seed=9).assign(campaign_note="x")  # a column no role names
+    extra.to_csv(logs / "extra.csv", index=False)
+    (logs / "empty.csv").write_text("")
+    (logs / "header_only.csv").write_text(",".join(frame.columns) + "\n")
+
+    config = make_config(tmp_path)
+    _run_example_gen(config, str(logs))
+    examples = latest(config, "Examples")
+    counts = int_props(examples)
+    assert counts["rows_read"] == 10_200
+    assert counts["rows_quarantined"] == len(bad) + 1
+    assert counts["rows_read"] == (counts["rows_used"] + counts["rows_unclicked"]
+                                   + counts["rows_quarantined"])
+    assert counts["rows_empty_files"] == 2 and counts["rows_unknown_column:campaign_note"] == 1
+    by_field = {k.split(":", 1)[1]: v for k, v in counts.items()
+                if k.startswith("rows_quarantined:")}
+    assert by_field == {"bid": 2, "duration": 3, "conversion": 2, "page_jump": 1,
+                        "wrong column count": 1}
+    dead = {d["row"]: d for d in _dead_letter(examples.uri)}
+    assert set(dead) == {r + 1 for r in bad} | {wide + 1}
+    for row, (_, reason) in bad.items():
+        assert dead[row + 1]["reason"].startswith(reason), dead[row + 1]
+        assert dead[row + 1]["file"] == str(main)
+    assert dead[wide + 1]["reason"].startswith("wrong column count")
+
+
+@pytest.mark.e2e
+def test_a_mostly_bad_log_fails_and_leaves_nothing_a_rerun_trusts(tmp_path):
+    frame = simulate.simulate(3000, seed=7)
+    clicked = frame.index[frame["click"] == 1]
+    for row in clicked[::4]:  # a quarter of the clicks: far above the default 5 %
+        _edit(frame, row, bid="n/a")
+    logs = tmp_path / "logs"
+    (path,) = simulate.write(frame, str(logs), fmt="csv")
+    config = make_config(tmp_path)
+    for _ in range(2):  # the same inputs again: the failed run is not served from cache
+        with pytest.raises(ValueError) as failure:
+            _run_example_gen(config, str(logs))
+        message = str(failure.value)
+        assert "more than data.max_quarantined_fraction=0.05" in message
+        assert f"'quarantined:bid': {len(clicked[::4])}" in message
+        assert re.search(rf"\n  {path}:\d+: field 'bid': 'n/a' is not a number", message)
+    s = store(config)
+    executions = s.get_executions()
+    assert [e.last_known_state for e in executions] == [executions[0].FAILED] * 2
+    assert s.get_artifacts_by_type("Examples") == []
+    # TFX removed what the failed executions wrote.
+    assert glob.glob(os.path.join(config.pipeline_root, "ClickLogExampleGen", "examples", "*")) == []
+
+    tolerant = make_config(tmp_path, "data.max_quarantined_fraction=0.3")
+    _run_example_gen(tolerant, str(logs))
+    assert int_props(latest(tolerant, "Examples"))["rows_quarantined"] == len(clicked[::4])
+
+
+@pytest.mark.e2e
+def test_no_matching_file_fails_naming_the_pattern(tmp_path):
+    os.makedirs(tmp_path / "logs")
+    (tmp_path / "logs" / "notes.txt").write_text("not a log")
+    config = make_config(tmp_path, "data.file_pattern=*.csv")
+    with pytest.raises(ValueError, match=r"no file in .*logs matches data.file_pattern='\*\.csv'"):
+        _run_example_gen(config, str(tmp_path / "logs"))
+
+
+# The per-file DoFn of ClickLogExampleGen, driven directly (no Beam runner needed):
+# the formats whose reading differs from CSV.
+
+def _parse(path: str, fmt: str):
+    (match,) = FileSystems.match([path])
+    used, dead, counts = [], [], collections.Counter()
+    for out in _ParseFile(SCHEMA, fmt, ",").process(fileio.ReadableFile(match.metadata_list[0])):
+        if not isinstance(out, TaggedOutput):
+            used.append(out)
+        elif out.tag == "dead":
+            dead.append(json.loads(out.value))
+        else:
+            counts[out.value] += 1
+    return used, dead, counts
+
+
+def _clicked_rows(n):
+    frame = simulate.simulate(2000, seed=8)
+    return frame[frame["click"] == 1].head(n).reset_index(drop=True)
+
+
+def test_parquet_nan_is_bad_but_null_is_missing(tmp_path):
+    frame = _clicked_rows(3)
+    path = str(tmp_path / "log.parquet")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    duration = pa.array([float("nan"), None, 5.0], type=pa.float64(), from_pandas=False)
+    table = table.set_column(table.schema.get_field_index("duration"), "duration", duration)
+    pq.write_table(table, path)
+    used, dead, counts = _parse(path, "parquet")
+    assert counts["read"] == 3 and counts["used"] == 2 and counts["quarantined:duration"] == 1
+    assert dead == [{"file": path, "row": 1, "reason": "field 'duration': nan is not finite"}]
+    assert "duration" not in tf.train.Example.FromString(used[0][1]).features.feature  # null
+
+
+def test_parquet_without_a_required_column_fails_naming_file_and_column(tmp_path):
+    path = str(tmp_path / "log.parquet")
+    _clicked_rows(2).drop(columns=["bid"]).to_parquet(path, index=False)
+    with pytest.raises(log_rows.LogFormatError, match=r"log.parquet: missing required column\(s\) \['bid'\]"):
+        _parse(path, "parquet")
+
+
+def test_tfrecord_unknown_features_are_counted_and_missing_labels_quarantined(tmp_path):
+    frame = _clicked_rows(3)
+    frame["campaign_note"] = "x"
+    frame["conversion"] = frame["conversion"].astype(float)
+    frame.loc[2, "conversion"] = np.nan  # absent in the tf.Example
+    (path,) = simulate.write(frame, str(tmp_path), fmt="tfrecord")
+    used, dead, counts = _parse(path, "tfrecord")
+    assert counts["unknown_column:campaign_note"] == 1  # once per file, not per row
+    assert (counts["read"], counts["used"], counts["quarantined"]) == (3, 2, 1)
+    assert dead[0]["row"] == 3 and dead[0]["reason"] == "field 'conversion': None is not a number"
+
+
+def test_config_rejects_non_negative_columns_that_are_not_numeric():
+    with pytest.raises(ConfigError, match=r"data.non_negative: \['user_id'\] are not numeric"):
+        load_config(None, ["data.non_negative=[user_id]"])
+    with pytest.raises(ConfigError, match="data.max_quarantined_fraction: 1.5"):
+        load_config(None, ["data.max_quarantined_fraction=1.5"])
