@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+# The built-in simulated log with weights tuned on it (see the file's comments).
+CONFIG ?= pipeline/configs/simulated.yaml
 PYTEST_ARGS ?=
 
 .PHONY: env run test bench clean
@@ -21,7 +23,7 @@ $(VENV)/.installed: requirements.lock setup.py pyproject.toml
 	touch $@
 
 run: env
-	$(BIN)/pfdx run $(ARGS)
+	$(BIN)/pfdx run --config $(CONFIG) $(ARGS)
 
 test: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
