@@ -9,7 +9,7 @@ from pfdx.components.privileged_feature_selection import PrivilegedFeatureSelect
 from pfdx.components.privileged_transform import PrivilegedTransform
 from pfdx.components.trainer import trainer_custom_config
 from pfdx.components.validation_gate import VALIDATED_KEY, ValidationGate
-from pfdx.config import PipelineConfig
+from pfdx.config import ConfigError, PipelineConfig
 from pfdx.features import transform
 from pfdx.pipeline.evaluation import eval_config
 
@@ -18,6 +18,12 @@ TRAINER_MODULE = "pfdx.components.trainer"
 
 def create_components(config: PipelineConfig, input_base: str, serving_dir: str) -> list:
     """Components in DAG order; runners add only runner-specific settings."""
+    if config.space != "click":
+        # Refused here rather than at the Trainer's first step, minutes into a run.
+        raise ConfigError(
+            f"model.strategy: {config.model.strategy!r} trains on all impressions, which the "
+            "pipeline does not feed yet (ExampleGen keeps clicked rows only); it is "
+            "available in the model library (models/strategies.py) only")
     example_gen = ClickLogExampleGen(input_base=input_base,
                                      data_config=config.to_dict()["data"],
                                      pattern=config.data.file_pattern)

@@ -57,3 +57,19 @@ def test_config_round_trips_through_json():
     tree = json.loads(c.to_json())
     assert tree["model"]["strategy"] == "ha_pfd_v2"
     assert yaml.safe_load(c.to_json()) == tree
+
+
+@pytest.mark.parametrize("name", ["simulated.yaml", "kuairand.yaml"])
+def test_shipped_configs_load(name):
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "pipeline", "configs", name)
+    config = load_config(path, [])
+    if name == "simulated.yaml":  # `make run`: the paper's strategy, weights tuned on the log
+        assert (config.model.lam, config.model.gamma, config.model.align_weight) == (0.3, 2.0, 0.1)
+
+
+def test_pipeline_refuses_impression_space_strategies(tmp_path):
+    from pfdx.pipeline import dag
+    config = load_config(None, [f"runner.output_root={tmp_path}", "model.strategy=taml"])
+    with pytest.raises(ConfigError, match="trains on all impressions"):
+        dag.create_components(config, str(tmp_path), str(tmp_path / "serving"))
