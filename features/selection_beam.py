@@ -282,22 +282,31 @@ def run_job(pipeline: beam.Pipeline, examples, selection: SelectionConfig, roles
     """Runs the job on `examples` (a record-based tf.Example TFXIO); returns the
     result as load_selection reads it.
 
-    The result travels from the workers to here through a file in `scratch_dir`
-    (which a remote runner's workers must be able to write, e.g. gs://).
+    The result travels from the workers to here through a file in a folder of its
+    own under `scratch_dir` (which a remote runner's workers must be able to write,
+    e.g. gs://); the folder, Beam's temporary files included, is removed whether the
+    job succeeds or fails. A failure names the data it was reading.
     """
-    scratch = os.path.join(scratch_dir, f".selection-{uuid.uuid4().hex}.json")
-    with pipeline:
-        _ = (pipeline
-             | "ReadExamples" >> examples.RawRecordBeamSource()
-             | "Batch" >> beam.BatchElements(min_batch_size=BATCH_SIZE, max_batch_size=BATCH_SIZE)
-             | "Select" >> SelectPrivilegedFeatures(selection, roles, source)
-             | "ToJson" >> beam.Map(json.dumps, sort_keys=True)
-             | "WriteResult" >> beam.io.WriteToText(scratch, shard_name_template=""))
+    scratch = os.path.join(scratch_dir, f".selection-{uuid.uuid4().hex}")
+    result_file = os.path.join(scratch, "result.json")
     try:
-        with tf.io.gfile.GFile(scratch) as f:
+        try:
+            with pipeline:
+                _ = (pipeline
+                     | "ReadExamples" >> examples.RawRecordBeamSource()
+                     | "Batch" >> beam.BatchElements(min_batch_size=BATCH_SIZE,
+                                                     max_batch_size=BATCH_SIZE)
+                     | "Select" >> SelectPrivilegedFeatures(selection, roles, source)
+                     | "ToJson" >> beam.Map(json.dumps, sort_keys=True)
+                     | "WriteResult" >> beam.io.WriteToText(result_file, shard_name_template=""))
+        except Exception as e:
+            raise RuntimeError(f"privileged feature selection over {source} failed: "
+                               f"{type(e).__name__}: {e}") from e
+        with tf.io.gfile.GFile(result_file) as f:
             return json.loads(f.read())
     finally:
-        tf.io.gfile.remove(scratch)
+        if tf.io.gfile.exists(scratch):
+            tf.io.gfile.rmtree(scratch)
 
 
 def examples_pattern(path: str) -> str:
