@@ -292,7 +292,31 @@ class EnsembleDistillation(Strategy):
                 "ektf_dml": tf.reduce_mean(terms["dml"], axis=-1)}
 
 
-class TaskAdaptiveMultiLearner(Strategy):
+class _ImpressionNetwork(Strategy):
+    """Base of the impression-space strategies whose student *is* a multi-head
+    network (`network_factory(config)`, models/heads.py): they own the student's
+    supervised loss, have no privileged teacher, and serve the network's CVR part
+    (all of it with `serve_ctr`)."""
+
+    uses_teacher = False
+    owns_student_task = True
+    space = "impression"
+    network_factory: Callable[[ModelConfig], tf.keras.layers.Layer]
+
+    def __init__(self, config, privileged_vocab, **kwargs):
+        super().__init__(config, privileged_vocab, **kwargs)
+        self.network = self.network_factory(config)
+
+    @property
+    def student_head(self):
+        return self.network
+
+    @property
+    def serving_head(self):
+        return None if self.config.serve_ctr else self.network.cvr_only()
+
+
+class TaskAdaptiveMultiLearner(_ImpressionNetwork):
     """`taml` (Task Adaptive Multi-Learner, paper 004), impression space: the
     student is TAML's network (heads.TaskAdaptiveLearners: experts, gates, n
     learners per task fused by averaging logits). Per impression (Eq. 6):
@@ -303,21 +327,7 @@ class TaskAdaptiveMultiLearner(Strategy):
     the fused outputs fixed in the self-distillation. No privileged teacher.
     Serves the fused CVR (and the fused CTR with `serve_ctr`)."""
 
-    uses_teacher = False
-    owns_student_task = True
-    space = "impression"
-
-    def __init__(self, config, privileged_vocab, **kwargs):
-        super().__init__(config, privileged_vocab, **kwargs)
-        self.network = heads_lib.task_adaptive_learners(config)
-
-    @property
-    def student_head(self):
-        return self.network
-
-    @property
-    def serving_head(self):
-        return None if self.config.serve_ctr else self.network.cvr_only()
+    network_factory = staticmethod(heads_lib.task_adaptive_learners)
 
     def call(self, outputs, features, labels, step, side):
         c, heads, click = self.config, outputs.student_heads, side[CLICK]
@@ -354,7 +364,7 @@ class ClickAdaptiveTeacher(Strategy):
         return {"click_discriminator": _bce(side[CLICK], scores)}
 
 
-class UncertaintyDistillation(Strategy):
+class UncertaintyDistillation(_ImpressionNetwork):
     """`ukd` (UKD stage 2, paper 003 §3.2), impression space: labels carry the
     teacher's `pseudo_label` for every row. The student (heads.TwinDropoutHeads)
     has two dropout CVR heads p, p' and a CTR tower. Per impression (Eq. 9-12),
@@ -367,21 +377,7 @@ class UncertaintyDistillation(Strategy):
     heads from disagreeing to silence the pseudo-labels. Serves the mean of the two
     CVR heads' logits (and the CTR with `serve_ctr`)."""
 
-    uses_teacher = False
-    owns_student_task = True
-    space = "impression"
-
-    def __init__(self, config, privileged_vocab, **kwargs):
-        super().__init__(config, privileged_vocab, **kwargs)
-        self.network = heads_lib.twin_dropout_heads(config)
-
-    @property
-    def student_head(self):
-        return self.network
-
-    @property
-    def serving_head(self):
-        return None if self.config.serve_ctr else self.network.cvr_only()
+    network_factory = staticmethod(heads_lib.twin_dropout_heads)
 
     def call(self, outputs, features, labels, step, side):
         c, heads = self.config, outputs.student_heads

@@ -37,7 +37,7 @@ import os
 import time
 from typing import Any, Callable, Iterable, Sequence
 
-from pfdx.config import ConfigError, PipelineConfig, from_dict
+from pfdx.config import IMPRESSION_SPACE_STRATEGIES, ConfigError, PipelineConfig, from_dict
 
 PREDICTIONS_DIR = "predictions"
 WORK_DIR = "work"
@@ -114,8 +114,7 @@ def strategies(config: PipelineConfig) -> list[str]:
 
     # The windows hold clicked rows only, so strategies that also learn from
     # unclicked impressions (PipelineConfig.space "impression": TAML, UKD) are out.
-    click_space = [n for n in STRATEGIES if dataclasses.replace(
-        config, model=dataclasses.replace(config.model, strategy=n)).space == "click"]
+    click_space = [n for n in STRATEGIES if n not in IMPRESSION_SPACE_STRATEGIES]
     names = list(config.compare.strategies) or click_space
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ml_metadata import metadata_store
 from tfx import v1 as tfx
 
+from pfdx.components.click_log_example_gen import ClickLogExampleGen
 from pfdx.config import PipelineConfig, load_config
 
 # Beam in-memory: TFX start-up, not data, dominates small pipeline tests.
@@ -28,3 +29,14 @@ def latest(config: PipelineConfig, type_name: str):
 def int_props(artifact) -> dict[str, int]:
     return {k: v.int_value for k, v in artifact.custom_properties.items()
             if v.HasField("int_value")}
+
+
+def run_example_gen(config: PipelineConfig, input_base: str) -> None:
+    """A pipeline of ClickLogExampleGen alone, on `input_base`."""
+    gen = ClickLogExampleGen(input_base=input_base, data_config=config.to_dict()["data"],
+                             pattern=config.data.file_pattern)
+    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+        pipeline_name="example_gen_only", pipeline_root=config.pipeline_root, components=[gen],
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path),
+        beam_pipeline_args=config.beam_pipeline_args))

@@ -10,6 +10,7 @@ from pfdx.config import ModelConfig
 from pfdx.models import losses
 from pfdx.models.model import JointModel, build_model
 from pfdx.models.strategies import EXAM_DECAY
+from tests.student_export_checks import assert_saved_student_is_regular_only
 
 REGULAR = {"user_id": 40, "bid": 9}
 PRIVILEGED = {"privileged__page_jump": 3, "privileged__duration": 3}
@@ -175,23 +176,7 @@ def test_served_student_is_the_ensemble_or_the_best_head(strategy, batch):
 def test_saved_best_head_asks_for_regular_features_only(batch, tmp_path):
     model = JointModel(config("ha_pfd_v2_ektf", ektf_serve="best"), REGULAR, PRIVILEGED)
     model.loss_terms(*batch)
-    student = model.student_model()
-    module = tf.Module()
-    module.student = student
-    spec = {"user_id": tf.TensorSpec([None], tf.string, name="user_id"),
-            "bid": tf.TensorSpec([None], tf.int64, name="bid")}
-    serve = tf.function(lambda features: {"cvr": student(features)}, input_signature=[spec])
-    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": serve})
-    saved = tf.train.list_variables(str(tmp_path / "variables" / "variables"))
-    names = [n for n, _ in saved if not n.startswith("_CHECKPOINTABLE")]
-    assert not [n for n in names if any(w in n for w in ("teacher", "privileged", "mapping"))]
-    saved_params = sum(int(np.prod(s)) for n, s in saved if n.endswith(".ATTRIBUTES/VARIABLE_VALUE"))
-    assert saved_params == sum(int(np.prod(v.shape)) for v in student.variables)
-    signature = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
-    assert set(signature.structured_input_signature[1]) == set(REGULAR)
-    features = batch[0]
-    np.testing.assert_allclose(signature(user_id=features["user_id"], bid=features["bid"])["cvr"],
-                               student({k: features[k] for k in REGULAR}), rtol=1e-6)
+    assert_saved_student_is_regular_only(model.student_model(), batch, REGULAR, tmp_path)
 
 
 def test_training_updates_the_running_exam_scores_and_learns():

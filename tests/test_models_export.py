@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from pfdx.config import ModelConfig
 from pfdx.models.model import JointModel
+from tests.student_export_checks import assert_saved_student_is_regular_only
 
 REGULAR = {"user_id": 40, "bid": 9}
 PRIVILEGED = {"privileged__page_jump": 3, "privileged__duration": 3}
@@ -61,24 +62,4 @@ def test_student_needs_no_privileged_input_and_matches_the_joint_model(batch):
 
 def test_saved_student_asks_for_regular_features_and_saves_no_teacher_weight(batch, tmp_path):
     model = built("ha_pfd_v2", batch)
-    student = model.student_model()
-    module = tf.Module()
-    module.student = student
-    spec = {"user_id": tf.TensorSpec([None], tf.string, name="user_id"),
-            "bid": tf.TensorSpec([None], tf.int64, name="bid")}
-    serve = tf.function(lambda features: {"cvr": student(features)}, input_signature=[spec])
-    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": serve})
-
-    saved = tf.train.list_variables(str(tmp_path / "variables" / "variables"))
-    names = [name for name, _ in saved if not name.startswith("_CHECKPOINTABLE")]
-    assert not [n for n in names if any(w in n for w in ("teacher", "privileged", "mapping"))]
-    saved_params = sum(int(np.prod(shape)) for name, shape in saved
-                       if name.endswith(".ATTRIBUTES/VARIABLE_VALUE"))
-    assert saved_params == sum(int(np.prod(v.shape)) for v in student.variables)
-
-    loaded = tf.saved_model.load(str(tmp_path))
-    signature = loaded.signatures["serving_default"]
-    assert set(signature.structured_input_signature[1]) == set(REGULAR)
-    features = batch[0]
-    out = signature(user_id=features["user_id"], bid=features["bid"])["cvr"]
-    np.testing.assert_allclose(out, student({k: features[k] for k in REGULAR}), rtol=1e-6)
+    assert_saved_student_is_regular_only(model.student_model(), batch, REGULAR, tmp_path)

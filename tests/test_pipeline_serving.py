@@ -20,10 +20,9 @@ from pfdx.serving import client, export
 from pfdx.simulator import schema as S
 from tests import serving_stub
 from tests.pipeline_helpers import latest, make_config
+from tests.student_export_checks import TEACHER_SIDE
 
 pytestmark = pytest.mark.e2e
-
-TEACHER_SIDE = ("teacher", "privileged", "mapping")
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,14 @@
 """End-to-end runs of the DAG's data-side components on small logs."""
-import gzip
 import json
 import os
 
 import pytest
 import tensorflow as tf
-from tfx import v1 as tfx
 
-from pfdx.components.click_log_example_gen import ClickLogExampleGen, read_row_counts
+from pfdx.components.click_log_example_gen import read_row_counts
 from pfdx.pipeline import dag, local_runner
 from pfdx.simulator import simulate
-from tests.pipeline_helpers import int_props, latest, store, make_config
+from tests.pipeline_helpers import int_props, latest, make_config, run_example_gen, store
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +67,7 @@ def test_example_gen_reads_every_format(tmp_path, fmt):
     frame = simulate.simulate(6000, seed=5)
     simulate.write(frame, str(tmp_path / "logs"), fmt=fmt, shards=2)
     config = make_config(tmp_path, f"data.format={fmt}")
-    _run_example_gen(config, str(tmp_path / "logs"))
+    run_example_gen(config, str(tmp_path / "logs"))
     counts = read_row_counts(latest(config, "Examples").uri)
     assert counts["read"] == 6000
     assert counts["used"] == int(frame["click"].sum())
@@ -92,7 +90,7 @@ def test_dirty_csv_rows_are_quarantined_and_counted(tmp_path):
     (logs / "empty.csv").write_text("")
 
     config = make_config(tmp_path)
-    _run_example_gen(config, str(logs))
+    run_example_gen(config, str(logs))
     examples = latest(config, "Examples")
     counts = int_props(examples)
     assert counts["rows_quarantined"] == 2
@@ -117,16 +115,8 @@ def test_kuairand_log_by_configuration_alone(tmp_path):
     from pfdx.config import load_config
     from tests.pipeline_helpers import FAST
     config = load_config(config_file, [f"runner.output_root={tmp_path}", *FAST])
-    _run_example_gen(config, os.path.abspath(KUAIRAND))
+    run_example_gen(config, os.path.abspath(KUAIRAND))
     counts = read_row_counts(latest(config, "Examples").uri)
     assert counts["read"] == 41828 == counts["used"]
 
 
-def _run_example_gen(config, input_base):
-    gen = ClickLogExampleGen(input_base=input_base, data_config=config.to_dict()["data"],
-                             pattern=config.data.file_pattern)
-    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
-        pipeline_name="example_gen_only", pipeline_root=config.pipeline_root, components=[gen],
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path),
-        beam_pipeline_args=config.beam_pipeline_args))

@@ -18,25 +18,16 @@ import tensorflow as tf
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
-from tfx import v1 as tfx
 
 from pfdx.components import log_rows
-from pfdx.components.click_log_example_gen import DEAD_LETTER_DIR, ClickLogExampleGen, _ParseFile
+from pfdx.components.click_log_example_gen import DEAD_LETTER_DIR, _ParseFile
 from pfdx.config import ConfigError, load_config
 from pfdx.simulator import simulate
-from tests.pipeline_helpers import int_props, latest, make_config, store
+from tests.pipeline_helpers import int_props, latest, make_config, run_example_gen, store
 
 SCHEMA = log_rows.RowSchema.from_config(load_config().to_dict()["data"])
 
 
-def _run_example_gen(config, input_base):
-    gen = ClickLogExampleGen(input_base=input_base, data_config=config.to_dict()["data"],
-                             pattern=config.data.file_pattern)
-    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
-        pipeline_name="example_gen_only", pipeline_root=config.pipeline_root, components=[gen],
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path),
-        beam_pipeline_args=config.beam_pipeline_args))
 
 
 def _dead_letter(examples_uri):
@@ -82,7 +73,7 @@ def test_every_bad_row_is_quarantined_with_its_reason_and_counted(tmp_path):
     (logs / "header_only.csv").write_text(",".join(frame.columns) + "\n")
 
     config = make_config(tmp_path)
-    _run_example_gen(config, str(logs))
+    run_example_gen(config, str(logs))
     examples = latest(config, "Examples")
     counts = int_props(examples)
     assert counts["rows_read"] == 10_200
@@ -113,7 +104,7 @@ def test_a_mostly_bad_log_fails_and_leaves_nothing_a_rerun_trusts(tmp_path):
     config = make_config(tmp_path)
     for _ in range(2):  # the same inputs again: the failed run is not served from cache
         with pytest.raises(ValueError) as failure:
-            _run_example_gen(config, str(logs))
+            run_example_gen(config, str(logs))
         message = str(failure.value)
         assert "more than data.max_quarantined_fraction=0.05" in message
         assert f"'quarantined:bid': {len(clicked[::4])}" in message
@@ -126,7 +117,7 @@ def test_a_mostly_bad_log_fails_and_leaves_nothing_a_rerun_trusts(tmp_path):
     assert glob.glob(os.path.join(config.pipeline_root, "ClickLogExampleGen", "examples", "*")) == []
 
     tolerant = make_config(tmp_path, "data.max_quarantined_fraction=0.3")
-    _run_example_gen(tolerant, str(logs))
+    run_example_gen(tolerant, str(logs))
     assert int_props(latest(tolerant, "Examples"))["rows_quarantined"] == len(clicked[::4])
 
 
@@ -136,7 +127,7 @@ def test_no_matching_file_fails_naming_the_pattern(tmp_path):
     (tmp_path / "logs" / "notes.txt").write_text("not a log")
     config = make_config(tmp_path, "data.file_pattern=*.csv")
     with pytest.raises(ValueError, match=r"no file in .*logs matches data.file_pattern='\*\.csv'"):
-        _run_example_gen(config, str(tmp_path / "logs"))
+        run_example_gen(config, str(tmp_path / "logs"))
 
 
 # The per-file DoFn of ClickLogExampleGen, driven directly (no Beam runner needed):
