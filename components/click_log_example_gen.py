@@ -1,11 +1,12 @@
-"""ClickLogExampleGen: raw impression logs (CSV / Parquet / TFRecord) -> clicked tf.Examples.
+"""ClickLogExampleGen: raw impression logs (CSV / Parquet / TFRecord) -> tf.Examples.
 
 A FileBasedExampleGen with its own Beam executor, so it keeps TFX's file
 fingerprinting (a changed log is a new input; an unchanged one is served from
 cache) and Examples artifact, and adds what CVR training needs:
 - types from the config's column roles, not guessed from the first rows
   (a numeric user id stays a categorical string);
-- click space: only clicked impressions become examples;
+- click space: only clicked impressions become examples; impression space (the
+  TAML / UKD strategies): every impression does, with its click label;
 - a time split (last `eval_fraction` of the time range is eval) or a hash split;
 - a dead-letter output: every rejected row with file, row and reason, and counts
   that reconcile (read = used + unclicked + quarantined), stored as custom
@@ -41,16 +42,21 @@ COUNTS_FILE = "row_counts.json"
 _REPORT_DIR_KEY = "_pfdx_report_dir"
 
 
-def make_custom_config(data_config: dict[str, Any]) -> example_gen_pb2.CustomConfig:
-    """Packs the pipeline's `data` config section into ExampleGen's CustomConfig."""
+_SPACE_KEY = "space"
+
+
+def make_custom_config(data_config: dict[str, Any],
+                       space: str = "click") -> example_gen_pb2.CustomConfig:
+    """Packs the pipeline's `data` config section and the example space ("click" or
+    "impression", `PipelineConfig.space`) into ExampleGen's CustomConfig."""
     struct = struct_pb2.Struct()
-    struct.update(json.loads(json.dumps(data_config)))
+    struct.update(json.loads(json.dumps(dict(data_config, **{_SPACE_KEY: space}))))
     packed = any_pb2.Any()
     packed.Pack(struct)
     return example_gen_pb2.CustomConfig(custom_config=packed)
 
 
-def _read_custom_config(exec_properties: dict[str, Any]) -> dict[str, Any]:
+def read_custom_config(exec_properties: dict[str, Any]) -> dict[str, Any]:
     custom = example_gen_pb2.CustomConfig()
     proto_utils.json_to_proto(exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY], custom)
     struct = struct_pb2.Struct()
@@ -86,13 +92,13 @@ class _ParseFile(beam.DoFn):
                         unknown.update(c for c in record if c not in self._schema.known)
                     status, payload = log_rows.row_to_example(self._schema, record)
                 yield beam.pvalue.TaggedOutput("count", status)
-                if status == log_rows.USED:
-                    yield payload
-                elif status == log_rows.QUARANTINED:
+                if status == log_rows.QUARANTINED:
                     yield beam.pvalue.TaggedOutput(
                         "count", f"{log_rows.QUARANTINED}:{log_rows.reason_key(payload)}")
                     yield beam.pvalue.TaggedOutput(
                         "dead", json.dumps({"file": path, "row": row, "reason": payload}))
+                elif payload is not None:  # a clicked row, or any row in impression space
+                    yield payload
         for col in sorted(unknown):
             yield beam.pvalue.TaggedOutput("count", f"unknown_column:{col}")
         if rows == 0:
@@ -149,8 +155,8 @@ class Executor(BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: dict[str, Any]) -> dict[str, beam.PCollection]:
-        data = _read_custom_config(exec_properties)
-        schema = log_rows.RowSchema.from_config(data)
+        data = read_custom_config(exec_properties)
+        schema = log_rows.RowSchema.from_config(data, data[_SPACE_KEY])
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
                                   input_config)
@@ -194,7 +200,7 @@ class Executor(BaseExampleGenExecutor):
         counts = read_row_counts(examples.uri)
         for key, value in counts.items():
             examples.set_int_custom_property(f"rows_{key}", value)
-        data = _read_custom_config(exec_properties)
+        data = read_custom_config(exec_properties)
         source = exec_properties[standard_component_specs.INPUT_BASE_KEY]
         if counts["read"] == 0 and counts["empty_files"] == 0:
             raise ValueError(f"no file in {source} matches "
@@ -203,9 +209,11 @@ class Executor(BaseExampleGenExecutor):
             raise ValueError(f"no clicked rows were read from {source} (row counts: {counts})"
                              f"{_first_dead_rows(examples.uri)}")
         bad, limit = counts[log_rows.QUARANTINED], float(data["max_quarantined_fraction"])
-        if bad > limit * (counts[log_rows.USED] + bad):
+        kept = counts[log_rows.USED] + (
+            counts[log_rows.UNCLICKED] if data[_SPACE_KEY] == "impression" else 0)
+        if bad > limit * (kept + bad):
             raise ValueError(
-                f"{bad} of the {counts[log_rows.USED] + bad} clicked or unusable rows read "
+                f"{bad} of the {kept + bad} usable or unusable rows read "
                 f"from {source} were quarantined, more than "
                 f"data.max_quarantined_fraction={limit:g} (row counts: {counts})"
                 f"{_first_dead_rows(examples.uri)}")
@@ -240,11 +248,13 @@ def read_row_counts(examples_uri: str) -> dict[str, int]:
 
 
 class ClickLogExampleGen(FileBasedExampleGen):
-    """FileBasedExampleGen over impression logs; `data_config` is the config's `data` section."""
+    """FileBasedExampleGen over impression logs; `data_config` is the config's `data`
+    section, `space` "click" or "impression" (`PipelineConfig.space`)."""
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, input_base: str, data_config: dict[str, Any], pattern: str = "*"):
+    def __init__(self, input_base: str, data_config: dict[str, Any], pattern: str = "*",
+                 space: str = "click"):
         super().__init__(
             input_base=input_base,
             input_config=example_gen_pb2.Input(splits=[
@@ -253,4 +263,4 @@ class ClickLogExampleGen(FileBasedExampleGen):
             output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
                 splits=[example_gen_pb2.SplitConfig.Split(name=TRAIN, hash_buckets=1),
                         example_gen_pb2.SplitConfig.Split(name=EVAL, hash_buckets=1)])),
-            custom_config=make_custom_config(data_config))
+            custom_config=make_custom_config(data_config, space))

@@ -3,7 +3,9 @@
 Every row ends in exactly one bucket, so counts reconcile
 (read = used + unclicked + quarantined):
 - ``used``: a clicked row that became a tf.Example;
-- ``unclicked``: an impression without a click (out of CVR's click space);
+- ``unclicked``: an impression without a click: out of CVR's click space, or in
+  impression space (`RowSchema.impressions`, the TAML / UKD strategies) a
+  tf.Example too, with the click column (0/1) kept as a label;
 - ``quarantined``: a row that cannot be trusted, written with its file, row
   number and reason to the dead-letter output: a label/click/flag that is not
   0/1, a number that does not parse or is NaN/inf, a negative value in a
@@ -44,9 +46,14 @@ class RowSchema:
     privileged: tuple[str, ...]
     flags: tuple[str, ...]  # privileged discrete: 0/1 only
     non_negative: tuple[str, ...]
+    # Impression space: unclicked rows become examples too, and every example
+    # carries its click label.
+    impressions: bool = False
 
     @classmethod
-    def from_config(cls, data: Mapping[str, Any]) -> "RowSchema":
+    def from_config(cls, data: Mapping[str, Any], space: str = "click") -> "RowSchema":
+        """`data`: the config's `data` section as a dict; `space`: "click" or
+        "impression" (`PipelineConfig.space`)."""
         roles = data["columns"]
         continuous, flags = tuple(roles["privileged_continuous"]), tuple(roles["privileged_discrete"])
         non_negative = data["non_negative"]
@@ -57,7 +64,7 @@ class RowSchema:
                    numeric=tuple(roles["regular_numeric"]) + continuous + flags,
                    time=data["time_column"], truth=roles["truth"],
                    ignore=tuple(roles["ignore"]), privileged=continuous + flags, flags=flags,
-                   non_negative=tuple(non_negative))
+                   non_negative=tuple(non_negative), impressions=space == "impression")
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -146,34 +153,43 @@ def reason_key(reason: str) -> str:
     return field.group(1) if field else reason.split(":", 1)[0]
 
 
+def _int64(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
 def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]:
-    """(USED, (time, serialized tf.Example)) | (UNCLICKED, None) | (QUARANTINED, reason)."""
+    """(USED, (time, serialized tf.Example)) | (UNCLICKED, None) | (QUARANTINED, reason);
+    in impression space an unclicked row is (UNCLICKED, (time, serialized tf.Example))."""
     try:
         label = _as_flag(schema.label, row.get(schema.label))
-        if schema.click is not None and _as_flag(schema.click, row.get(schema.click)) == 0:
+        clicked = schema.click is None or _as_flag(schema.click, row.get(schema.click)) == 1
+        if not clicked:
             if label == 1:
                 raise ValueError(f"field {schema.label!r}: conversion without a click")
             _check_unclicked(schema, row)
-            return UNCLICKED, None
-        feats: dict[str, tf.train.Feature] = {
-            schema.label: tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
+            if not schema.impressions:
+                return UNCLICKED, None
+        feats: dict[str, tf.train.Feature] = {schema.label: _int64(label)}
+        if schema.impressions and schema.click is not None:
+            feats[schema.click] = _int64(int(clicked))
         time = None
         if schema.time is not None:
             time = _as_float(schema.time, row.get(schema.time))
-            feats[schema.time] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(time)]))
+            feats[schema.time] = _int64(int(time))
         for name in schema.categorical:
             v = row.get(name)
             if not _is_missing(v) and not (isinstance(v, float) and math.isnan(v)):
                 feats[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[_as_bytes(v)]))
         for name in schema.numeric + ((schema.truth,) if schema.truth else ()):
             v = row.get(name)
-            if not _is_missing(v):
+            # An unclicked row has no post-click signals (checked above): absent.
+            if not _is_missing(v) and (clicked or name not in schema.privileged):
                 feats[name] = tf.train.Feature(
                     float_list=tf.train.FloatList(value=[_numeric(schema, name, v)]))
     except ValueError as e:
         return QUARANTINED, str(e)
     example = tf.train.Example(features=tf.train.Features(feature=feats))
-    return USED, (time, example.SerializeToString(deterministic=True))
+    return USED if clicked else UNCLICKED, (time, example.SerializeToString(deterministic=True))
 
 
 # Readers: each yields (row_number, {column: value}) for one file; row numbers are

@@ -16,23 +16,35 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
-from pfdx.config import PipelineConfig, from_dict
+from pfdx.config import ConfigError, PipelineConfig, from_dict
 from pfdx.components import resume
 from pfdx.models import training
 from pfdx.serving import export
 
 PIPELINE_CONFIG_KEY = "pipeline_config"
+PSEUDO_LABEL_COLUMN_KEY = "pseudo_label_column"
 TRAINING_METRICS_FILE = "training_metrics.json"
 
 
-def trainer_custom_config(config: PipelineConfig) -> dict[str, Any]:
-    return {PIPELINE_CONFIG_KEY: config.to_dict()}
+def trainer_custom_config(config: PipelineConfig,
+                          pseudo_label_column: str | None = None) -> dict[str, Any]:
+    """The config, and for UKD's student the raw column holding its teacher's CVR."""
+    return {PIPELINE_CONFIG_KEY: config.to_dict(), PSEUDO_LABEL_COLUMN_KEY: pseudo_label_column}
 
 
 def _config(fn_args: tfx.components.FnArgs) -> PipelineConfig:
     """The pipeline config, with per-run hyperparameter overrides applied on top."""
+    compiled = from_dict(fn_args.custom_config[PIPELINE_CONFIG_KEY])
     overrides = [f"model.{k}={json.dumps(v)}" for k, v in (fn_args.hyperparameters or {}).items()]
-    return from_dict(fn_args.custom_config[PIPELINE_CONFIG_KEY], overrides)
+    config = from_dict(fn_args.custom_config[PIPELINE_CONFIG_KEY], overrides)
+    # The examples and the DAG's shape (UKD's teacher steps) were fixed at compile time.
+    if (config.space, config.model.strategy == "ukd") != (
+            compiled.space, compiled.model.strategy == "ukd"):
+        raise ConfigError(
+            f"run parameter strategy={config.model.strategy!r} needs another pipeline than "
+            f"the one compiled for {compiled.model.strategy!r} (impression-space examples or "
+            "UKD's teacher steps); compile the pipeline with that strategy")
+    return config
 
 
 def distribution_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
@@ -66,7 +78,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     ]
     result = training.fit_and_evaluate(
         config, tf_transform_output, fn_args.data_accessor.tf_dataset_factory,
-        fn_args.train_files, fn_args.eval_files, strategy, callbacks)
+        fn_args.train_files, fn_args.eval_files, strategy, callbacks,
+        pseudo_label_column=fn_args.custom_config.get(PSEUDO_LABEL_COLUMN_KEY))
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_METRICS_FILE), "w") as f:
         json.dump(result.metrics, f, indent=2, sort_keys=True)
 

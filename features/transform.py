@@ -1,4 +1,4 @@
-"""The TFT preprocessing_fn: raw clicked impressions -> integer ids for the embeddings.
+"""The TFT preprocessing_fn: raw impressions -> integer ids for the embeddings.
 
 Every model input is an int64 id in [0, vocab) (models.layers.FeatureEmbeddings):
 - regular categorical: `tft.hash_strings` into `hash_buckets` (a missing value
@@ -7,6 +7,8 @@ Every model input is an int64 id in [0, vocab) (models.layers.FeatureEmbeddings)
 - privileged: the selection artifact's discretisation — continuous z >= threshold
   -> 1, discrete flag -> 0/1, OR-groups combined — missing -> 2. Their outputs are
   named with PRIVILEGED_PREFIX so the Trainer can split the two sides by name.
+Labels pass through as int64: the conversion, and in impression space (TAML / UKD)
+the click.
 
 The serving graph needs regular features only: each output depends on its own raw
 column(s), and TFT prunes the graph to the outputs whose inputs are given.
@@ -28,6 +30,7 @@ def regular_config(config) -> dict[str, Any]:
     roles = config.data.columns
     return {
         "label": roles.label,
+        "click": roles.click if config.space == "impression" else None,
         "regular_categorical": list(roles.regular_categorical),
         "regular_numeric": list(roles.regular_numeric),
         "hash_buckets": config.model.hash_buckets,
@@ -100,6 +103,7 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
         outputs[name] = tf.where(present, buckets, tf.constant(n_buckets, tf.int64))
     for name, spec in custom_config["privileged"].items():
         outputs[PRIVILEGED_PREFIX + name] = _privileged_flag(inputs, spec)
-    label = custom_config["label"]
-    outputs[label] = tf.cast(_dense(inputs[label], 0), tf.int64)
+    for label in (custom_config["label"], custom_config.get("click")):
+        if label is not None:
+            outputs[label] = tf.cast(_dense(inputs[label], 0), tf.int64)
     return outputs

@@ -28,13 +28,14 @@ def sample_unclicked(rows: tf.data.Dataset, rate: float, seed: int) -> tf.data.D
 
 
 def with_pseudo_labels(teacher: tf.keras.Model, batches: tf.data.Dataset) -> tf.data.Dataset:
-    """Batches with labels["pseudo_label"] = the teacher's CVR on every row.
+    """Batches with labels["pseudo_label"] = the teacher's CVR on every row (batches
+    are `(features, labels, ...)`; what follows the labels passes through).
     `teacher` is the served student of a trained `ukd_teacher` model
     (`JointModel.student_model()`): regular features only, so it labels any
     impression."""
     # Plain graph code: autograph's conversion of the whole student only slows the trace.
     @tf.autograph.experimental.do_not_convert
-    def label(features, labels):
-        return features, {**labels, PSEUDO_LABEL: teacher(features)}
+    def label(features, labels, *rest):
+        return (features, {**labels, PSEUDO_LABEL: teacher(features)}, *rest)
 
     return batches.map(label)

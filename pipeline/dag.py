@@ -1,4 +1,11 @@
-"""The one pfdx TFX pipeline definition, shared by every runner (local, Kubeflow)."""
+"""The one pfdx TFX pipeline definition, shared by every runner (local, Kubeflow).
+
+The example space follows the strategy (`PipelineConfig.space`): clicked rows, or
+every impression with its click label (TAML, UKD). UKD is a DAG variant: a first
+Trainer fits the click-adaptive teacher (`ukd_teacher`), TFX's BulkInferrer writes
+its served CVR into every example as PSEUDO_LABEL_COLUMN, and the main Trainer fits
+the student on those examples.
+"""
 from __future__ import annotations
 
 from tfx import v1 as tfx
@@ -9,24 +16,22 @@ from pfdx.components.privileged_feature_selection import PrivilegedFeatureSelect
 from pfdx.components.privileged_transform import PrivilegedTransform
 from pfdx.components.trainer import trainer_custom_config
 from pfdx.components.validation_gate import VALIDATED_KEY, ValidationGate
-from pfdx.config import ConfigError, PipelineConfig
+from pfdx.config import PipelineConfig
 from pfdx.features import transform
 from pfdx.pipeline.evaluation import eval_config
+from pfdx.serving.export import OUTPUT_KEY
 
 TRAINER_MODULE = "pfdx.components.trainer"
+# The raw column BulkInferrer adds to the examples: UKD's teacher CVR.
+PSEUDO_LABEL_COLUMN = "pfdx_teacher_cvr"
+UKD_TEACHER_TRAINER_ID = "UkdTeacherTrainer"
 
 
 def create_components(config: PipelineConfig, input_base: str, serving_dir: str) -> list:
     """Components in DAG order; runners add only runner-specific settings."""
-    if config.space != "click":
-        # Refused here rather than at the Trainer's first step, minutes into a run.
-        raise ConfigError(
-            f"model.strategy: {config.model.strategy!r} trains on all impressions, which the "
-            "pipeline does not feed yet (ExampleGen keeps clicked rows only); it is "
-            "available in the model library (models/strategies.py) only")
     example_gen = ClickLogExampleGen(input_base=input_base,
                                      data_config=config.to_dict()["data"],
-                                     pattern=config.data.file_pattern)
+                                     pattern=config.data.file_pattern, space=config.space)
     examples = example_gen.outputs["examples"]
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
     if config.data.schema_path is None:
@@ -57,12 +62,31 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
     # run's output), and a data edge would make every component after it re-run too.
     for consumer in (selection, transform_):
         consumer.add_upstream_node(gate)
-    trainer = tfx.components.Trainer(
-        run_fn=f"{TRAINER_MODULE}.run_fn",
-        examples=examples,
-        transform_graph=transform_.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
-        custom_config=trainer_custom_config(config))
+    def make_trainer(trainer_config: PipelineConfig, train_examples, **kwargs):
+        return tfx.components.Trainer(
+            run_fn=f"{TRAINER_MODULE}.run_fn",
+            examples=train_examples,
+            transform_graph=transform_.outputs["transform_graph"],
+            schema=schema_gen.outputs["schema"],
+            custom_config=trainer_custom_config(trainer_config, **kwargs))
+
+    teacher_steps = []
+    if config.model.strategy == "ukd":
+        teacher = make_trainer(config.with_model(strategy="ukd_teacher"), examples).with_id(
+            UKD_TEACHER_TRAINER_ID)
+        pseudo_labels = tfx.components.BulkInferrer(
+            examples=examples, model=teacher.outputs["model"],
+            data_spec=tfx.proto.DataSpec(),  # every split: the student reads train and eval
+            model_spec=tfx.proto.ModelSpec(model_signature_name=["serving_default"]),
+            output_example_spec=tfx.proto.OutputExampleSpec(output_columns_spec=[
+                tfx.proto.OutputColumnsSpec(predict_output=tfx.proto.PredictOutput(
+                    output_columns=[tfx.proto.PredictOutputCol(
+                        output_key=OUTPUT_KEY, output_column=PSEUDO_LABEL_COLUMN)]))]))
+        teacher_steps = [teacher, pseudo_labels]
+        trainer = make_trainer(config, pseudo_labels.outputs["output_examples"],
+                               pseudo_label_column=PSEUDO_LABEL_COLUMN)
+    else:
+        trainer = make_trainer(config, examples)
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -79,7 +103,7 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)))
     return [example_gen, statistics_gen, schema_gen, example_validator, last_validated, gate,
-            selection, transform_, trainer, baseline, evaluator, report, pusher]
+            selection, transform_, *teacher_steps, trainer, baseline, evaluator, report, pusher]
 
 
 def create_pipeline(config: PipelineConfig, input_base: str, pipeline_root: str,

@@ -1,4 +1,8 @@
-"""The Evaluator's TFMA config: student metrics, slices and the blessing rule."""
+"""The Evaluator's TFMA config: student metrics, slices and the blessing rule.
+
+In impression space (TAML / UKD) the eval split holds every impression; the click
+column is the example weight, so the served CVR is judged on clicked rows only,
+like a click-space student."""
 from __future__ import annotations
 
 import json
@@ -35,9 +39,10 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         per_slice_thresholds=_overall(tfma.MetricThreshold(
             value_threshold=tfma.GenericValueThreshold(upper_bound={"value": e.max_ece}))))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default",
-                                    label_key=config.data.columns.label,
-                                    prediction_key=OUTPUT_KEY)],
+        model_specs=[tfma.ModelSpec(
+            signature_name="serving_default", label_key=config.data.columns.label,
+            prediction_key=OUTPUT_KEY,
+            example_weight_key=config.data.columns.click if config.space == "impression" else None)],
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[k]) for k in e.slice_by],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),

@@ -83,12 +83,12 @@ def serving_dir(kf: KubeflowConfig) -> str:
     return kf.serving_dir or kf.pipeline_root.rstrip("/") + "/serving"
 
 
-def _only_trainer(components: list) -> tfx.components.Trainer:
+def _trainers(components: list) -> list[tfx.components.Trainer]:
+    """The DAG's Trainers in order: the student's last (UKD's teacher first)."""
     trainers = [c for c in components if isinstance(c, tfx.components.Trainer)]
-    if len(trainers) != 1:
-        raise ValueError(f"pipeline/dag.py: expected one Trainer, found {len(trainers)} "
-                         f"among {[c.id for c in components]}")
-    return trainers[0]
+    if not trainers:
+        raise ValueError(f"pipeline/dag.py: no Trainer among {[c.id for c in components]}")
+    return trainers
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
@@ -98,14 +98,17 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     beam_args = beam_pipeline_args(config)
     params = kubeflow_params.declare(config)
     components = dag.create_components(config, params[kubeflow_params.DATA_PATH], serving_dir(kf))
-    trainer = _only_trainer(components)
+    trainers = _trainers(components)
     if kf.trainer_gpus:
-        trainer.with_platform_config(_ResourceSpec(accelerator=_ResourceSpec.AcceleratorConfig(
-            type=kf.gpu_type, count=kf.trainer_gpus)))
+        for trainer in trainers:
+            trainer.with_platform_config(_ResourceSpec(
+                accelerator=_ResourceSpec.AcceleratorConfig(type=kf.gpu_type,
+                                                            count=kf.trainer_gpus)))
     return tfx.dsl.Pipeline(
         pipeline_name=config.runner.pipeline_name,
         pipeline_root=kf.pipeline_root,
-        components=kubeflow_params.with_hyperparameters(components, trainer, params),
+        # Run parameters tune the student's Trainer (UKD's teacher keeps the compiled config).
+        components=kubeflow_params.with_hyperparameters(components, trainers[-1], params),
         enable_cache=config.runner.enable_cache,
         beam_pipeline_args=beam_args)
 

@@ -55,8 +55,10 @@ def rest_request_body(instances: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def rest_predict(host: str, instances: Iterable[Mapping[str, Any]], model_name: str = "pfdx",
-                 version: int | None = None, timeout: float = 10.0) -> list[float]:
-    """CVR probabilities for `instances` (dicts of regular feature values) over REST."""
+                 version: int | None = None, timeout: float = 10.0,
+                 output: str = OUTPUT_KEY) -> list[float]:
+    """The `output` probabilities (CVR; "ctr" where served) for `instances` (dicts of
+    regular feature values) over REST."""
     path = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "") + ":predict"
     body = json.dumps(rest_request_body(instances)).encode("utf-8")
     request = urllib.request.Request(host.rstrip("/") + path, data=body,
@@ -69,12 +71,13 @@ def rest_predict(host: str, instances: Iterable[Mapping[str, Any]], model_name: 
     if "error" in payload:
         raise ServingError(f"{host}{path}: {payload['error']}")
     # Single-output signatures answer with a bare list per instance.
-    return [float(p[OUTPUT_KEY] if isinstance(p, dict) else p) for p in payload["predictions"]]
+    return [float(p[output] if isinstance(p, dict) else p) for p in payload["predictions"]]
 
 
 def grpc_predict(target: str, serialized_examples: list[bytes], model_name: str = "pfdx",
-                 timeout: float = 10.0) -> list[float]:
-    """CVR probabilities for serialized tf.Examples over gRPC (`serving_default`)."""
+                 timeout: float = 10.0, output: str = OUTPUT_KEY) -> list[float]:
+    """The `output` probabilities (CVR; "ctr" where served) for serialized tf.Examples
+    over gRPC (`serving_default`)."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -89,4 +92,4 @@ def grpc_predict(target: str, serialized_examples: list[bytes], model_name: str 
             response = stub.Predict(request, timeout=timeout)
         except grpc.RpcError as e:
             raise ServingError(f"{target}: {e.code().name}: {e.details()}") from None
-    return [float(x) for x in tf.make_ndarray(response.outputs[OUTPUT_KEY]).reshape(-1)]
+    return [float(x) for x in tf.make_ndarray(response.outputs[output]).reshape(-1)]

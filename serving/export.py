@@ -1,9 +1,11 @@
 """Export of the student as a TF Serving SavedModel: signatures and warm-up records.
 
 Signatures (inputs are regular features only; the TFT graph is applied inside):
-- ``serving_default``: ``examples`` = serialized tf.Example -> ``cvr`` probability;
+- ``serving_default``: ``examples`` = serialized tf.Example -> ``cvr`` probability
+  (and ``ctr`` for a TAML / UKD student exported with `model.serve_ctr`);
 - ``predict_raw``: one named tensor per regular feature (strings for categorical,
-  floats for numeric) -> ``cvr``; the shape TF Serving's REST "instances" JSON takes.
+  floats for numeric) -> the same outputs; the shape TF Serving's REST "instances"
+  JSON takes.
 The student Keras model holds the regular-feature embeddings and the student tower
 only; nothing of the teacher, the privileged embeddings or the mapping nets is
 tracked by the exported module.
@@ -56,8 +58,7 @@ class StudentServingModule(tf.Module):
 
     def _predict(self, raw: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         transformed = self.tft_layer(dict(raw))
-        probs = self.student({k: transformed[k] for k in self._regular})
-        return {OUTPUT_KEY: tf.reshape(probs, [-1])}
+        return self.student.predictions({k: transformed[k] for k in self._regular})
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
@@ -136,18 +137,27 @@ def check_export(student: tf.keras.Model, tf_transform_output: tft.TFTransformOu
     raw = tf.io.parse_example(tf.constant(serialized_examples),
                               tf_transform_output.raw_feature_spec())
     transformed = tf_transform_output.transform_features_layer()(raw)
-    trained = np.asarray(student({k: transformed[k] for k in regular})).reshape(-1)
+    trained = student.predictions({k: transformed[k] for k in regular})
     stripped = [strip_to_regular(e, regular) for e in serialized_examples]
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
-    served = serve(**{EXAMPLES_INPUT: tf.constant(stripped)})[OUTPUT_KEY].numpy().reshape(-1)
-    gap = float(np.max(np.abs(trained - served))) if len(trained) else 0.0
+    served = serve(**{EXAMPLES_INPUT: tf.constant(stripped)})
+    if set(served) != set(trained):
+        raise ExportMismatchError(f"exported model at {export_dir} serves {sorted(served)}; "
+                                  f"the trained student predicts {sorted(trained)}")
+    # Every output (cvr, and ctr when served) within the tolerance.
+    outputs = {k: {"student": np.asarray(trained[k]).reshape(-1).tolist(),
+                   "served": served[k].numpy().reshape(-1).tolist()} for k in trained}
+    gaps = [np.max(np.abs(np.subtract(v["student"], v["served"])), initial=0.0)
+            for v in outputs.values()]
+    gap = float(max(gaps))
     record = {"tolerance": EXPORT_TOLERANCE, "max_abs_gap": gap,
               "examples_b64": [base64.b64encode(e).decode("ascii") for e in stripped],
-              "student": trained.tolist(), "served": served.tolist()}
+              "student": outputs[OUTPUT_KEY]["student"], "served": outputs[OUTPUT_KEY]["served"],
+              "outputs": outputs}
     with tf.io.gfile.GFile(record_path, "w") as f:
         json.dump(record, f)
     if not gap <= EXPORT_TOLERANCE:
         raise ExportMismatchError(
             f"exported model at {export_dir} differs from the trained student by {gap:.3g} "
-            f"(> {EXPORT_TOLERANCE}) on {len(trained)} eval rows; see {record_path}")
+            f"(> {EXPORT_TOLERANCE}) on {len(stripped)} eval rows; see {record_path}")
     return record

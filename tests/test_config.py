@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from pfdx.config import ConfigError, PipelineConfig, load_config
@@ -68,8 +70,43 @@ def test_shipped_configs_load(name):
         assert (config.model.lam, config.model.gamma, config.model.align_weight) == (0.3, 2.0, 0.1)
 
 
-def test_pipeline_refuses_impression_space_strategies(tmp_path):
+def _dag(tmp_path, strategy):
     from pfdx.pipeline import dag
-    config = load_config(None, [f"runner.output_root={tmp_path}", "model.strategy=taml"])
-    with pytest.raises(ConfigError, match="trains on all impressions"):
-        dag.create_components(config, str(tmp_path), str(tmp_path / "serving"))
+    config = load_config(None, [f"runner.output_root={tmp_path}", f"model.strategy={strategy}"])
+    return {c.id: c for c in dag.create_components(config, str(tmp_path), str(tmp_path / "s"))}
+
+
+def _example_space(component) -> str:
+    from pfdx.components.click_log_example_gen import read_custom_config
+    return read_custom_config(component.exec_properties)["space"]
+
+
+@pytest.mark.parametrize("strategy,space", [("ha_pfd_v2", "click"), ("taml", "impression"),
+                                            ("ukd_teacher", "impression")])
+def test_dag_example_space_follows_the_strategy(tmp_path, strategy, space):
+    components = _dag(tmp_path, strategy)
+    assert _example_space(components["ClickLogExampleGen"]) == space
+    assert "BulkInferrer" not in components and "UkdTeacherTrainer" not in components
+
+
+def test_ukd_dag_pseudo_labels_the_students_examples_with_its_teacher(tmp_path):
+    from pfdx.components.trainer import PIPELINE_CONFIG_KEY, PSEUDO_LABEL_COLUMN_KEY
+    from pfdx.pipeline.dag import PSEUDO_LABEL_COLUMN
+    c = _dag(tmp_path, "ukd")
+    assert _example_space(c["ClickLogExampleGen"]) == "impression"
+    teacher, inferrer, student = c["UkdTeacherTrainer"], c["BulkInferrer"], c["Trainer"]
+    config = {k: json.loads(t.exec_properties["custom_config"]) for k, t in
+              (("teacher", teacher), ("student", student))}
+    assert config["teacher"][PIPELINE_CONFIG_KEY]["model"]["strategy"] == "ukd_teacher"
+    assert config["student"][PIPELINE_CONFIG_KEY]["model"]["strategy"] == "ukd"
+    assert config["teacher"][PSEUDO_LABEL_COLUMN_KEY] is None
+    assert config["student"][PSEUDO_LABEL_COLUMN_KEY] == PSEUDO_LABEL_COLUMN
+    assert inferrer.inputs["model"].producer_component_id == "UkdTeacherTrainer"
+    assert student.inputs["examples"].producer_component_id == "BulkInferrer"
+    # The Evaluator judges the served student on the logged examples, not the labelled copy.
+    assert c["Evaluator"].inputs["examples"].producer_component_id == "ClickLogExampleGen"
+
+
+def test_ukd_unclicked_rate_is_checked():
+    with pytest.raises(ConfigError, match="model.ukd_unclicked_rate"):
+        load_config(None, ["model.ukd_unclicked_rate=0"])

@@ -151,6 +151,35 @@ def test_trainer_applies_what_the_hyperparameters_step_writes(tmp_path):
     assert (m.strategy, m.epochs, m.gamma, m.lam) == ("kd", 7, 2.0, 0.5)
 
 
+def test_run_parameters_cannot_switch_to_a_strategy_the_compiled_dag_cannot_feed():
+    from pfdx.components import trainer
+
+    custom = trainer.trainer_custom_config(load_config())  # compiled for ha_pfd_v2
+    for strategy in ("taml", "ukd"):
+        with pytest.raises(ConfigError, match=f"strategy='{strategy}' needs another pipeline"):
+            trainer._config(tfx.components.FnArgs(hyperparameters={"strategy": strategy},
+                                                  custom_config=custom))
+
+
+def test_ukd_compiles_with_its_teacher_steps_on_gpus(tmp_path):
+    out = tmp_path / "ukd.json"
+    argv = ["compile-kubeflow", "--out", str(out), "--image", IMAGE, "--set", "model.strategy=ukd"]
+    assert cli.main(argv + [arg for setting in SETTINGS for arg in ("--set", setting)]) == 0
+    spec = json.loads(out.read_text())
+    tasks = _spec(spec)["root"]["dag"]["tasks"]
+    assert tasks["BulkInferrer"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model", "producerTask": dag.UKD_TEACHER_TRAINER_ID}
+    assert tasks["Trainer"]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "output_examples", "producerTask": "BulkInferrer"}
+    # The run parameters tune the student; both Trainers get the GPUs.
+    assert "hyperparameters" in tasks["Trainer"]["inputs"]["artifacts"]
+    assert "hyperparameters" not in tasks[dag.UKD_TEACHER_TRAINER_ID]["inputs"]["artifacts"]
+    executors = _spec(spec)["deploymentSpec"]["executors"]
+    for task in ("Trainer", dag.UKD_TEACHER_TRAINER_ID):
+        assert executors[_executor_label(spec, task)]["container"]["resources"] == {
+            "accelerator": {"type": "NVIDIA_TESLA_T4", "count": "2"}}
+
+
 @pytest.mark.parametrize("settings, message", [
     (SETTINGS, "kubeflow.image is not set"),
     ([*SETTINGS, f"kubeflow.image={IMAGE}", "kubeflow.pipeline_root=/home/me/pfdx"],

@@ -38,6 +38,38 @@ def test_unclicked_rows_are_counted_not_used():
     assert log_rows.row_to_example(SCHEMA, unclicked) == (log_rows.UNCLICKED, None)
 
 
+IMPRESSIONS = log_rows.RowSchema.from_config(load_config().to_dict()["data"], "impression")
+
+
+def test_impression_space_keeps_unclicked_rows_with_their_click_label():
+    # Unclicked rows may log post-click signals as empty, 0 or NaN: none is kept.
+    unclicked = _row(click="0", **{**{c: "" for c in SCHEMA.privileged},
+                                   "duration": "nan", "page_jump": "0"})
+    status, (time, payload) = log_rows.row_to_example(IMPRESSIONS, unclicked)
+    f = tf.train.Example.FromString(payload).features.feature
+    assert status == log_rows.UNCLICKED and time == 1700000000
+    assert f["click"].int64_list.value == [0] and f["conversion"].int64_list.value == [0]
+    assert f["user_id"].bytes_list.value == [b"u1"] and "bid" in f
+    assert not set(f) & set(IMPRESSIONS.privileged)
+
+    status, (_, payload) = log_rows.row_to_example(IMPRESSIONS, _row(conversion="1"))
+    f = tf.train.Example.FromString(payload).features.feature
+    assert status == log_rows.USED and f["click"].int64_list.value == [1]
+    assert f["conversion"].int64_list.value == [1] and "duration" in f
+
+
+@pytest.mark.parametrize("over, reason", [
+    ({"click": "0", "conversion": "1"}, "conversion without a click"),
+    ({"click": "0", "duration": "12"}, "post-click signal '12' on an unclicked row"),
+    ({"click": "2"}, "field 'click': '2' is not 0/1"),
+])
+def test_impression_space_quarantines_what_click_space_does(over, reason):
+    for schema in (SCHEMA, IMPRESSIONS):
+        status, why = log_rows.row_to_example(schema, _row(**{**{c: "" for c in SCHEMA.privileged},
+                                                             **over}))
+        assert status == log_rows.QUARANTINED and reason in why
+
+
 @pytest.mark.parametrize("over, reason", [
     ({"conversion": "2"}, "field 'conversion': '2' is not 0/1"),
     ({"conversion": "yes"}, "field 'conversion': 'yes' is not a number"),
