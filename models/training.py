@@ -150,11 +150,14 @@ def transformed_dataset(factory: DatasetFactory, files: Sequence[str],
 
 
 def predict(model: JointModel, dataset: tf.data.Dataset) -> Predictions:
-    """Student (and teacher, CTR) probabilities over a `keep_truth` dataset."""
+    """Probabilities over a `keep_truth` dataset: the student's are the exported
+    student's (EKTF's best head, say, not the ensemble it trained in), the teacher's
+    and the CTR those of the joint model."""
     columns: dict[str, list[np.ndarray]] = {k: [] for k in (
         "labels", "clicks", "student", "teacher", CTR, "truth")}
+    served = model.student_model()
     for features, y, t in dataset:
-        out = model.predict_both(features)
+        out = dict(model.predict_both(features), student=served(features))
         if isinstance(y, dict):
             columns["clicks"].append(np.reshape(y[CLICK], [-1]))
             y = y[LABEL]

@@ -46,7 +46,8 @@ def serving_feature_spec(tf_transform_output: tft.TFTransformOutput,
 
 
 class StudentServingModule(tf.Module):
-    """Tracks only the student model and the TFT layer, so only they are saved."""
+    """Tracks only the student model and the TFT layer, so only they are saved.
+    `student` is a `models.model.Student`: `predictions` gives what it serves."""
 
     def __init__(self, student: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
                  regular_features: Iterable[str]):

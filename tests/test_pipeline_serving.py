@@ -165,11 +165,21 @@ def test_export_check_fails_on_a_model_that_serves_differently(run, tmp_path):
     rows = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(8)]
     regular = config.data.columns.regular
 
-    def constant_student(features):  # not the student the SavedModel was made from
-        return tf.fill([tf.shape(features[regular[0]])[0]], 0.5)
+    class ConstantStudent:  # not the student the SavedModel was made from
+        def predictions(self, features):
+            return {"cvr": tf.fill([tf.shape(features[regular[0]])[0]], 0.5)}
 
     transform = tft.TFTransformOutput(latest(config, "TransformGraph").uri)
     with pytest.raises(export.ExportMismatchError, match="differs from the trained student"):
-        export.check_export(constant_student, transform, regular, model_dir, rows,
+        export.check_export(ConstantStudent(), transform, regular, model_dir, rows,
                             str(tmp_path / "check.json"))
     assert json.loads((tmp_path / "check.json").read_text())["max_abs_gap"] > 1e-3
+
+    class TwoOutputStudent:  # predicts a CTR the SavedModel does not serve
+        def predictions(self, features):
+            cvr = tf.fill([tf.shape(features[regular[0]])[0]], 0.5)
+            return {"cvr": cvr, "ctr": cvr}
+
+    with pytest.raises(export.ExportMismatchError, match=r"serves \['cvr'\]"):
+        export.check_export(TwoOutputStudent(), transform, regular, model_dir, rows,
+                            str(tmp_path / "check2.json"))
