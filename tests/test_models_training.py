@@ -69,3 +69,46 @@ def test_teacher_beats_student_after_joint_training(clicks):
     assert logged["student_ece"] == pytest.approx(ece, abs=1e-4)
     assert logged["student_mce"] == pytest.approx(mce, abs=1e-3)
     assert logged["label_avg"] == pytest.approx(y_eval.mean(), abs=1e-6)
+
+
+def pairwise_auc(labels, scores) -> float:
+    """P(score of a positive > score of a negative), ties counted half: by definition."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+def test_impression_space_summary_scores_cvr_on_clicks_and_ctcvr_on_impressions():
+    from pfdx.models.training import Predictions, summarize
+
+    rng = np.random.default_rng(3)
+    n = 400
+    clicks = (rng.uniform(size=n) < 0.3).astype(np.int64)
+    labels = clicks * (rng.uniform(size=n) < 0.4)
+    student, ctr = rng.uniform(0.01, 0.99, n), rng.uniform(0.01, 0.99, n)
+    # Unclicked rows get absurd CVR predictions: they must not move the CVR metrics.
+    student[clicks == 0] = 0.999
+    truth = rng.uniform(0.0, 1.0, n)
+    out = summarize(Predictions(labels, student, None, truth, clicks, ctr), num_bins=10)
+    clicked = clicks == 1
+    only_clicks = summarize(Predictions(labels[clicked], student[clicked], None, truth[clicked]),
+                            num_bins=10)
+    assert {k: out[k] for k in only_clicks} == only_clicks
+    assert out["rows"] == clicked.sum() and out["impression_rows"] == n
+    assert out["student_auc"] == pytest.approx(pairwise_auc(labels[clicked], student[clicked]))
+    assert out["ctr_auc"] == pytest.approx(pairwise_auc(clicks, ctr))
+    assert out["ctcvr_auc"] == pytest.approx(pairwise_auc(labels, ctr * student))
+    # Without a CTR head there is no CTR or CTCVR to score.
+    no_ctr = summarize(Predictions(labels, student, None, truth, clicks, None), num_bins=10)
+    assert "ctcvr_auc" not in no_ctr and no_ctr["student_auc"] == out["student_auc"]
+
+
+def test_ukd_needs_exactly_one_source_of_pseudo_labels():
+    from pfdx.config import load_config
+    from pfdx.models import training
+
+    for strategy, kwargs in [("ukd", {}), ("ukd", {"pseudo_label_column": "p", "teacher": object()}),
+                             ("taml", {"pseudo_label_column": "p"})]:
+        config = load_config(None, [f"model.strategy={strategy}"])
+        with pytest.raises(ValueError, match="exactly one of a column or a teacher model"):
+            training.fit_and_evaluate(config, None, None, [], [], **kwargs)
