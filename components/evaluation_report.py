@@ -1,8 +1,8 @@
 """EvaluationReport: a human-readable report of one run (Markdown + reliability diagram).
 
 Reads what the run recorded — TFMA metrics per slice and the calibration plot of the
-student, the Trainer's teacher/student metrics, ExampleGen's row counts and the
-blessing — and writes `report.md`, `metrics.json` and `reliability.png`.
+student, the Trainer's teacher/student metrics (and UKD's teacher Trainer's),
+ExampleGen's row counts and the blessing — and writes `report.md`, `metrics.json` and `reliability.png`.
 
 No `from __future__ import annotations` here: TFX 1.16 reads a @component's
 annotations as objects and rejects the string "None" as a return type.
@@ -110,16 +110,23 @@ def EvaluationReport(
     examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
     blessing: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelBlessing],
     report: tfx.dsl.components.OutputArtifact[EvaluationReportArtifact],
+    # UKD's teacher Trainer: how good the pseudo-labels the student learnt from were.
+    # (TFX 1.16: an optional input is `InputArtifact[T] = None`, not Optional[...].)
+    teacher_run: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelRun] = None,
 ) -> None:
     import tensorflow_model_analysis as tfma
 
     from pfdx.components.click_log_example_gen import read_row_counts
     from pfdx.components.trainer import TRAINING_METRICS_FILE
 
+    def training_metrics(run) -> dict:
+        with open(os.path.join(run.uri, TRAINING_METRICS_FILE), encoding="utf-8") as f:
+            return json.load(f)
+
     result = tfma.load_eval_result(evaluation.uri)
     table = _metric_table(result)
-    with open(os.path.join(model_run.uri, TRAINING_METRICS_FILE), encoding="utf-8") as f:
-        training = json.load(f)
+    training = training_metrics(model_run)
+    teacher = training_metrics(teacher_run) if teacher_run is not None else None
     counts = read_row_counts(examples.uri)
     blessed = os.path.exists(os.path.join(blessing.uri, "BLESSED"))
     failures = [] if blessed else _blessing_failures(evaluation.uri)
@@ -129,6 +136,8 @@ def EvaluationReport(
     _plot(buckets, os.path.join(report.uri, "reliability.png"))
     summary = {"blessed": blessed, "blessing_failures": failures, "rows": counts,
                "trainer_eval": training, "tfma": table}
+    if teacher is not None:
+        summary["ukd_teacher_eval"] = teacher
     with open(os.path.join(report.uri, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
 
@@ -145,10 +154,13 @@ def EvaluationReport(
     for row in table:
         lines.append("| " + " | ".join(
             row["slice"] if c == "slice" else (f"{row[c]:.5f}" if c in row else "-") for c in cols) + " |")
-    lines += ["", "## Teacher and student (Trainer, eval split)", "",
-              "| metric | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.5f} |" if isinstance(v, float) else f"| {k} | {v} |"
-              for k, v in sorted(training.items())]
+    for title, values in (("Teacher and student (Trainer, eval split)", training),
+                          ("UKD's click-adaptive teacher (its Trainer, eval split)", teacher)):
+        if values is None:
+            continue
+        lines += ["", f"## {title}", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.5f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                  for k, v in sorted(values.items())]
     lines += ["", "![reliability diagram](reliability.png)", ""]
     with open(os.path.join(report.uri, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

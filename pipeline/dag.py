@@ -70,7 +70,7 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
             schema=schema_gen.outputs["schema"],
             custom_config=trainer_custom_config(trainer_config, **kwargs))
 
-    teacher_steps = []
+    teacher_steps, teacher_run = [], {}
     if config.model.strategy == "ukd":
         teacher = make_trainer(config.with_model(strategy="ukd_teacher"), examples).with_id(
             UKD_TEACHER_TRAINER_ID)
@@ -83,6 +83,7 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
                     output_columns=[tfx.proto.PredictOutputCol(
                         output_key=OUTPUT_KEY, output_column=PSEUDO_LABEL_COLUMN)]))]))
         teacher_steps = [teacher, pseudo_labels]
+        teacher_run = {"teacher_run": teacher.outputs["model_run"]}
         trainer = make_trainer(config, pseudo_labels.outputs["output_examples"],
                                pseudo_label_column=PSEUDO_LABEL_COLUMN)
     else:
@@ -97,7 +98,7 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
         baseline_model=baseline.outputs["model"], eval_config=eval_config(config))
     report = EvaluationReport(evaluation=evaluator.outputs["evaluation"],
                               model_run=trainer.outputs["model_run"], examples=examples,
-                              blessing=evaluator.outputs["blessing"])
+                              blessing=evaluator.outputs["blessing"], **teacher_run)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

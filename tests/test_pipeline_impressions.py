@@ -103,7 +103,7 @@ def test_bulk_inferrer_labels_every_example_with_the_exported_teacher(run):
 
 
 def test_trainer_scores_cvr_on_clicked_rows_and_ctcvr_on_impressions(run):
-    config, _, _, split = run
+    config, summary, _, split = run
     student = _artifact(config, "ModelRun", "Trainer")
     with open(os.path.join(student.uri, TRAINING_METRICS_FILE), encoding="utf-8") as f:
         metrics = json.load(f)
@@ -114,9 +114,12 @@ def test_trainer_scores_cvr_on_clicked_rows_and_ctcvr_on_impressions(run):
     assert metrics["rows"] == clicks.sum()
     assert metrics["label_avg"] == pytest.approx(labels[clicks == 1].mean())
     assert 0.0 <= metrics["ctcvr_auc"] <= 1.0 and 0.0 <= metrics["ctr_auc"] <= 1.0
-    teacher = _artifact(config, "ModelRun", dag.UKD_TEACHER_TRAINER_ID)
-    with open(os.path.join(teacher.uri, TRAINING_METRICS_FILE), encoding="utf-8") as f:
-        assert json.load(f)["rows"] == metrics["rows"]  # the same clicked eval rows
+    assert summary["trainer_eval"] == metrics
+    # The report also shows the teacher the pseudo-labels came from, on the same rows.
+    teacher = summary["ukd_teacher_eval"]
+    assert teacher["rows"] == metrics["rows"] and "student_auc" in teacher
+    assert "UKD's click-adaptive teacher" in open(os.path.join(
+        config.reports_dir, "report.md"), encoding="utf-8").read()
 
 
 def test_tfma_weights_by_click_so_the_served_cvr_is_judged_on_clicked_rows(run):
