@@ -62,6 +62,7 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
     # run's output), and a data edge would make every component after it re-run too.
     for consumer in (selection, transform_):
         consumer.add_upstream_node(gate)
+
     def make_trainer(trainer_config: PipelineConfig, train_examples, **kwargs):
         return tfx.components.Trainer(
             run_fn=f"{TRAINER_MODULE}.run_fn",
