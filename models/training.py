@@ -29,13 +29,16 @@ import tensorflow_transform as tft
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.public import tfxio
 
-from pfdx.config import PipelineConfig
+from pfdx.config import ModelConfig, PipelineConfig
 from pfdx.features import transform
 from pfdx.models import impressions
 from pfdx.models import metrics as model_metrics
 from pfdx.models.heads import CTR
 from pfdx.models.model import JointModel, build_model
 from pfdx.models.strategies import CLICK, LABEL, PSEUDO_LABEL
+
+# Rows in the shuffle buffer: tfx-bsl's default for TFXIO datasets.
+SHUFFLE_BUFFER_ROWS = tfxio.TensorFlowDatasetOptions(batch_size=1).shuffle_buffer_size
 
 # (file patterns, options, raw schema) -> batches of raw feature dicts.
 DatasetFactory = Callable[[list[str], tfxio.TensorFlowDatasetOptions, schema_pb2.Schema],
@@ -63,6 +66,14 @@ class Predictions:
         np.savez(buf, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
         with tf.io.gfile.GFile(path, "wb") as f:
             f.write(buf.getvalue())
+
+    def clicked(self) -> "Predictions":
+        """The clicked rows: what CVR is scored on (click-space predictions are all clicks)."""
+        if self.clicks is None:
+            return self
+        keep = self.clicks == 1
+        return Predictions(*(None if v is None else v[keep]
+                             for v in (getattr(self, f.name) for f in dataclasses.fields(self))))
 
     @classmethod
     def load(cls, path: str) -> "Predictions":
@@ -191,9 +202,7 @@ def summarize(p: Predictions, num_bins: int) -> dict[str, float]:
         if p.ctr is not None:
             out.update(ctr_auc=model_metrics.auc(p.clicks, p.ctr),
                        ctcvr_auc=model_metrics.auc(p.labels * p.clicks, p.ctr * p.student))
-        clicked = p.clicks == 1
-        p = Predictions(*(None if v is None else v[clicked] for v in (
-            p.labels, p.student, p.teacher, p.truth)))
+        p = p.clicked()
     y = p.labels
     s = model_metrics.summary(y, p.student, num_bins)
     out.update(rows=int(y.size), label_avg=s["label_avg"], student_auc=s["auc"],
@@ -213,6 +222,15 @@ def summarize(p: Predictions, num_bins: int) -> dict[str, float]:
                        student_truth_mae=float(np.abs(student - truth).mean()),
                        student_truth_ece=ece, student_truth_mce=mce)
     return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in out.items()}
+
+
+def sampled_impressions(batches: tf.data.Dataset, m: ModelConfig) -> tf.data.Dataset:
+    """UKD's teacher data from unshuffled `(features, labels)` batches: every clicked
+    row and a `ukd_unclicked_rate` sample of the unclicked ones, drawn in file order
+    and then shuffled, so every epoch holds the same rows in as many steps as the
+    first (what Keras expects of a dataset of unknown length)."""
+    rows = impressions.sample_unclicked(batches.unbatch(), m.ukd_unclicked_rate, m.seed)
+    return rows.shuffle(SHUFFLE_BUFFER_ROWS, seed=m.seed).batch(m.batch_size)
 
 
 def fit_and_evaluate(config: PipelineConfig, tf_transform_output: tft.TFTransformOutput,
@@ -240,10 +258,10 @@ def fit_and_evaluate(config: PipelineConfig, tf_transform_output: tft.TFTransfor
                                  keep_truth, pseudo_label_column)
         return impressions.with_pseudo_labels(teacher, ds) if teacher is not None else ds
 
-    train = dataset(train_files, shuffle=True)
     if m.strategy == "ukd_teacher":
-        train = impressions.sample_unclicked(train.unbatch(), m.ukd_unclicked_rate,
-                                             m.seed).batch(m.batch_size)
+        train = sampled_impressions(dataset(train_files, shuffle=False), m)
+    else:
+        train = dataset(train_files, shuffle=True)
     evaluation = dataset(eval_files, shuffle=False)
     with (strategy or tf.distribute.get_strategy()).scope():
         model = build_model(m, regular_vocab, privileged_vocab)

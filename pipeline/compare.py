@@ -8,21 +8,48 @@ What it does, in order (all under `--out`, default `<output_root>/compare`):
    Unexpected end of stream", tensorflow/io#1667, #1781) on a column with nulls, and
    post-click signals are null on every unclicked impression.
 2. Splits clicked rows by time like ExampleGen: the test window is the last
-   `data.eval_fraction` of the time range (the pipeline's eval split); with a grid,
-   the train window's last `compare.validation_fraction` of time is the validation
-   window. Each window is written as gzip tf.Example TFRecords (`work/examples/`).
+   `data.eval_fraction` of the clicked rows' time range (the pipeline's eval split);
+   with a grid, the train window's last `compare.validation_fraction` of time is the
+   validation window. Each window is written as gzip tf.Example TFRecords
+   (`work/examples/`).
+   Impression-space strategies (`PipelineConfig.space`: taml, ukd_teacher, ukd) get
+   impression windows too (`<window>_impressions`): every impression, with its click
+   as an int64 feature (`RowSchema.from_config(..., "impression")`), cut at the
+   *same* times, which are computed from the clicked rows alone. So an impression
+   window's clicked rows are exactly the click-space window, row for row and in log
+   order, and adding impression strategies to a run changes nothing for the others.
+   (Impressions before the first or after the last click fall in the first or last
+   window; they are unclicked. Unclicked rows are then checked in full and may be
+   quarantined, as ExampleGen does in impression space.)
 3. Preprocesses like the pipeline, fitted on the train window only: the selection
-   Beam job (`features/selection_beam.py`, paper §3.3) and the TFT analysis of
-   `features/transform.py`'s `preprocessing_fn` (tft_beam.AnalyzeDataset) ->
-   `work/<train window>/selection.json` and a Transform graph.
+   Beam job (`features/selection_beam.py`, paper §3.3) on the clicked train rows, and
+   per space a TFT analysis of `features/transform.py`'s `preprocessing_fn`
+   (tft_beam.AnalyzeDataset): on the clicked train window for click-space
+   strategies, on the impression train window (emitting the click too) for the
+   impression-space ones, both with the one selection (the same clicked rows) ->
+   `work/<train window>/selection.json` and a Transform graph per space.
 4. Optionally tunes `compare.grid` per strategy on the validation window
    (preprocessing fitted on the rest of the train window), picking by
-   `compare.grid_metric`.
+   `compare.grid_metric`. `ukd`'s grid points all use one teacher: `ukd_teacher`'s
+   best grid point (its own config when it has no grid), trained on the fit window.
 5. Trains each strategy x seed with `models/training.py` `fit_and_evaluate` -- the
    Trainer's own code -- and saves its test predictions (`predictions/*.npz`).
+   `ukd` needs a trained `ukd_teacher` (added to the strategies, right before `ukd`,
+   when not named): per seed the teacher trains first, and its served student
+   pseudo-labels the `ukd` student's batches in memory (`teacher=`); both are
+   reported (the teacher is a CVR model in its own right). `ukd`'s time excludes
+   its teacher's.
 6. Writes `compare.csv` / `compare.md` (mean and sample std over seeds of the
    paper's columns, plus the gap to the log's true CVR when it has one),
-   `runs.csv`, `grid.csv`, `compare.json` and `reliability.png`.
+   `runs.csv`, `grid.csv`, `compare.json` and `reliability.png`. The CVR columns
+   count the clicked test rows for every strategy (an impression-space model is
+   scored on the same rows as a click-space one); impression-space runs add
+   `impression_rows`, and with a CTR head `ctr_auc` and `ctcvr_auc` (AUC of
+   p_CTR * p_CVR on click-and-convert over every test impression).
+
+The default strategy list is the click-space strategies only: the impression-space
+ones train on every impression (~25x the clicked rows on the simulated log, whose
+CTR is ~4 %), and must be named in `--strategies`.
 """
 from __future__ import annotations
 
@@ -37,19 +64,24 @@ import os
 import time
 from typing import Any, Callable, Iterable, Sequence
 
-from pfdx.config import IMPRESSION_SPACE_STRATEGIES, ConfigError, PipelineConfig, from_dict
+from pfdx.config import IMPRESSION_SPACE_STRATEGIES, ConfigError, PipelineConfig
 
 PREDICTIONS_DIR = "predictions"
 WORK_DIR = "work"
 TELEMETRY = ["pfdx", "Compare"]
 TRAIN, TEST, FIT, VALIDATION = "train", "test", "fit", "validation"
+CLICK, IMPRESSION = "click", "impression"  # PipelineConfig.space
+# UKD's two stages: the teacher's served student pseudo-labels the student's batches.
+UKD_TEACHER, UKD = "ukd_teacher", "ukd"
 
 # Columns of compare.csv (each as <name>_mean, <name>_std) and runs.csv, in the
-# paper's order (Tables 2-5), then the gap to the true CVR and the run time.
+# paper's order (Tables 2-5), then the gap to the true CVR, the impression-space
+# metrics (empty for click-space strategies) and the run time.
 METRICS = ("student_auc", "teacher_auc", "label_avg", "student_pred_avg",
            "student_pred_avg_gap", "teacher_pred_avg", "teacher_pred_avg_gap",
            "student_ece", "student_mce", "truth_avg", "student_truth_mae",
-           "student_truth_ece", "student_truth_mce", "seconds")
+           "student_truth_ece", "student_truth_mce", "impression_rows", "ctr_auc",
+           "ctcvr_auc", "seconds")
 _LOWER_IS_BETTER = {"student_ece", "student_mce"}
 
 
@@ -67,7 +99,9 @@ def add_cli_parser(subparsers: argparse._SubParsersAction,
     p.add_argument("--out", help="output folder (default: <runner.output_root>/compare)")
     p.add_argument("--strategies", help="comma-separated strategy names (sets "
                    "compare.strategies; default: every click-space strategy of "
-                   "models/strategies.py)")
+                   "models/strategies.py). The impression-space ones (taml, ukd_teacher, "
+                   "ukd) train on every impression, much slower, so only when named; ukd "
+                   "brings its ukd_teacher")
     p.add_argument("--seeds", type=int, help="runs per strategy (sets compare.seeds)")
     p.add_argument("--grid", action="append", default=[], metavar="[STRATEGY:]FIELD=V1,V2",
                    help="tune a model field on the validation window, e.g. --grid lam=1,10 "
@@ -109,27 +143,50 @@ def compare_command(args: argparse.Namespace) -> int:
 
 # Strategies and grid ------------------------------------------------------------
 
+def space_of(name: str) -> str:
+    """The example space strategy `name` trains in (`PipelineConfig.space`)."""
+    return IMPRESSION if name in IMPRESSION_SPACE_STRATEGIES else CLICK
+
+
 def strategies(config: PipelineConfig) -> list[str]:
+    """The strategies to run, in table order: `compare.strategies`, or every
+    click-space strategy. `ukd` brings `ukd_teacher`, placed right before it."""
     from pfdx.models.strategies import STRATEGIES
 
-    # The windows hold clicked rows only, so strategies that also learn from
-    # unclicked impressions (PipelineConfig.space "impression": TAML, UKD) are out.
-    click_space = [n for n in STRATEGIES if n not in IMPRESSION_SPACE_STRATEGIES]
+    click_space = [n for n in STRATEGIES if space_of(n) == CLICK]
     names = list(config.compare.strategies) or click_space
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         raise ConfigError(f"compare.strategies: unknown {unknown}; one of {sorted(STRATEGIES)}")
-    impression = [n for n in names if n not in click_space]
-    if impression:
-        raise ConfigError(f"compare.strategies: {impression} train on every impression; "
-                          f"pfdx compare trains on clicked rows only: {click_space}")
     if len(set(names)) != len(names):
         raise ConfigError(f"compare.strategies: {names} names a strategy twice")
+    impression = [n for n in names if space_of(n) == IMPRESSION]
+    if impression and config.data.columns.click is None:
+        raise ConfigError(f"compare.strategies: {impression} train on every impression and "
+                          "need data.columns.click")
     for key in config.compare.grid:
         prefix = key.rsplit(":", 1)[0] if ":" in key else None
         if prefix is not None and prefix not in STRATEGIES:
             raise ConfigError(f"compare.grid.{key}: unknown strategy {prefix!r}")
+    if UKD in names:
+        names = [n for n in names if n != UKD_TEACHER]
+        names.insert(names.index(UKD), UKD_TEACHER)
     return names
+
+
+def run_order(names: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int]]:
+    """(strategy, seed) in training order: strategy by strategy, every seed, except
+    that each `ukd` seed runs right after the `ukd_teacher` of the same seed (so one
+    teacher at a time is kept for its student)."""
+    order = []
+    for name in names:
+        if name == UKD:
+            continue
+        for seed in seeds:
+            order.append((name, seed))
+            if name == UKD_TEACHER and UKD in names:
+                order.append((UKD, seed))
+    return order
 
 
 def grid_points(config: PipelineConfig, strategy: str) -> list[dict[str, Any]]:
@@ -143,11 +200,6 @@ def grid_points(config: PipelineConfig, strategy: str) -> list[dict[str, Any]]:
     return [dict(zip(fields, combo)) for combo in itertools.product(*(grid[f] for f in fields))]
 
 
-def with_model(config: PipelineConfig, **fields: Any) -> PipelineConfig:
-    """`config` with model fields replaced, typed and checked like `--set model.x=v`."""
-    return from_dict(config.to_dict(), [f"model.{k}={json.dumps(v)}" for k, v in fields.items()])
-
-
 # Raw log -> windows ------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +209,23 @@ class Window:
     rows: int
     conversions: int
     time_range: tuple[float, float]
+    space: str = CLICK
+    clicks: int | None = None  # impression windows: clicked rows among `rows`
+
+
+@dataclasses.dataclass
+class Rows:
+    """Rows of one example space, in log order: event times, serialized tf.Examples,
+    conversion labels, and click labels (impression space; None in click space)."""
+
+    times: Any
+    records: list[bytes]
+    labels: Any
+    clicks: Any = None
+
+
+def window_name(window: str, space: str) -> str:
+    return window if space == CLICK else f"{window}_impressions"
 
 
 def log_files(path: str, config: PipelineConfig) -> list[str]:
@@ -169,9 +238,12 @@ def log_files(path: str, config: PipelineConfig) -> list[str]:
     return files
 
 
-def read_log(files: Sequence[str], config: PipelineConfig):
-    """(event times, serialized tf.Examples, labels) of the clicked rows, row counts
-    and quarantined rows ({file, row, reason}): ExampleGen's `_ParseFile`, in process."""
+def read_log(files: Sequence[str], config: PipelineConfig, impressions: bool = False):
+    """({space: Rows}, row counts, quarantined rows ({file, row, reason})):
+    ExampleGen's `_ParseFile`, in process. Always the clicked rows as click-space
+    examples ("click"); with `impressions` also every impression as impression-space
+    examples with the click feature ("impression"), and the counts and quarantine
+    are impression space's (unclicked rows checked in full)."""
     import numpy as np
     from apache_beam.io.filesystems import FileSystems
 
@@ -181,10 +253,14 @@ def read_log(files: Sequence[str], config: PipelineConfig):
     if data.time_column is None:
         raise ConfigError("data.time_column: pfdx compare splits train and test windows by "
                           "time and needs a time column")
-    schema = log_rows.RowSchema.from_config(config.to_dict()["data"])
+    data_dict = config.to_dict()["data"]
+    click_schema = log_rows.RowSchema.from_config(data_dict, CLICK)
+    schema = log_rows.RowSchema.from_config(data_dict, IMPRESSION) if impressions else click_schema
     label_feature = config.data.columns.label
     counts = {"read": 0, log_rows.USED: 0, log_rows.UNCLICKED: 0, log_rows.QUARANTINED: 0}
-    times, records, labels, dead = [], [], [], []
+    clicked = Rows([], [], [])
+    every = Rows([], [], [], [])
+    dead = []
     for path in files:
         with FileSystems.open(path, compression_type="uncompressed") as stream:
             if data.format == "csv":
@@ -200,58 +276,87 @@ def read_log(files: Sequence[str], config: PipelineConfig):
                 else:
                     status, payload = log_rows.row_to_example(schema, record)
                 counts[status] += 1
-                if status == log_rows.USED:
-                    times.append(payload[0])
-                    records.append(payload[1])
-                    labels.append(int(float(record[label_feature])))  # checked 0/1 above
-                elif status == log_rows.QUARANTINED:
+                if status == log_rows.QUARANTINED:
                     dead.append({"file": path, "row": row, "reason": payload})
-    if not records:
+                    continue
+                if payload is None:  # unclicked, click space
+                    continue
+                label = int(float(record[label_feature]))  # checked 0/1 above
+                if impressions:
+                    every.times.append(payload[0])
+                    every.records.append(payload[1])
+                    every.labels.append(label)
+                    every.clicks.append(int(status == log_rows.USED))
+                if status == log_rows.USED:
+                    if impressions:  # the click-space example, exactly as without them
+                        payload = log_rows.row_to_example(click_schema, record)[1]
+                    clicked.times.append(payload[0])
+                    clicked.records.append(payload[1])
+                    clicked.labels.append(label)
+    if not clicked.records:
         raise ValueError(f"--data: no clicked rows in {len(files)} file(s) "
                          f"(row counts: {counts})")
-    return np.asarray(times), records, np.asarray(labels), counts, dead
+    out = {CLICK: clicked}
+    if impressions:
+        out[IMPRESSION] = every
+    for rows in out.values():
+        rows.times, rows.labels = np.asarray(rows.times), np.asarray(rows.labels)
+        if rows.clicks is not None:
+            rows.clicks = np.asarray(rows.clicks, dtype=np.int64)
+    return out, counts, dead
 
 
-def window_masks(times, eval_fraction: float, validation_fraction: float) -> dict[str, Any]:
-    """Boolean row masks of the time windows: test = the last `eval_fraction` of the
-    time range (ExampleGen's cut), train = the rest; validation = the train window's
-    last `validation_fraction` of time, fit = the train window before it."""
+def time_cuts(times, eval_fraction: float, validation_fraction: float) -> tuple[float, float]:
+    """(test cut, validation cut) over the clicked rows' `times`: the test window is
+    the last `eval_fraction` of their time range (ExampleGen's cut), the validation
+    window the train window's last `validation_fraction` of time."""
     lo, hi = float(times.min()), float(times.max())
     test_cut = hi - eval_fraction * (hi - lo)
-    validation_cut = test_cut - validation_fraction * (test_cut - lo)
+    return test_cut, test_cut - validation_fraction * (test_cut - lo)
+
+
+def window_masks(times, cuts: tuple[float, float]) -> dict[str, Any]:
+    """Boolean row masks of the time windows cut at `cuts` (`time_cuts`): test from
+    the test cut on, train before it; validation = the train window from the
+    validation cut on, fit = the train window before it."""
+    test_cut, validation_cut = cuts
     test = times >= test_cut
     validation = ~test & (times >= validation_cut)
     return {TRAIN: ~test, TEST: test, FIT: ~test & ~validation, VALIDATION: validation}
 
 
-def write_window(name: str, mask, times, records, labels, out_dir: str) -> Window:
+def write_window(name: str, mask, rows: Rows, out_dir: str, space: str = CLICK) -> Window:
     import numpy as np
     import tensorflow as tf
 
     if not mask.any():
-        raise ValueError(f"the {name} window holds no clicked rows; widen it "
+        raise ValueError(f"the {name} window holds no {'clicked ' * (space == CLICK)}rows; widen it "
                          "(data.eval_fraction, compare.validation_fraction) or give more data")
     tf.io.gfile.makedirs(out_dir)
     path = os.path.join(out_dir, "examples.tfrecord.gz")
     with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
         for i in np.flatnonzero(mask):
-            writer.write(records[i])
-    return Window(name, path, int(mask.sum()), int(labels[mask].sum()),
-                  (float(times[mask].min()), float(times[mask].max())))
+            writer.write(rows.records[i])
+    return Window(name, path, int(mask.sum()), int(rows.labels[mask].sum()),
+                  (float(rows.times[mask].min()), float(rows.times[mask].max())), space,
+                  None if rows.clicks is None else int(rows.clicks[mask].sum()))
 
 
 # Preprocessing: selection + Transform fitted on one window ---------------------------
 
 def raw_schema(config: PipelineConfig):
-    """The raw tf.Example schema of `log_rows.row_to_example`'s output: int64 label,
-    string categoricals, float numerics / privileged candidates / true probability.
-    Every feature but the label may be absent, so each is a VarLen feature; the
+    """The raw tf.Example schema of `log_rows.row_to_example`'s output in
+    `config.space`: int64 label (and in impression space the int64 click, which every
+    example has), string categoricals, float numerics / privileged candidates / true
+    probability. Every other feature may be absent, so each is a VarLen feature; the
     preprocessing_fn densifies dense and sparse inputs alike."""
     import tensorflow as tf
     from tensorflow_transform.tf_metadata import schema_utils
 
     roles = config.data.columns
     spec = {roles.label: tf.io.FixedLenFeature([], tf.int64)}
+    if config.space == IMPRESSION:
+        spec[roles.click] = tf.io.FixedLenFeature([], tf.int64)
     spec.update((n, tf.io.VarLenFeature(tf.string)) for n in roles.regular_categorical)
     spec.update((n, tf.io.VarLenFeature(tf.float32))
                 for n in roles.regular_numeric + roles.privileged
@@ -259,8 +364,28 @@ def raw_schema(config: PipelineConfig):
     return schema_utils.schema_from_feature_spec(spec)
 
 
-def preprocess(config: PipelineConfig, window: Window, out_dir: str):
-    """Selection (Beam job) and TFT analysis on `window`; (selection, TFTransformOutput)."""
+def select_features(config: PipelineConfig, window: Window, out_dir: str) -> dict[str, Any]:
+    """The selection Beam job on `window` (clicked rows); writes selection.json and
+    its chart to `out_dir` and returns the result."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tfx_bsl.public import tfxio
+
+    from pfdx.features import selection_beam, selection_report
+
+    selection = selection_beam.run_job(
+        beam.Pipeline(options=PipelineOptions(config.beam_pipeline_args)),
+        tfxio.TFExampleRecord(window.pattern, telemetry_descriptors=TELEMETRY),
+        config.selection, config.data.columns, out_dir, window.pattern)
+    selection_report.write_report(selection, os.path.join(out_dir, selection_report.SELECTION_FILE),
+                                  os.path.join(out_dir, selection_report.CHART_FILE))
+    return selection
+
+
+def fit_transform(config: PipelineConfig, selection: dict[str, Any], window: Window,
+                  out_dir: str):
+    """The TFT analysis on `window` in `config.space` -> `out_dir/transform`;
+    returns its TFTransformOutput."""
     import apache_beam as beam
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
@@ -268,23 +393,15 @@ def preprocess(config: PipelineConfig, window: Window, out_dir: str):
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
     from tfx_bsl.public import tfxio
 
-    from pfdx.features import selection_beam, selection_report, transform
-
-    options = PipelineOptions(config.beam_pipeline_args)
-    selection = selection_beam.run_job(
-        beam.Pipeline(options=options), tfxio.TFExampleRecord(window.pattern,
-                                                              telemetry_descriptors=TELEMETRY),
-        config.selection, config.data.columns, out_dir, window.pattern)
-    selection_report.write_report(selection, os.path.join(out_dir, selection_report.SELECTION_FILE),
-                                  os.path.join(out_dir, selection_report.CHART_FILE))
+    from pfdx.features import transform
 
     custom_config = dict(transform.regular_config(config),
                          privileged=transform.privileged_config(selection))
     schema = raw_schema(config)
     transform_dir = os.path.join(out_dir, "transform")
     source = tfxio.TFExampleRecord(window.pattern, schema=schema, telemetry_descriptors=TELEMETRY)
-    with beam.Pipeline(options=options) as pipeline, tft_beam.Context(
-            temp_dir=os.path.join(out_dir, "tft_tmp"), force_tf_compat_v1=False):
+    with beam.Pipeline(options=PipelineOptions(config.beam_pipeline_args)) as pipeline, \
+            tft_beam.Context(temp_dir=os.path.join(out_dir, "tft_tmp"), force_tf_compat_v1=False):
         transform_fn = ((pipeline | "ReadWindow" >> source.BeamSource(),
                          source.TensorAdapterConfig())
                         | "Analyze" >> tft_beam.AnalyzeDataset(functools.partial(
@@ -293,7 +410,22 @@ def preprocess(config: PipelineConfig, window: Window, out_dir: str):
     # Where TFX's Transform puts the raw schema, which the Trainer parses with.
     metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
                                os.path.join(transform_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
-    return selection, tft.TFTransformOutput(transform_dir)
+    return tft.TFTransformOutput(transform_dir)
+
+
+def preprocess(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[str, Window]],
+               window: str, work: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Selection on the clicked rows of window `window` (TRAIN or FIT), then a
+    Transform per space that `names` train in, fitted on that space's `window`:
+    (selection, {space: TFTransformOutput})."""
+    selection = select_features(config, windows[CLICK][window], os.path.join(work, window))
+    outputs = {}
+    for space in dict.fromkeys(space_of(n) for n in names):
+        # A config of a strategy of that space: regular_config / raw_schema follow it.
+        space_config = config.with_model(strategy=next(n for n in names if space_of(n) == space))
+        outputs[space] = fit_transform(space_config, selection, windows[space][window],
+                                       os.path.join(work, window_name(window, space)))
+    return selection, outputs
 
 
 def dataset_factory(files, options, schema):
@@ -304,8 +436,11 @@ def dataset_factory(files, options, schema):
                                  telemetry_descriptors=TELEMETRY).TensorFlowDataset(options)
 
 
-def train_one(config: PipelineConfig, tf_transform_output, train: Window, evaluation: Window):
-    """One `fit_and_evaluate` as the Trainer runs it; returns (result, seconds)."""
+def train_one(config: PipelineConfig, tf_transform_output, train: Window, evaluation: Window,
+              teacher=None):
+    """One `fit_and_evaluate` as the Trainer runs it (UKD's student: pseudo-labels
+    from `teacher`, a trained `ukd_teacher`'s served student, in memory); returns
+    (result, seconds)."""
     import tensorflow as tf
 
     from pfdx.components.trainer import distribution_strategy
@@ -316,7 +451,7 @@ def train_one(config: PipelineConfig, tf_transform_output, train: Window, evalua
     result = training.fit_and_evaluate(
         config, tf_transform_output, dataset_factory, [train.pattern], [evaluation.pattern],
         strategy=distribution_strategy(config.model.distribution),
-        validate_each_epoch=False, verbose=0)
+        validate_each_epoch=False, verbose=0, teacher=teacher)
     return result, time.perf_counter() - start
 
 
@@ -334,34 +469,48 @@ def _progress(prefix: str, metrics: dict[str, float], seconds: float) -> str:
     if "student_truth_mae" in metrics:
         line += (f"  |p-true| {_fmt(metrics['student_truth_mae'])}  "
                  f"ECE(true) {_fmt(metrics['student_truth_ece'])}")
+    if "impression_rows" in metrics:
+        line += (f"  impressions {metrics['impression_rows']}  CTR AUC "
+                 f"{_fmt(metrics.get('ctr_auc'))}  CTCVR AUC {_fmt(metrics.get('ctcvr_auc'))}")
     return line
 
 
-def tune(config: PipelineConfig, names: Sequence[str], fit: Window, validation: Window,
+def tune(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[str, Window]],
          work: str, log: Callable[[str], None]) -> tuple[dict[str, dict], list[dict]]:
     """Per strategy, the grid point with the best validation `grid_metric` (first
-    seed); returns (chosen fields per strategy, every grid row)."""
+    seed); returns (chosen fields per strategy, every grid row). `ukd`'s points are
+    pseudo-labelled by one teacher: the model of `ukd_teacher`'s best point, or
+    `ukd_teacher` with its own config when it has no grid."""
     points = {n: grid_points(config, n) for n in names}
     if not any(points.values()):
         return {n: {} for n in names}, []
-    log(f"grid: preprocessing fitted on the fit window ({fit.rows} rows), "
-        f"scored on the validation window ({validation.rows} rows)")
-    _, tft_output = preprocess(config, fit, os.path.join(work, FIT))
+    tuned = [n for n in names if points[n] or (n == UKD_TEACHER and points.get(UKD))]
+    fit, validation = windows[CLICK][FIT], windows[CLICK][VALIDATION]
+    log(f"grid: preprocessing fitted on the fit window ({fit.rows} clicked rows), "
+        f"scored on the validation window ({validation.rows} clicked rows)")
+    _, tft_output = preprocess(config, tuned, windows, FIT, work)
     metric = config.compare.grid_metric
     sign = -1.0 if metric in _LOWER_IS_BETTER else 1.0
-    chosen, rows = {}, []
-    for name in names:
+    chosen, rows, teacher = {n: {} for n in names}, [], None
+    for name in tuned:
+        space = space_of(name)
         best = None
-        for point in points[name]:
-            result, seconds = train_one(with_model(config, strategy=name, **point), tft_output,
-                                        fit, validation)
+        for point in points[name] or [{}]:  # ukd_teacher untuned: its own config, for ukd
+            result, seconds = train_one(
+                config.with_model(strategy=name, **point), tft_output[space],
+                windows[space][FIT], windows[space][VALIDATION],
+                teacher=teacher if name == UKD else None)
             value = result.metrics.get(metric, math.nan)
-            rows.append({"strategy": name, "params": point, "seconds": seconds,
-                         **result.metrics})
+            if points[name]:
+                rows.append({"strategy": name, "params": point, "seconds": seconds,
+                             **result.metrics})
             log(_progress(f"[grid] {name:<15} {json.dumps(point)}", result.metrics, seconds))
-            if not math.isnan(value) and (best is None or sign * value > sign * best[0]):
-                best = (value, point)
-        chosen[name] = best[1] if best else {}
+            if best is None or (not math.isnan(value) and (
+                    math.isnan(best[0]) or sign * value > sign * best[0])):
+                best = (value, point, result.model)
+        chosen[name] = best[1] if points[name] and not math.isnan(best[0]) else {}
+        if name == UKD_TEACHER and points.get(UKD):
+            teacher = best[2].student_model()
     return chosen, rows
 
 
@@ -376,40 +525,54 @@ def run(config: PipelineConfig, data: str, out: str,
     c = config.compare
     work = os.path.join(out, WORK_DIR)
     tf.io.gfile.makedirs(os.path.join(out, PREDICTIONS_DIR))
+    spaces = list(dict.fromkeys(space_of(n) for n in names))
 
     files = log_files(data, config)
-    times, records, labels, counts, dead = read_log(files, config)
-    masks = window_masks(times, config.data.eval_fraction, c.validation_fraction)
+    rows, counts, dead = read_log(files, config, impressions=IMPRESSION in spaces)
+    cuts = time_cuts(rows[CLICK].times, config.data.eval_fraction, c.validation_fraction)
     tuning = any(grid_points(config, n) for n in names)
-    windows = {w: write_window(w, masks[w], times, records, labels,
-                               os.path.join(work, "examples", w))
-               for w in ((TRAIN, TEST, FIT, VALIDATION) if tuning else (TRAIN, TEST))}
-    del records  # the windows are on disk now; training needs the memory
+    windows: dict[str, dict[str, Window]] = {}
+    for space, space_rows in rows.items():
+        masks = window_masks(space_rows.times, cuts)
+        windows[space] = {
+            w: write_window(window_name(w, space), masks[w], space_rows,
+                            os.path.join(work, "examples", window_name(w, space)), space)
+            for w in ((TRAIN, TEST, FIT, VALIDATION) if tuning else (TRAIN, TEST))}
+    del rows, space_rows  # the windows are on disk now; training needs the memory
     log(f"read {counts['read']} rows from {len(files)} file(s): {counts['used']} clicked, "
         f"{counts['unclicked']} unclicked, {counts['quarantined']} quarantined; "
         + ", ".join(f"{w.name} {w.rows} rows ({w.conversions} conversions)"
-                    for w in windows.values()) + f" [{time.perf_counter() - start:.0f}s]")
+                    for space in windows.values() for w in space.values())
+        + f" [{time.perf_counter() - start:.0f}s]")
 
-    chosen, grid_rows = tune(config, names, windows.get(FIT), windows.get(VALIDATION), work, log)
+    chosen, grid_rows = tune(config, names, windows, work, log)
 
-    selection, tft_output = preprocess(config, windows[TRAIN], os.path.join(work, TRAIN))
-    log(f"selection and Transform fitted on the train window; privileged features: "
-        f"{', '.join(selection['selected'])} [{time.perf_counter() - start:.0f}s]")
+    selection, tft_output = preprocess(config, names, windows, TRAIN, work)
+    log(f"selection and Transform ({', '.join(spaces)} space) fitted on the train window; "
+        f"privileged features: {', '.join(selection['selected'])} "
+        f"[{time.perf_counter() - start:.0f}s]")
 
     runs = []
-    total = len(names) * c.seeds
-    for i, (name, k) in enumerate(itertools.product(names, range(c.seeds)), start=1):
-        seed = config.model.seed + k
-        run_config = with_model(config, strategy=name, seed=seed, **chosen[name])
-        result, seconds = train_one(run_config, tft_output, windows[TRAIN], windows[TEST])
+    order = run_order(names, [config.model.seed + k for k in range(c.seeds)])
+    teachers: dict[int, tuple[Any, str]] = {}  # seed -> (ukd_teacher's student, its run)
+    for i, (name, seed) in enumerate(order, start=1):
+        space = space_of(name)
+        run_config = config.with_model(strategy=name, seed=seed, **chosen[name])
+        teacher, teacher_run = teachers.pop(seed) if name == UKD else (None, None)
+        result, seconds = train_one(run_config, tft_output[space], windows[space][TRAIN],
+                                    windows[space][TEST], teacher=teacher)
         path = os.path.join(out, PREDICTIONS_DIR, f"{name}-seed{seed}.npz")
         result.predictions.save(path)
         runs.append({"strategy": name, "seed": seed, "params": chosen[name], "seconds": seconds,
-                     "predictions": os.path.relpath(path, out), **result.metrics})
-        log(_progress(f"[{i:>{len(str(total))}}/{total}] {name:<15} seed {seed}",
-                      result.metrics, seconds) + f"  [{time.perf_counter() - start:.0f}s]")
+                     "predictions": os.path.relpath(path, out), "teacher_run": teacher_run,
+                     **result.metrics})
+        if name == UKD_TEACHER and UKD in names:
+            teachers[seed] = (result.model.student_model(), runs[-1]["predictions"])
+        del result, teacher
+        log(_progress(f"[{i:>{len(str(len(order)))}}/{len(order)}] {name:<15} seed {seed}",
+                      runs[-1], seconds) + f"  [{time.perf_counter() - start:.0f}s]")
 
-    test = load_predictions(out, runs[0])
+    test = load_predictions(out, runs[0]).clicked()
     oracle = None
     if test.truth is not None and not np.isnan(test.truth).any():
         from pfdx.models import metrics as model_metrics
@@ -419,7 +582,8 @@ def run(config: PipelineConfig, data: str, out: str,
     summary = {
         "data": {"path": data, "files": files, "format": config.data.format, "rows": counts,
                  "quarantined_examples": dead[:20]},
-        "windows": {w.name: dataclasses.asdict(w) for w in windows.values()},
+        "windows": {w.name: dataclasses.asdict(w) for space in windows.values()
+                    for w in space.values()},
         "selection": {"selected": selection["selected"], "or_groups": selection["or_groups"],
                       "file": os.path.join(WORK_DIR, TRAIN, "selection.json")},
         "config": config.to_dict(), "strategies": names, "chosen_params": chosen,
@@ -471,7 +635,7 @@ def write_outputs(out: str, summary: dict[str, Any], config: PipelineConfig) -> 
               ["strategy", "seeds", "params"] + [f"{m}_{s}" for m in METRICS
                                                  for s in ("mean", "std")])
     write_csv("runs.csv", summary["runs"], ["strategy", "seed", "params", "rows", "truth_rows"]
-              + list(METRICS) + ["predictions"])
+              + list(METRICS) + ["predictions", "teacher_run"])
     if summary["grid"]:
         write_csv("grid.csv", summary["grid"], ["strategy", "params", "rows"] + list(METRICS))
     with tf.io.gfile.GFile(os.path.join(out, "compare.md"), "w") as f:
@@ -493,11 +657,14 @@ def markdown(summary: dict[str, Any]) -> str:
     table, windows, oracle = summary["table"], summary["windows"], summary["oracle_true_cvr"]
     model = summary["config"]["model"]
     truth = any(e.get("student_truth_mae_mean") is not None for e in table)
+    impressions = any(e.get("impression_rows_mean") is not None for e in table)
     seeds = max(e["seeds"] for e in table)
     cols = ["strategy", "AUC", "teacher AUC", "label avg", "pred avg (gap)",
             "teacher pred avg (gap)", "ECE", "MCE"]
     if truth:
         cols += ["mean abs(p − true CVR)", "ECE vs true CVR", "MCE vs true CVR"]
+    if impressions:
+        cols += ["test impressions", "CTR AUC", "CTCVR AUC"]
     cols += ["params", "s / run"]
     lines = [
         "# pfdx compare", "",
@@ -510,8 +677,23 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{model['batch_size']}, lr {model['learning_rate']}, hash buckets "
         f"{model['hash_buckets']}, γ {model['gamma']}, λ {model['lam']}. "
         f"Privileged features (selected on the train window): "
-        f"{', '.join(summary['selection']['selected'])}.", "",
-        "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+        f"{', '.join(summary['selection']['selected'])}.", ""]
+    if impressions:
+        train = windows[window_name(TRAIN, IMPRESSION)]
+        test = windows[window_name(TEST, IMPRESSION)]
+        names = [e["strategy"] for e in table if e.get("impression_rows_mean") is not None]
+        lines += [
+            f"Impression-space strategies ({', '.join(names)}) "
+            f"train on every impression of the same time range: {train['rows']} "
+            f"({train['clicks']} clicked), and predict the {test['rows']} test impressions "
+            f"({test['clicks']} clicked). For every strategy the CVR columns (AUC to MCE, "
+            f"and the true-CVR ones) count the clicked test rows only, the same rows "
+            f"for all; CTR AUC scores p_CTR against the click and CTCVR AUC "
+            f"p_CTR · p_CVR against click-and-convert, over every test impression "
+            f"(\"-\": no CTR head). ukd_teacher's unclicked rows are a "
+            f"{model['ukd_unclicked_rate']} sample; ukd is pseudo-labelled by the "
+            f"ukd_teacher of the same seed, whose time its s / run excludes.", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for e in table:
         cells = [e["strategy"], _cell(e, "student_auc"), _cell(e, "teacher_auc"),
                  _cell(e, "label_avg"),
@@ -522,6 +704,9 @@ def markdown(summary: dict[str, Any]) -> str:
         if truth:
             cells += [_cell(e, "student_truth_mae"), _cell(e, "student_truth_ece"),
                       _cell(e, "student_truth_mce")]
+        if impressions:
+            cells += [_fmt(e["impression_rows_mean"], 0), _cell(e, "ctr_auc"),
+                      _cell(e, "ctcvr_auc")]
         cells += [json.dumps(e["params"], sort_keys=True) if e["params"] else "-",
                   _fmt(e["seconds_mean"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -531,6 +716,8 @@ def markdown(summary: dict[str, Any]) -> str:
                  _fmt(oracle["ece"]), _fmt(oracle["mce"])]
         if truth:
             cells += ["0", "0", "0"]
+        if impressions:
+            cells += ["-", "-", "-"]
         lines.append("| " + " | ".join(cells + ["-", "-"]) + " |")
         lines += ["", "The oracle row scores the simulator's hidden true CVR as if it were a "
                   "model: the best AUC any model can reach on this window, and the ECE / MCE "
@@ -562,7 +749,7 @@ def reliability_chart(out: str, summary: dict[str, Any], num_bins: int) -> bytes
 
     pooled: dict[str, dict[str, list]] = {}
     for run_row in summary["runs"]:
-        p = load_predictions(out, run_row)
+        p = load_predictions(out, run_row).clicked()
         parts = pooled.setdefault(run_row["strategy"], {"student": [], "labels": [], "truth": []})
         parts["student"].append(p.student)
         parts["labels"].append(p.labels)

@@ -1,9 +1,11 @@
 """`pfdx compare` on a small simulated log: its table is the trained models' own
 evaluation, its test window is the later time window, and its grid picks by the
-validation window.
+validation window; impression-space strategies (TAML, UKD) run next to the
+click-space ones without changing them.
 
-One CLI run (module fixture, ~1 min on 2 cores): 2 strategies x 1 seed, 1 epoch,
-tiny towers, plus a 2-point learning-rate grid for `none`.
+Two CLI runs on one log (module fixtures, 1 epoch, tiny towers): 2 click-space
+strategies x 1 seed plus a 2-point learning-rate grid for `none`; then `ha_pfd_v2`,
+`taml` and `ukd` (with its `ukd_teacher`) x 1 seed plus a one-point grid for `ukd`.
 """
 import contextlib
 import csv
@@ -147,9 +149,182 @@ def test_grid_chooses_the_best_validation_point(outcome):
     (["compare.grid.kd_plus:lam=[1]"], "compare.grid.kd_plus:lam: unknown strategy"),
     (["compare.seeds=0"], "compare.seeds: 0 is below 1"),
     (["data.time_column=null"], "data.time_column: pfdx compare splits"),
+    (["compare.strategies=[none, taml]", "data.columns.click=null"],
+     r"compare.strategies: \['taml'\] train on every impression and need data.columns.click"),
 ])
 def test_bad_settings_name_their_key(tmp_path, overrides, message):
     pd.DataFrame({"x": [1]}).to_csv(tmp_path / "log.csv", index=False)
     with pytest.raises(ConfigError, match=message):
         config = load_config(None, overrides)
         compare.run(config, str(tmp_path), str(tmp_path / "out"), log=lambda _: None)
+
+
+# Impression space ------------------------------------------------------------------
+# A second CLI run on the same log: `ha_pfd_v2` (click space, as in `outcome`) next to
+# TAML and UKD (`ukd` brings `ukd_teacher`), one seed, plus a one-point grid for `ukd`
+# (its points are pseudo-labelled by one teacher trained on the fit window); ~1.5 min.
+
+IMPRESSION_STRATEGIES = ["ha_pfd_v2", "taml", "ukd"]
+UKD_PSEUDO_WEIGHTS = [1.0]
+
+
+@pytest.fixture(scope="module")
+def impressions(tmp_path_factory, frame, outcome):
+    del outcome  # run after it: its log is written and its results are the baseline
+    root = tmp_path_factory.mktemp("compare-impressions")
+    simulate.write(frame, str(root / "log"), fmt="parquet", shards=2)
+    out = root / "out"
+    argv = ["compare", "--data", str(root / "log"), "--out", str(out),
+            "--strategies", ",".join(IMPRESSION_STRATEGIES), "--seeds", "1",
+            "--grid", "ukd:ukd_pseudo_weight=" + ",".join(map(str, UKD_PSEUDO_WEIGHTS))]
+    for item in SMALL + [f"runner.output_root={root}"]:
+        argv += ["--set", item]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert cli.main(argv) == 0
+    return out, stdout.getvalue()
+
+
+def _roc_auc(labels, scores):
+    """ROC AUC as the trapezoid area under the curve swept over distinct thresholds
+    (not the rank formula models/metrics.py uses)."""
+    labels, scores = np.asarray(labels, np.float64), np.asarray(scores, np.float64)
+    order = np.argsort(-scores, kind="stable")
+    labels, scores = labels[order], scores[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), labels.size - 1]  # end of each tie group
+    tp = np.r_[0.0, np.cumsum(labels)[last]]
+    fp = np.r_[0.0, np.cumsum(1.0 - labels)[last]]
+    return float(np.trapz(tp / tp[-1], fp / fp[-1]))
+
+
+def _test_impressions(frame):
+    """The log's impressions from the test cut on; the cut is the clicked rows'."""
+    t_clicks = frame.loc[frame[schema.CLICK] == 1, schema.EVENT_TIME].to_numpy()
+    cutoff = t_clicks.max() - 0.2 * (t_clicks.max() - t_clicks.min())
+    return frame[frame[schema.EVENT_TIME].to_numpy() >= cutoff]
+
+
+def test_impression_strategies_run_next_to_click_space_ones(impressions, frame):
+    out, stdout = impressions
+    table = {r["strategy"]: r for r in _rows(out / "compare.csv")}
+    assert list(table) == ["ha_pfd_v2", "taml", "ukd_teacher", "ukd"]
+    n_test = len(_test_impressions(frame))
+    assert table["ha_pfd_v2"]["impression_rows_mean"] == ""  # click space: no cell
+    assert table["ha_pfd_v2"]["ctcvr_auc_mean"] == ""
+    for name in ("taml", "ukd_teacher", "ukd"):
+        assert _num(table[name]["impression_rows_mean"]) == n_test
+        assert 0.0 < _num(table[name]["student_auc_mean"]) < 1.0
+    assert table["ukd_teacher"]["ctr_auc_mean"] == ""  # no CTR head
+    for name in ("taml", "ukd"):
+        assert 0.0 < _num(table[name]["ctr_auc_mean"]) < 1.0
+        assert 0.0 < _num(table[name]["ctcvr_auc_mean"]) < 1.0
+    md = (out / "compare.md").read_text()
+    assert "| test impressions | CTR AUC | CTCVR AUC |" in md
+    assert f"| {n_test} | - | - |" in md  # ukd_teacher's row
+    summary = json.loads((out / "compare.json").read_text())
+    windows = summary["windows"]
+    assert windows["test_impressions"]["rows"] == n_test
+    assert windows["train_impressions"]["rows"] + n_test == len(frame)
+    assert windows["test_impressions"]["clicks"] == windows["test"]["rows"]
+    assert windows["train_impressions"]["clicks"] == windows["train"]["rows"]
+    assert "impressions " + str(n_test) in stdout
+
+
+def test_impression_test_window_holds_the_click_test_window(impressions, outcome, frame):
+    out, _ = impressions
+    test = _test_impressions(frame)
+    clicked = test[test[schema.CLICK] == 1]
+    baseline = Predictions.load(str(outcome[0] / _rows(outcome[0] / "runs.csv")[0]["predictions"]))
+    for run in _rows(out / "runs.csv"):
+        p = Predictions.load(str(out / run["predictions"]))
+        if run["strategy"] == "ha_pfd_v2":
+            assert p.clicks is None and p.ctr is None
+            continue
+        # Every test impression in log order, and its clicked rows are the click-space
+        # test window: the same rows, labels and true CVR as the other run's.
+        np.testing.assert_array_equal(p.clicks, test[schema.CLICK].to_numpy())
+        np.testing.assert_array_equal(p.labels, test[schema.LABEL].to_numpy())
+        on_click = p.clicks == 1
+        np.testing.assert_array_equal(p.labels[on_click], clicked[schema.LABEL].to_numpy())
+        np.testing.assert_array_equal(p.labels[on_click], baseline.labels)
+        np.testing.assert_array_equal(p.truth[on_click], baseline.truth)
+        assert int(run["rows"]) == baseline.labels.size == int(on_click.sum())
+        assert (p.ctr is None) == (run["strategy"] == "ukd_teacher")
+
+
+def test_ctr_and_ctcvr_auc_match_the_saved_predictions(impressions):
+    out, _ = impressions
+    config = load_config(None, SMALL)
+    bins = config.evaluation.calibration_bins
+    runs = {r["strategy"]: r for r in _rows(out / "runs.csv")}
+    for name in ("taml", "ukd"):
+        p = Predictions.load(str(out / runs[name]["predictions"]))
+        student = p.student.astype(np.float64)
+        ctr = p.ctr.astype(np.float64)
+        on_click = p.clicks == 1
+        expected = {
+            "ctcvr_auc": _roc_auc(p.clicks * p.labels, ctr * student),
+            "ctr_auc": _roc_auc(p.clicks, ctr),
+            # the CVR columns: clicked rows only
+            "student_auc": _roc_auc(p.labels[on_click], student[on_click]),
+            "student_ece": metrics.calibration_errors(p.labels[on_click], student[on_click],
+                                                      bins)[0],
+            "label_avg": p.labels[on_click].mean(),
+        }
+        for column, value in expected.items():
+            assert _num(runs[name][column]) == pytest.approx(value, rel=1e-6), (name, column)
+        assert _num(runs[name]["impression_rows"]) == p.clicks.size
+
+
+def test_ukd_student_trains_after_its_teacher(impressions):
+    out, stdout = impressions
+    runs = _rows(out / "runs.csv")
+    names = [r["strategy"] for r in runs]
+    assert names.index("ukd_teacher") + 1 == names.index("ukd")
+    teacher, student = runs[names.index("ukd_teacher")], runs[names.index("ukd")]
+    assert student["teacher_run"] == teacher["predictions"] and teacher["seed"] == student["seed"]
+    assert stdout.index("ukd_teacher     seed 42") < stdout.index("ukd             seed 42")
+    # The grid: ukd's points, none for the others; one teacher (ukd_teacher's own
+    # config: it has no grid) trained before them on the fit window, not a grid row.
+    grid = _rows(out / "grid.csv")
+    assert [(r["strategy"], json.loads(r["params"])) for r in grid] == [
+        ("ukd", {"ukd_pseudo_weight": w}) for w in UKD_PSEUDO_WEIGHTS]
+    assert stdout.count("[grid] ukd_teacher     {}") == 1
+    assert stdout.index("[grid] ukd_teacher") < stdout.index("[grid] ukd             {")
+    best = max(grid, key=lambda r: _num(r["student_auc"]))
+    assert json.loads(student["params"]) == json.loads(best["params"])
+    assert json.loads(teacher["params"]) == {}
+
+
+def test_click_space_results_do_not_change_with_impression_strategies(impressions, outcome):
+    (out, _), (baseline_out, _) = impressions, outcome
+    run = {r["strategy"]: r for r in _rows(out / "runs.csv")}["ha_pfd_v2"]
+    baseline = {r["strategy"]: r for r in _rows(baseline_out / "runs.csv")}["ha_pfd_v2"]
+    for column in compare.METRICS:
+        if column != "seconds":
+            assert run[column] == baseline[column], column
+    np.testing.assert_array_equal(Predictions.load(str(out / run["predictions"])).student,
+                                  Predictions.load(str(baseline_out / baseline["predictions"])).student)
+    selected = [json.loads((o / "compare.json").read_text())["selection"]["selected"]
+                for o in (out, baseline_out)]
+    assert selected[0] == selected[1]
+
+
+@pytest.mark.parametrize("named, expected", [
+    (["none", "ukd"], ["none", "ukd_teacher", "ukd"]),
+    (["ukd", "taml", "ukd_teacher"], ["ukd_teacher", "ukd", "taml"]),
+    (["taml"], ["taml"]),
+])
+def test_ukd_brings_its_teacher_right_before_it(named, expected):
+    config = load_config(None, ["compare.strategies=" + json.dumps(named)])
+    assert compare.strategies(config) == expected
+    order = compare.run_order(expected, [1, 2])
+    if "ukd" in expected:
+        i = order.index(("ukd_teacher", 1))
+        assert order[i:i + 4] == [("ukd_teacher", 1), ("ukd", 1), ("ukd_teacher", 2), ("ukd", 2)]
+    assert sorted(order) == sorted((n, s) for n in expected for s in (1, 2))
+
+
+def test_default_strategies_are_the_click_space_ones():
+    names = compare.strategies(load_config(None, []))
+    assert names and not set(names) & {"taml", "ukd_teacher", "ukd"}

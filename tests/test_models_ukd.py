@@ -178,3 +178,24 @@ def test_two_stages_end_to_end():
     history = student.fit(labelled, epochs=1, verbose=0).history
     assert np.all(np.isfinite(history["loss"]))
     assert student.student_model()({k: tf.constant(features[k]) for k in REGULAR}).shape == (400,)
+
+
+def test_teacher_epochs_hold_the_same_rows_in_the_same_number_of_steps():
+    from pfdx.models.training import sampled_impressions
+
+    features, labels = make_rows(2000, 4)
+    del labels["pseudo_label"]
+    batches = tf.data.Dataset.from_tensor_slices((features, labels)).batch(128)
+    data = sampled_impressions(batches, config("ukd_teacher", ukd_unclicked_rate=0.3,
+                                               batch_size=64))
+    epochs = [list(data.as_numpy_iterator()) for _ in range(2)]
+    rows = [sorted(zip(*(np.concatenate([b[0][k] for b in e]).tolist()
+                         for k in ("user_id", "bid", "privileged__page_jump")),
+                       np.concatenate([b[1]["click"] for b in e]).tolist()))
+            for e in epochs]
+    assert rows[0] == rows[1] and len(epochs[0]) == len(epochs[1])
+    order = [np.concatenate([b[0]["bid"] for b in e]) for e in epochs]
+    assert not np.array_equal(order[0], order[1])  # reshuffled each epoch
+    clicks = np.concatenate([b[1]["click"] for b in epochs[0]])
+    assert clicks.sum() == labels["click"].sum()  # every click, ~30 % of the rest
+    assert 0.2 * (2000 - clicks.sum()) < (clicks == 0).sum() < 0.4 * (2000 - clicks.sum())
