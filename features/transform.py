@@ -103,7 +103,7 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
         outputs[name] = tf.where(present, buckets, tf.constant(n_buckets, tf.int64))
     for name, spec in custom_config["privileged"].items():
         outputs[PRIVILEGED_PREFIX + name] = _privileged_flag(inputs, spec)
-    for label in (custom_config["label"], custom_config.get("click")):
+    for label in (custom_config["label"], custom_config["click"]):
         if label is not None:
             outputs[label] = tf.cast(_dense(inputs[label], 0), tf.int64)
     return outputs

@@ -168,7 +168,9 @@ def predict(model: JointModel, dataset: tf.data.Dataset) -> Predictions:
         "labels", "clicks", "student", "teacher", CTR, "truth")}
     served = model.student_model()
     for features, y, t in dataset:
-        out = dict(model.predict_both(features), student=served(features))
+        out = model.predict_both(features)
+        if served is not model.student:  # a strategy serving part of its head
+            out = dict(out, student=served(features))
         if isinstance(y, dict):
             columns["clicks"].append(np.reshape(y[CLICK], [-1]))
             y = y[LABEL]

@@ -35,20 +35,25 @@ def frame():
     return simulate.simulate(ROWS, seed=3)
 
 
-@pytest.fixture(scope="module")
-def outcome(tmp_path_factory, frame):
-    root = tmp_path_factory.mktemp("compare")
+def run_compare(root, frame, strategies, grid):
+    """`pfdx compare` through the CLI on `frame` written as Parquet under `root`, one
+    seed and one `--grid`; returns (output folder, what it printed)."""
     simulate.write(frame, str(root / "log"), fmt="parquet", shards=2)
     out = root / "out"
     argv = ["compare", "--data", str(root / "log"), "--out", str(out),
-            "--strategies", ",".join(STRATEGIES), "--seeds", "1",
-            "--grid", "none:learning_rate=" + ",".join(map(str, LEARNING_RATES))]
+            "--strategies", ",".join(strategies), "--seeds", "1", "--grid", grid]
     for item in SMALL + [f"runner.output_root={root}"]:
         argv += ["--set", item]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert cli.main(argv) == 0
     return out, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory, frame):
+    return run_compare(tmp_path_factory.mktemp("compare"), frame, STRATEGIES,
+                       "none:learning_rate=" + ",".join(map(str, LEARNING_RATES)))
 
 
 def _rows(path):
@@ -170,19 +175,10 @@ UKD_PSEUDO_WEIGHTS = [1.0]
 
 @pytest.fixture(scope="module")
 def impressions(tmp_path_factory, frame, outcome):
-    del outcome  # run after it: its log is written and its results are the baseline
-    root = tmp_path_factory.mktemp("compare-impressions")
-    simulate.write(frame, str(root / "log"), fmt="parquet", shards=2)
-    out = root / "out"
-    argv = ["compare", "--data", str(root / "log"), "--out", str(out),
-            "--strategies", ",".join(IMPRESSION_STRATEGIES), "--seeds", "1",
-            "--grid", "ukd:ukd_pseudo_weight=" + ",".join(map(str, UKD_PSEUDO_WEIGHTS))]
-    for item in SMALL + [f"runner.output_root={root}"]:
-        argv += ["--set", item]
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        assert cli.main(argv) == 0
-    return out, stdout.getvalue()
+    del outcome  # run after it: its results are the baseline
+    return run_compare(tmp_path_factory.mktemp("compare-impressions"), frame,
+                       IMPRESSION_STRATEGIES,
+                       "ukd:ukd_pseudo_weight=" + ",".join(map(str, UKD_PSEUDO_WEIGHTS)))
 
 
 def _roc_auc(labels, scores):
