@@ -1,5 +1,13 @@
-"""Test-wide settings, following TFX's own conftest: quiet threads, no gRPC fork support."""
+"""Test-wide settings, following TFX's own conftest: quiet threads, no gRPC fork support;
+and a private temporary folder, removed at the end, so the suite leaves /tmp as it found it."""
 import os
+import shutil
+import tempfile
+
+# Everything temporary (pytest's tmp_path, TFX, Beam workers, TF autograph) goes here:
+# set before anything asks tempfile for its folder; workers inherit TMPDIR.
+SUITE_TMP = tempfile.mkdtemp(prefix="pfdx-tests-")
+os.environ["TMPDIR"] = tempfile.tempdir = SUITE_TMP
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -15,3 +23,8 @@ from pfdx.simulator import simulate  # noqa: E402
 def sim_log():
     """A small simulated impression log shared by tests (read-only)."""
     return simulate.simulate(60_000, seed=11)
+
+
+def pytest_unconfigure(config):
+    """Last hook of a run, after pytest's own tmp_path bookkeeping."""
+    shutil.rmtree(SUITE_TMP, ignore_errors=True)
