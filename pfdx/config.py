@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from pfdx.simulator import scenarios as sim_scenarios
 from pfdx.simulator import schema as sim_schema
 
 
@@ -82,6 +83,8 @@ class DataConfig:
     # ~30k clicked impressions: enough to train on, a few minutes on 2 cores.
     simulated_rows: int = 1_000_000
     simulated_seed: int = 7
+    # The simulator's regime (simulator/README.md): default, paper, selection-bias, v1.
+    simulated_scenario: str = "default"
     # Numeric columns whose negative values quarantine the row (durations, counters,
     # amounts). None: every regular numeric and privileged continuous column.
     non_negative: tuple[str, ...] | None = None
@@ -97,6 +100,9 @@ class DataConfig:
     def validate(self) -> None:
         if self.format not in ("csv", "parquet", "tfrecord"):
             raise ConfigError(f"data.format: {self.format!r} is not one of csv, parquet, tfrecord")
+        if self.simulated_scenario not in sim_scenarios.SCENARIOS:
+            raise ConfigError(f"data.simulated_scenario: {self.simulated_scenario!r} is not one "
+                              f"of {', '.join(sim_scenarios.SCENARIOS)}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction: {self.eval_fraction} is not in (0, 1)")
         parts = self.file_pattern.replace("\\", "/").split("/")

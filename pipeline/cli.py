@@ -28,10 +28,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from pfdx.simulator import simulate
 
-    frame = simulate.simulate(args.rows, args.seed)
+    frame = simulate.simulate(args.rows, args.seed, args.scenario)
     paths = simulate.write(frame, args.out, fmt=args.format, shards=args.shards)
     clicks = int(frame["click"].sum())
-    print(f"wrote {len(frame)} impressions ({clicks} clicks, "
+    print(f"wrote {len(frame)} impressions of scenario {args.scenario} ({clicks} clicks, "
           f"{int(frame['conversion'].sum())} conversions) to {len(paths)} file(s) in {args.out}")
     return 0
 
@@ -64,12 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from pfdx.simulator.scenarios import SCENARIOS
     p = sub.add_parser("simulate", help="write a simulated ad impression log")
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=("csv", "parquet", "tfrecord"), default="csv")
     p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--scenario", choices=list(SCENARIOS), default="default",
+                   help="the simulated regime (simulator/README.md)")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("run", help="run the pipeline locally (LocalDagRunner)")

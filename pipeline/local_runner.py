@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 def ensure_input(config: PipelineConfig) -> str:
     """The log directory to read: the configured one, or the built-in simulated log.
 
-    The simulated log is written once per (rows, seed) and reused, so re-runs hit
-    ExampleGen's cache instead of re-reading a freshly written copy.
+    The simulated log is written once per (scenario, rows, seed) and reused, so re-runs
+    hit ExampleGen's cache instead of re-reading a freshly written copy.
     """
     if config.data.path is not None:
         path = os.path.abspath(config.data.path)
@@ -27,14 +27,17 @@ def ensure_input(config: PipelineConfig) -> str:
             raise FileNotFoundError(f"data.path {path} does not exist")
         return path
     d = config.data
-    out = config.resolve(os.path.join("data", f"simulated-{d.simulated_rows}-seed{d.simulated_seed}"))
+    out = config.resolve(os.path.join(
+        "data", f"simulated-{d.simulated_scenario}-{d.simulated_rows}-seed{d.simulated_seed}"))
     marker = out + ".done.json"  # beside the folder, so the file pattern never matches it
     if not os.path.exists(marker):
-        log.info("simulating %d impressions (seed %d) into %s", d.simulated_rows, d.simulated_seed, out)
-        frame = simulate.simulate(d.simulated_rows, d.simulated_seed)
+        log.info("simulating %d impressions (scenario %s, seed %d) into %s",
+                 d.simulated_rows, d.simulated_scenario, d.simulated_seed, out)
+        frame = simulate.simulate(d.simulated_rows, d.simulated_seed, d.simulated_scenario)
         simulate.write(frame, out, fmt=d.format, shards=4)
         with open(marker, "w", encoding="utf-8") as f:
-            json.dump({"rows": d.simulated_rows, "seed": d.simulated_seed}, f)
+            json.dump({"scenario": d.simulated_scenario, "rows": d.simulated_rows,
+                       "seed": d.simulated_seed}, f)
     return out
 
 

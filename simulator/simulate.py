@@ -5,13 +5,16 @@ Generative story (simulator/README.md has the long form):
   ad's `appeal` shape both click and conversion;
 - each impression has a *purchase intent* = visible part (user, ad, category match,
   placement, hour) + a private part `session_intent` that no regular feature shows;
-- click ~ Bernoulli(CTR); conversion only after a click, ~ Bernoulli(true_cvr),
-  true_cvr = sigmoid(bias + intent);
-- post-click signals are noisy read-outs of the full intent (so a teacher that sees
-  them knows the private part), two are near-copies of the conversion label (leaks),
-  two are pure noise; on unclicked rows every post-click signal is missing (NaN).
+  a share ρ of the private part also drives the click (sample-selection bias);
+- conversion = click ∧ (bias + intent + ε > 0), ε ~ Logistic(0, 1), so
+  true_cvr = sigmoid(bias + intent), on every impression, clicked or not;
+- post-click signals are noisy read-outs of intent + w·ε (so a teacher that sees them
+  knows the private intent and part of this click's outcome), two are near-copies of
+  the conversion label (leaks), two are pure noise; on unclicked rows every post-click
+  signal is missing (NaN).
 
-Everything is vectorised numpy; the same seed gives the same log.
+The knobs (bias, ρ, w, ...) come from a named scenario (scenarios.py). Everything is
+vectorised numpy; the same seed and scenario give the same log.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pfdx.simulator import schema as S
+from pfdx.simulator.scenarios import Scenario, get as get_scenario
 
 _START_TIME = 1_704_067_200  # 2024-01-01 00:00:00 UTC
 _DAYS = 14
@@ -36,10 +40,24 @@ def _zipf_index(rng: np.random.Generator, n_items: int, size: int, a: float = 1.
     return perm[rng.choice(n_items, size=size, p=weights)]
 
 
-def simulate(rows: int, seed: int = 0) -> pd.DataFrame:
+def _probability(p: np.ndarray) -> np.ndarray:
+    """Six decimals keep text logs small; never exactly 0 or 1, a probability a log
+    loss against the truth can take."""
+    return np.clip(np.round(p, 6), 1e-6, 1.0 - 1e-6)
+
+
+def _logistic_noise(u: np.ndarray) -> np.ndarray:
+    """ε = logit(1 - u) ~ Logistic(0, 1) for u ~ U(0, 1): bias + intent + ε > 0 exactly
+    when u < sigmoid(bias + intent), a Bernoulli draw of true_cvr."""
+    u = np.clip(u, 1e-15, 1.0 - 1e-15)  # finite ε, so w·ε is defined for w = 0
+    return np.log1p(-u) - np.log(u)
+
+
+def simulate(rows: int, seed: int = 0, scenario: str | Scenario = "default") -> pd.DataFrame:
     """`rows` ad impressions (all of them, clicked or not) as a DataFrame."""
     if rows <= 0:
         raise ValueError(f"rows must be positive, got {rows}")
+    sc = get_scenario(scenario) if isinstance(scenario, str) else scenario
     rng = np.random.default_rng(seed)
     n = rows
     n_users = max(200, n // 40)
@@ -58,8 +76,8 @@ def simulate(rows: int, seed: int = 0) -> pd.DataFrame:
     ad_base_bid = rng.lognormal(0.0, 0.5, n_ads)
 
     # Impressions.
-    user = _zipf_index(rng, n_users, n)
-    ad = _zipf_index(rng, n_ads, n)
+    user = _zipf_index(rng, n_users, n, sc.popularity_skew)
+    ad = _zipf_index(rng, n_ads, n, sc.popularity_skew)
     creative_of_ad = rng.integers(0, 4, n)
     event_time = np.sort(rng.integers(_START_TIME, _START_TIME + _DAYS * 86_400, n))
     hour = (event_time // 3600) % 24
@@ -71,32 +89,41 @@ def simulate(rows: int, seed: int = 0) -> pd.DataFrame:
     cat = ad_category[ad]
 
     # Request-time counters: noisy, partial views of the user's traits.
-    past_clicks = rng.poisson(np.exp(2.0 + user_clickiness[user]))
+    past_clicks = rng.poisson(np.exp(sc.history_log_mean + user_clickiness[user]))
     past_conv = rng.binomial(past_clicks, _sigmoid(-2.0 + 0.8 * user_affinity[user]))
     bid = ad_base_bid[ad] * rng.lognormal(0.0, 0.1, n)
 
-    # Click funnel: CTR of a few percent.
-    placement_ctr = np.array([0.3, 0.0, -0.2, -0.5, 0.4])
-    ctr_logit = (-3.6 + user_clickiness[user] + 0.8 * ad_appeal[ad] + placement_ctr[placement]
-                 + 0.3 * np.sin(2 * np.pi * hour / 24))
-    true_ctr = _sigmoid(ctr_logit)
-    click = rng.random(n) < true_ctr
-
-    # Purchase intent: a visible part and a private, session-only part.
+    # Purchase intent: a visible part and a private, session-only part. (The click's
+    # uniform is drawn first, where v1 drew it, so that v1's logs stay the same.)
+    click_u = rng.random(n)
     placement_cvr = np.array([0.2, 0.0, -0.1, -0.3, 0.1])
-    visible = (0.9 * user_affinity[user] + 0.6 * ad_appeal[ad]
-               + 0.5 * advertiser_quality[ad_advertiser[ad]]
-               + 0.8 * (user_favourite_cat[user] == cat) + placement_cvr[placement]
-               + 0.25 * np.cos(2 * np.pi * (hour - 20) / 24))
-    session_intent = rng.normal(0.0, 1.2, n)
+    visible = sc.visible_scale * (
+        0.9 * user_affinity[user] + 0.6 * ad_appeal[ad]
+        + 0.5 * advertiser_quality[ad_advertiser[ad]]
+        + 0.8 * (user_favourite_cat[user] == cat) + placement_cvr[placement]
+        + 0.25 * np.cos(2 * np.pi * (hour - 20) / 24))
+    session_intent = rng.normal(0.0, sc.private_sd, n)
     intent = visible + session_intent
-    true_cvr = _sigmoid(-2.9 + intent)
-    conversion = click & (rng.random(n) < true_cvr)
+    true_cvr = _sigmoid(sc.cvr_bias + intent)
+
+    # Click funnel: CTR of a few percent; ρ of the private intent makes the clicked
+    # rows a biased sample of the impressions.
+    placement_ctr = np.array([0.3, 0.0, -0.2, -0.5, 0.4])
+    ctr_logit = (sc.ctr_bias + user_clickiness[user] + 0.8 * ad_appeal[ad]
+                 + placement_ctr[placement] + 0.3 * np.sin(2 * np.pi * hour / 24)
+                 + sc.selection_share * session_intent)
+    true_ctr = _sigmoid(ctr_logit)
+    click = click_u < true_ctr
+
+    # The conversion's own noise ε: the part of the outcome the intent does not fix.
+    eps = _logistic_noise(rng.random(n))
+    conversion = click & (sc.cvr_bias + intent + eps > 0)
 
     def bern(logit: np.ndarray) -> np.ndarray:
         return (rng.random(n) < _sigmoid(logit)).astype(np.float64)
 
-    z = intent - intent.mean()
+    read = intent + sc.outcome_weight * eps  # what the post-click behaviour reflects
+    z = read - read.mean()
     priv = {
         "page_jump": bern(-0.4 + 0.9 * z),
         "done_loading": bern(2.2 + 0.4 * z),
@@ -144,8 +171,8 @@ def simulate(rows: int, seed: int = 0) -> pd.DataFrame:
         **priv,
         S.CLICK: click.astype(np.int64),
         S.LABEL: conversion.astype(np.int64),
-        S.TRUE_CTR: np.round(true_ctr, 6),
-        S.TRUE_CVR: np.round(true_cvr, 6),
+        S.TRUE_CTR: _probability(true_ctr),
+        S.TRUE_CVR: _probability(true_cvr),
     }
     return pd.DataFrame(frame, columns=list(S.COLUMNS))
 
