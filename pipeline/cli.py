@@ -3,9 +3,12 @@ config, compile and schedule on Kubeflow."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import tempfile
+import time
 import warnings
 
 # A command-line user wants pfdx's messages, not TensorFlow's C++ start-up chatter
@@ -37,10 +40,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pfdx.pipeline import local_runner
+    from pfdx.pipeline import console
 
     config = load_config(args.config, args.overrides)
-    summary = local_runner.run(config)
+    log_file = config.resolve(os.path.join("logs", time.strftime("run-%Y%m%d-%H%M%S.log")))
+    with contextlib.ExitStack() as stack:
+        # Quiet: library output (TensorFlow's C++ and Beam's worker processes included)
+        # to the log file, a line per component on the terminal; -v: all of it there.
+        out = sys.stdout if args.verbose else stack.enter_context(
+            console.library_output_to(log_file))
+        try:
+            from pfdx.pipeline import local_runner
+
+            with console.ComponentLines(config.metadata_path, out):
+                summary = local_runner.run(config)
+        except Exception as e:
+            if not args.verbose:
+                e.add_note(f"library output and tracebacks: {log_file}")
+            raise
     student = summary["trainer_eval"]
     teacher = (f", teacher AUC {student['teacher_auc']:.4f}" if "teacher_auc" in student else "")
     print(f"pipeline finished; outputs under {config.resolve('.')}")
@@ -97,7 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from pfdx.pipeline import console
+
+    # The sub-commands' modules import TensorFlow, whose C++ start-up chatter (cuFFT /
+    # cuDNN registration errors) bypasses Python: held back unless -v.
+    with tempfile.TemporaryFile() as startup:
+        with console.output_to(startup.fileno()):
+            parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.verbose:
+            startup.seek(0)
+            sys.stderr.buffer.write(startup.read())
     # TFX's Beam executors parse sys.argv + the Beam args with absl flags, where
     # pfdx's own `-v` would read as `--verbosity <next Beam arg>`: pfdx's arguments
     # are consumed here, so the executors must not see them.
@@ -112,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001  (a failed component: its message, not a trace)
         if args.verbose:
             raise
-        print(f"pfdx: error: {type(e).__name__}: {e}\n(run with -v for the full traceback "
-              "and component logs)", file=sys.stderr)
+        notes = "".join(f"\n{note}" for note in getattr(e, "__notes__", ()))
+        print(f"pfdx: error: {type(e).__name__}: {e}{notes}\n(run with -v for the full "
+              "traceback and component logs)", file=sys.stderr)
         return 1
 
 

@@ -1,9 +1,13 @@
 """Runs the pipeline locally: LocalDagRunner, MLMD in SQLite, Beam DirectRunner."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
+from typing import Iterator
 
 from tfx import v1 as tfx
 
@@ -53,17 +57,48 @@ def run(config: PipelineConfig) -> dict:
         serving_dir=config.serving_dir,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             config.metadata_path),
-        beam_pipeline_args=config.beam_pipeline_args)
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+        beam_pipeline_args=beam_args(config))
+    with run_temp_dir(config.resolve(".")):
+        tfx.orchestration.LocalDagRunner().run(pipeline)
     return publish_report(config)
+
+
+# Unless a Beam dependency flag is given, every TFX Beam executor copies TFX's install
+# and builds an sdist of it for remote workers (tfx/utils/dependency_utils.py): ~2 s
+# and 52 MB of temporary files per Beam step, never removed. The DirectRunner's
+# workers use this environment and ignore the image named here.
+NO_TFX_PACKAGE = "--sdk_container_image=unused-by-the-direct-runner"
+
+
+def beam_args(config: PipelineConfig) -> list[str]:
+    """The run's Beam arguments; on the DirectRunner (the default), with NO_TFX_PACKAGE."""
+    args = config.beam_pipeline_args
+    remote = [a for a in args if a.startswith("--runner") and not a.endswith("DirectRunner")]
+    return args if remote else args + [NO_TFX_PACKAGE]
+
+
+@contextlib.contextmanager
+def run_temp_dir(parent: str) -> Iterator[str]:
+    """Points temporary files (TFX, Beam workers, TF autograph) to a fresh folder in
+    `parent` for the run, and removes it afterwards, whatever happens."""
+    path = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = path  # this process; workers read TMPDIR
+    try:
+        yield path
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR")
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def publish_report(config: PipelineConfig) -> dict:
     """Copies the run's report (newest EvaluationReport artifact in MLMD) to
     `<output_root>/reports/` and returns its metrics.json, so a user finds it without
     browsing the pipeline root."""
-    import shutil
-
     from ml_metadata import metadata_store
 
     store = metadata_store.MetadataStore(
