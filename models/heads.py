@@ -6,12 +6,12 @@ latents the latent-level strategies align, and named extra logits (the heads of
 an ensemble, the learners of a task, a CTR tower). Every net here is student-side:
 what the strategy chooses to serve of it is exported with the student.
 
-- `EnsembleHeads`: K towers fused by averaging their logits (EKTF's students,
-  TAML's learners of one task).
+- `EnsembleHeads`: K towers fused by the mean of their probabilities (EKTF's
+  students) or of their logits (TAML's learners of one task).
 - `TaskAdaptiveLearners`: TAML's hierarchical experts, adaptive gates and n
   learners per task (CVR and CTR).
 - `TwinDropoutHeads`: UKD's student: a CVR representation, two dropout CVR
-  predictors, and a CTR tower.
+  predictors (served: the mean of their probabilities), and a CTR tower.
 - `GradientReversal`: identity forward, -scale x gradient backward (UKD's
   click-adaptive teacher).
 """
@@ -37,26 +37,62 @@ def head_key(prefix: str, index: int) -> str:
     return f"{prefix}_{index}"
 
 
+def mean_probability_logit(logits: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The logit of mean_k sigmoid(logit_k), [B, 1] from [B, 1] logits: log p / (1 - p)
+    from log-sum-exps of log-sigmoids, finite where a float32 mean has rounded to 0 or 1."""
+    stacked = tf.concat(list(logits), axis=-1)
+    return (tf.reduce_logsumexp(tf.math.log_sigmoid(stacked), axis=-1, keepdims=True)
+            - tf.reduce_logsumexp(tf.math.log_sigmoid(-stacked), axis=-1, keepdims=True))
+
+
+# How an ensemble fuses its towers: the logit of their mean probability, or their mean logit.
+FUSIONS = {"probability": mean_probability_logit,
+           "logit": lambda logits: tf.add_n(list(logits)) / len(logits)}
+
+
 class EnsembleHeads(tf.keras.layers.Layer):
-    """Towers fused by the mean of their logits.
+    """Towers fused by `fusion`: "probability" (the fused logit is that of the mean
+    probability) or "logit" (the mean logit).
 
     `call(x)` feeds one input to every tower, or input i to tower i when `x` is a
     list. Heads are named `<prefix>_<k>`. Latent layer i of the ensemble is the
     concatenation of the towers' layer-i latents, so a latent-level strategy sees
     (and trains) every tower."""
 
-    def __init__(self, towers: Sequence[Tower], prefix: str = "head", **kwargs):
+    def __init__(self, towers: Sequence[Tower], prefix: str = "head",
+                 fusion: str = "probability", **kwargs):
         super().__init__(**kwargs)
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; one of {sorted(FUSIONS)}")
         self.towers = list(towers)
         self.prefix = prefix
+        self.fusion = fusion
 
     def call(self, x) -> HeadOutputs:
         inputs = x if isinstance(x, (list, tuple)) else [x] * len(self.towers)
         outs = [tower(i) for tower, i in zip(self.towers, inputs)]
         logits = [logit for logit, _ in outs]
         latents = tuple(tf.concat(layer, axis=-1) for layer in zip(*(lat for _, lat in outs)))
-        return HeadOutputs(tf.add_n(logits) / len(logits), latents,
+        return HeadOutputs(FUSIONS[self.fusion](logits), latents,
                            {head_key(self.prefix, k): l for k, l in enumerate(logits)})
+
+
+def _activation(config) -> tf.keras.layers.Layer:
+    """TAML's activation (`taml_activation`): pfdx's SmeLU or the paper's ReLU."""
+    if config.taml_activation == "relu":
+        return tf.keras.layers.ReLU()
+    if config.taml_activation == "smelu":
+        return SmeLU(config.smelu_beta)
+    raise ValueError(f"model.taml_activation: {config.taml_activation!r} is not smelu or relu")
+
+
+class ActivationTower(Tower):
+    """A `Tower` whose hidden layers use `activation` instead of SmeLU."""
+
+    def __init__(self, hidden_units: Sequence[int], output_dim: int,
+                 activation: tf.keras.layers.Layer, init_stddev: float, **kwargs):
+        super().__init__(hidden_units, output_dim, init_stddev=init_stddev, **kwargs)
+        self.activation = activation
 
 
 def _experts(n: int, config, name: str) -> list[tf.keras.Sequential]:
@@ -65,13 +101,14 @@ def _experts(n: int, config, name: str) -> list[tf.keras.Sequential]:
     return [tf.keras.Sequential([
         tf.keras.layers.Dense(c.taml_expert_units, kernel_initializer=truncated_normal(c.init_stddev),
                               bias_initializer=truncated_normal(c.init_stddev)),
-        SmeLU(c.smelu_beta)], name=f"{name}_{i}") for i in range(n)]
+        _activation(c)], name=f"{name}_{i}") for i in range(n)]
 
 
 class TaskBranch(tf.keras.layers.Layer):
     """One task of TAML: its experts, one gate and one learner tower per learner.
     Learner l reads softmax(W^l x)-weighted experts [general..., task..., its own]
-    (Eq. 1); the learners are fused by averaging logits (§2.3)."""
+    (Eq. 1); the learners are fused by averaging logits (§2.3), each a tower of
+    `taml_hidden_units` (None: `hidden_units`) with `taml_activation`."""
 
     def __init__(self, config, task: str, **kwargs):
         super().__init__(name=f"{task}_branch", **kwargs)
@@ -82,9 +119,10 @@ class TaskBranch(tf.keras.layers.Layer):
                                             kernel_initializer=truncated_normal(c.init_stddev),
                                             name=f"{task}_gate_{l}")
                       for l in range(c.taml_learners)]
+        units = c.hidden_units if c.taml_hidden_units is None else c.taml_hidden_units
         self.learners = EnsembleHeads(
-            [Tower(c.hidden_units, 1, c.smelu_beta, c.init_stddev, name=f"{task}_learner_{l}")
-             for l in range(c.taml_learners)], prefix=task, name=f"{task}_learners")
+            [ActivationTower(units, 1, _activation(c), c.init_stddev, name=f"{task}_learner_{l}")
+             for l in range(c.taml_learners)], prefix=task, fusion="logit", name=f"{task}_learners")
 
     def gate_weights(self, x) -> list[tf.Tensor]:
         """Each learner's weights over [general..., task..., own], [B, 2e + 1]."""
@@ -127,8 +165,9 @@ class TaskAdaptiveLearners(tf.keras.layers.Layer):
 class TwinDropoutHeads(tf.keras.layers.Layer):
     """UKD §3.2: S_f^v (a CVR tower without its output layer) -> h_conv; two CVR
     predictors S_p^v, S_p^v', each behind its own dropout (Eq. 11); optionally a
-    CTR tower S_f^c + S_p^c on the same input. The served logit is the mean of the
-    two CVR logits; heads: `cvr_0`, `cvr_1` and, with the CTR tower, `ctr`."""
+    CTR tower S_f^c + S_p^c on the same input. The served logit is that of the two
+    CVR heads' mean probability, (p_conv + p'_conv) / 2 (UKD appendix A.1); heads:
+    `cvr_0`, `cvr_1` and, with the CTR tower, `ctr`."""
 
     def __init__(self, representation: Tower, predictors: Sequence[Tower], dropout: float,
                  ctr: Tower | None = None, **kwargs):
@@ -150,7 +189,7 @@ class TwinDropoutHeads(tf.keras.layers.Layer):
         heads = {head_key("cvr", i): l for i, l in enumerate(logits)}
         if self.ctr is not None:
             heads[CTR] = self.ctr(x)[0]
-        return HeadOutputs(tf.add_n(logits) / len(logits), (*hidden, h), heads)
+        return HeadOutputs(mean_probability_logit(logits), (*hidden, h), heads)
 
 
 def task_adaptive_learners(config, name: str = "taml") -> TaskAdaptiveLearners:
@@ -159,17 +198,23 @@ def task_adaptive_learners(config, name: str = "taml") -> TaskAdaptiveLearners:
                                 {t: TaskBranch(config, t) for t in ("cvr", CTR)}, name=name)
 
 
+def ukd_hidden_units(config) -> tuple[int, ...]:
+    """UKD's tower widths (teacher and student): `ukd_hidden_units`, else `hidden_units`."""
+    return config.hidden_units if config.ukd_hidden_units is None else config.ukd_hidden_units
+
+
 def twin_dropout_heads(config, name: str = "ukd_student") -> TwinDropoutHeads:
-    """UKD's student head from `ModelConfig`: the CVR tower's hidden layers, two
-    linear predictors behind `ukd_dropout`, and a CTR tower of the same shape."""
-    c = config
+    """UKD's student head from `ModelConfig`: the CVR tower's hidden layers
+    (`ukd_hidden_units`), two linear predictors behind `ukd_dropout`, and a CTR
+    tower of the same shape."""
+    c, units = config, ukd_hidden_units(config)
 
     def tower(units, out, name):
         return Tower(units, out, c.smelu_beta, c.init_stddev, name=name)
 
-    return TwinDropoutHeads(tower(c.hidden_units[:-1], c.hidden_units[-1], "cvr_representation"),
+    return TwinDropoutHeads(tower(units[:-1], units[-1], "cvr_representation"),
                             [tower((), 1, f"cvr_predictor_{i}") for i in range(2)], c.ukd_dropout,
-                            tower(c.hidden_units, 1, "ctr_tower"), name=name)
+                            tower(units, 1, "ctr_tower"), name=name)
 
 
 def reverse_gradient(x: tf.Tensor, scale: float) -> tf.Tensor:

@@ -2,7 +2,8 @@
 `(features, labels dict)` as models/model.py describes them.
 
 1. `sample_unclicked`: the click-adaptive teacher trains on the clicked rows
-   and a sample of the unclicked ones (§3.1).
+   and a sample of the unclicked ones (§3.1), by default as many as the clicked
+   ones (`balanced_unclicked_rate`, appendix A.1).
 2. `with_pseudo_labels`: the trained teacher's CVR on every impression becomes
    the student's `pseudo_label` (§3.1.2); the student reads it on unclicked rows.
 """
@@ -25,6 +26,20 @@ def sample_unclicked(rows: tf.data.Dataset, rate: float, seed: int) -> tf.data.D
         return tf.logical_or(tf.reshape(row[1][CLICK], []) > 0, draw < rate)
 
     return rows.enumerate().filter(keep).map(lambda index, row: row)
+
+
+def balanced_unclicked_rate(batches: tf.data.Dataset) -> float:
+    """The unclicked sample rate that keeps #clicked : #unclicked at 1 : 1 (UKD
+    appendix A.1): CTR / (1 - CTR) = clicks / non-clicks, counted over the
+    `(features, labels, ...)` batches' click labels in one pass; at most 1."""
+    def count(features, labels, *rest):
+        click = tf.reshape(tf.cast(labels[CLICK], tf.float64), [-1])
+        return tf.stack([tf.reduce_sum(click), tf.cast(tf.size(click), tf.float64)])
+
+    clicks, rows = batches.map(count).reduce(tf.zeros([2], tf.float64), lambda a, b: a + b).numpy()
+    if clicks == 0:
+        raise ValueError("no clicked impression to balance the unclicked sample against")
+    return 1.0 if rows == clicks else min(1.0, clicks / (rows - clicks))
 
 
 def with_pseudo_labels(teacher: tf.keras.Model, batches: tf.data.Dataset) -> tf.data.Dataset:

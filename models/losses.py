@@ -159,7 +159,10 @@ def exam_scores(labels, head_probs) -> tf.Tensor:
     """EKTF Eq. 4 over a batch: S_k = 1 - mean_i |y_i - p_k,i|, shape [K].
 
     `labels` is [B] or [B, 1], `head_probs` [B, K]. The scores weight losses but
-    are not themselves optimised, so they carry no gradient."""
+    are not themselves optimised, so they carry no gradient. This follows the
+    formula, under which a *larger* S_k is better; the paper's text after Eq. 4 says
+    "a smaller S_k indicates better learning progress", which contradicts it (and
+    its own use in Eq. 5: the teacher teaches low scorers harder)."""
     probs = tf.stop_gradient(tf.convert_to_tensor(head_probs))
     y = tf.reshape(tf.cast(labels, probs.dtype), [-1, 1])
     return 1.0 - tf.reduce_mean(tf.abs(y - probs), axis=0)
@@ -185,7 +188,7 @@ def ektf_losses(labels, head_logits, scores=None) -> dict[str, tf.Tensor]:
     """EKTF's per-example, per-head terms, each [B, K] (column k is head k's loss):
 
     - `task`: BCE(y, p_k);
-    - `kd`: lambda_k (p_t - p_k)^2, p_t = sigmoid(mean_k logit_k), the abstract teacher;
+    - `kd`: lambda_k (p_t - p_k)^2, p_t = mean_k p_k, the abstract teacher (Eq. 2);
     - `dml`: sum_{l != k} mu[k, l] (p_l - p_k)^2.
 
     Eq. 6 is mean_k task + sum_k kd + mean_k dml. The teacher and the peers enter
@@ -195,7 +198,7 @@ def ektf_losses(labels, head_logits, scores=None) -> dict[str, tf.Tensor]:
     y = tf.reshape(tf.cast(labels, logits.dtype), [-1, 1])
     probs = tf.sigmoid(logits)
     lam, mu = exam_weights(exam_scores(labels, probs) if scores is None else scores)
-    teacher = tf.sigmoid(tf.reduce_mean(logits, axis=-1, keepdims=True))
+    teacher = tf.reduce_mean(probs, axis=-1, keepdims=True)
     # [B, k, l] = (p_l - p_k)^2 with the peer p_l fixed
     peers = squared_error(probs[:, tf.newaxis, :], probs[:, :, tf.newaxis])
     return {
@@ -234,7 +237,8 @@ def ctcvr_loss(ctcvr_labels, ctr_logit, cvr_logit) -> tf.Tensor:
 
 
 def bernoulli_kl(logit_p, logit_q) -> tf.Tensor:
-    """KL(Bern(p) || Bern(q)) from logits, elementwise: UKD Eq. 11's uncertainty."""
+    """KL(Bern(p) || Bern(q)) from logits, elementwise: UKD Eq. 11's uncertainty.
+    Not symmetric: KL(p || p') weighs head p's pseudo-label loss, KL(p' || p) head p'."""
     logit_p, logit_q = tf.convert_to_tensor(logit_p), tf.convert_to_tensor(logit_q)
     p = tf.sigmoid(logit_p)
     return (p * (tf.math.log_sigmoid(logit_p) - tf.math.log_sigmoid(logit_q))

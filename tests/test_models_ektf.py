@@ -1,5 +1,7 @@
-"""EKTF (`ektf`, `ha_pfd_v2_ektf`): exam-score weights, the loss terms against a
-numpy reference, gradient isolation between heads, and the served student."""
+"""EKTF (`ektf`, `ha_pfd_v2_ektf`): exam-score weights (EKTF Eq. 4-5, as the
+formula reads), the loss terms against a numpy reference of Eq. 2-6 (the abstract
+teacher a mean of probabilities), gradient isolation between heads, and the served
+student (the heads' mean probability, or the best head)."""
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ import tensorflow as tf
 
 from pfdx.config import ModelConfig
 from pfdx.models import losses
+from pfdx.models.heads import mean_probability_logit
 from pfdx.models.model import JointModel, build_model
 from pfdx.models.strategies import EXAM_DECAY
 from tests.student_export_checks import assert_saved_student_is_regular_only
@@ -55,10 +58,11 @@ def reference_weights(y, p):
 
 
 def reference_terms(y, logits):
-    """Eq. 6 per example, in float64: mean BCE, sum_k lambda_k MSE, mean_k DML."""
+    """Eq. 6 per example, in float64: mean BCE, sum_k lambda_k MSE, mean_k DML,
+    with Eq. 2's abstract teacher y_t = Mean(y_s,1..k) of the heads' predictions."""
     p = sigmoid(logits)
     _, lam, mu = reference_weights(y, p)
-    teacher = sigmoid(logits.mean(axis=1))
+    teacher = p.mean(axis=1)
     bce = -(y[:, None] * np.log(p) + (1 - y[:, None]) * np.log(1 - p))
     kd = sum(lam[k] * (teacher - p[:, k]) ** 2 for k in range(K))
     dml = sum(mu[k, l] * (p[:, l] - p[:, k]) ** 2
@@ -87,6 +91,28 @@ def test_exam_weights_match_the_reference():
         assert np.argmax(mu[a]) == max((b for b in range(4) if b != a), key=lambda b: s[b])
 
 
+def test_a_better_head_scores_higher_as_eq_4_reads():
+    """S_k = 1 - mean|y - p_k|: a larger score is a better head (the formula), not a
+    smaller one (the paper's sentence after Eq. 4)."""
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    p = np.stack([y, np.full(4, 0.5), 1.0 - y], axis=1)  # perfect, chance, all wrong
+    np.testing.assert_allclose(losses.exam_scores(y, p), [1.0, 0.5, 0.0], rtol=1e-12)
+    lam, mu = losses.exam_weights(losses.exam_scores(y, p))
+    assert np.argmin(lam) == 0 and np.argmax(mu[2]) == 0
+
+
+def test_mean_probability_logit_is_the_logit_of_the_mean_probability():
+    logits = np.array([[-3.0, 2.0, 0.5], [40.0, -40.0, 0.0], [-90.0, -95.0, -100.0],
+                       [90.0, 95.0, 100.0]])
+    got = mean_probability_logit([tf.constant(logits[:, k:k + 1]) for k in range(3)]).numpy()
+    mean = sigmoid(logits).mean(axis=1)
+    np.testing.assert_allclose(sigmoid(got[:2, 0]), mean[:2], rtol=1e-12)
+    # Saturated rows: finite, and the log-odds of the mean (log-sum-exp by hand).
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got[2, 0], np.log(np.exp(logits[2]).sum()) - np.log(3), rtol=1e-9)
+    np.testing.assert_allclose(got[3, 0], np.log(3) - np.log(np.exp(-logits[3]).sum()), rtol=1e-9)
+
+
 def test_loss_terms_match_the_reference_and_the_ensemble_is_served(batch):
     model = JointModel(config(), REGULAR, PRIVILEGED)
     features, y = batch
@@ -97,8 +123,23 @@ def test_loss_terms_match_the_reference_and_the_ensemble_is_served(batch):
     for name, value in expected.items():
         np.testing.assert_allclose(terms[name], value, rtol=2e-4, atol=1e-7, err_msg=name)
     assert not model.has_teacher
-    served = model.student_model()({k: features[k] for k in REGULAR}).numpy()
-    np.testing.assert_allclose(served, sigmoid(logits.mean(axis=1)), rtol=1e-5)
+
+
+def test_the_served_ensemble_is_the_mean_of_the_heads_probabilities(batch):
+    """Eq. 2: y_t = Mean(y_s,1..k), the served `ensemble`."""
+    model = JointModel(config(), REGULAR, PRIVILEGED)
+    features, y = batch
+    model.loss_terms(features, y)
+    towers = model.strategy.heads.towers
+    for k, shift in enumerate((-4.0, 0.0, 1.0)):  # heads far apart
+        towers[k].out.bias.assign_add([shift])
+    p = sigmoid(head_logits(model, features).astype(np.float64))
+    regular = {k: features[k] for k in REGULAR}
+    student = model.student_model()
+    np.testing.assert_allclose(student(regular), p.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(student.predictions(regular)["cvr"], p.mean(axis=1), rtol=1e-5)
+    mean_logit = head_logits(model, features).mean(axis=1)
+    assert not np.allclose(student(regular), sigmoid(mean_logit), rtol=1e-2)
 
 
 def test_a_heads_distillation_trains_that_head_only(batch):
@@ -129,11 +170,11 @@ def test_privileged_teacher_distils_into_the_ensemble(batch):
     assert set(terms) == {"teacher_task", "layer_align", "focal_v2",
                           "heads_task", "ektf_kd", "ektf_dml"}
     out = model.forward(features)
-    ensemble = tf.reduce_mean(tf.concat([out.student_heads[f"head_{k}"] for k in range(K)], -1),
-                              axis=-1, keepdims=True)
-    focal = losses.focal_v2(tf.reshape(tf.cast(y, tf.float32), [-1, 1]), out.teacher_logit,
-                            ensemble, 1.0, from_logits=True)
-    np.testing.assert_allclose(terms["focal_v2"], 10.0 * tf.reshape(focal, [-1]), rtol=1e-5)
+    ensemble = sigmoid(head_logits(model, features).astype(np.float64)).mean(axis=1)  # Eq. 2
+    focal = losses.focal_v2(tf.reshape(tf.cast(y, tf.float64), [-1]),
+                            sigmoid(out.teacher_logit.numpy().reshape(-1).astype(np.float64)),
+                            ensemble, 1.0)
+    np.testing.assert_allclose(terms["focal_v2"], 10.0 * focal.numpy(), rtol=1e-4)
     # The ensemble's latent is the heads' latents side by side.
     assert out.student_latents[0].shape == (32, 16 * K)
 
@@ -157,7 +198,7 @@ def test_served_student_is_the_ensemble_or_the_best_head(strategy, batch):
     model.loss_terms(*batch)
     towers = model.student.tower.towers
     student = model.student_model()
-    assert refs(student) == refs(model.student.embeddings, *towers)
+    assert refs(student) == refs(model.student.embeddings, model.student.calibration, *towers)
     if model.has_teacher:
         assert not refs(student) & refs(model.teacher_tower, model.privileged_embeddings)
 
@@ -167,7 +208,7 @@ def test_served_student_is_the_ensemble_or_the_best_head(strategy, batch):
     part.exam_average.assign([0.2, 0.9, 0.5])
     student = best.student_model()
     towers = best.student.tower.towers
-    assert refs(student) == refs(best.student.embeddings, towers[1])
+    assert refs(student) == refs(best.student.embeddings, best.student.calibration, towers[1])
     regular = {k: features[k] for k in REGULAR}
     logit_1 = best.forward(features).student_heads["head_1"].numpy().reshape(-1)
     np.testing.assert_allclose(student(regular), sigmoid(logit_1), rtol=1e-5)

@@ -108,6 +108,53 @@ def test_each_learner_reads_its_gated_experts(batch):
                                        h[f"{task}_{l}"], rtol=1e-4, atol=1e-6)
 
 
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+def smelu(x, beta=1.0):
+    return np.where(x >= beta, x, np.where(x <= -beta, 0.0, (x + beta) ** 2 / (4 * beta)))
+
+
+def mlp(x, layers, activation):
+    """A dense stack from its (kernel, bias) pairs: activation on all but the last."""
+    for i, (w, b) in enumerate(layers):
+        x = x @ w + b
+        if i < len(layers) - 1:
+            x = activation(x)
+    return x
+
+
+@pytest.mark.parametrize("activation", ["relu", "smelu"])
+def test_the_papers_learners_are_one_setting_away(activation, batch):
+    """TAML §3.1: learners are 64/32/1 MLPs and experts one 64-unit layer, with
+    ReLU: `taml_hidden_units`, `taml_expert_units`, `taml_activation: relu`."""
+    act = {"relu": relu, "smelu": smelu}[activation]
+    model = JointModel(config(taml_hidden_units=(12, 6), taml_activation=activation),
+                       REGULAR, PRIVILEGED)
+    features, labels = batch
+    model.loss_terms(features, labels)
+    network = model.student.tower
+    x = model.student.embeddings(features).numpy().astype(np.float64)
+    z = np.random.default_rng(4).normal(0, 2, (32, 8))  # a learner's input: the expert width
+    for branch in network.branches.values():
+        for expert in [*network.general, *branch.task_experts, *branch.learner_experts]:
+            dense = expert.layers[0]
+            np.testing.assert_allclose(expert(tf.constant(x, tf.float32)).numpy(),
+                                       act(x @ dense.kernel.numpy() + dense.bias.numpy()),
+                                       rtol=1e-4, atol=1e-5)
+        for tower in branch.learners.towers:
+            layers = [(d.kernel.numpy(), d.bias.numpy()) for d in [*tower.hidden, tower.out]]
+            assert [w.shape[1] for w, _ in layers] == [12, 6, 1]
+            np.testing.assert_allclose(tower(tf.constant(z, tf.float32))[0].numpy(),
+                                       mlp(z, layers, act), rtol=1e-4, atol=1e-5)
+    default = JointModel(config(), REGULAR, PRIVILEGED)
+    default.loss_terms(features, labels)
+    tower = default.student.tower.branches["cvr"].learners.towers[0]
+    assert [d.units for d in tower.hidden] == [16, 8]  # hidden_units, SmeLU
+    assert type(tower.activation).__name__ == "SmeLU"
+
+
 def test_self_distillation_holds_the_fused_teacher_fixed():
     """d/dl_j sum_l KD(p_fused -> p_l) = p_j - p_fused: nothing flows through the mean."""
     rng = np.random.default_rng(2)
@@ -152,7 +199,8 @@ def test_served_student_takes_regular_features_and_serves_cvr(serve_ctr, batch):
     student = model.student_model()
     network = model.student.tower
     served_branches = [network.branches["cvr"]] + ([network.branches["ctr"]] if serve_ctr else [])
-    assert refs(student) == refs(model.student.embeddings, *network.general, *served_branches)
+    assert refs(student) == refs(model.student.embeddings, model.student.calibration,
+                                 *network.general, *served_branches)
     regular = {k: features[k] for k in REGULAR}
     joint = model(features)
     predictions = student.predictions(regular)

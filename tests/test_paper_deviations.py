@@ -1,0 +1,33 @@
+"""The settings behind docs/paper-deviations.md: the paper's choices are one setting
+away and load from a config, bad values fail at load time, and per-run tuning
+covers both readings of HA-PFD's learning rate and alignment weight."""
+import pytest
+
+from pfdx.config import ConfigError, ModelConfig, TuningConfig, from_dict
+
+
+def test_defaults_and_the_papers_settings_load():
+    m = ModelConfig()
+    assert m.ukd_unclicked_rate is None  # derived: 1 : 1 (UKD appendix A.1)
+    assert (m.ukd_hidden_units, m.taml_hidden_units, m.taml_activation) == (None, None, "smelu")
+    paper = from_dict({"model": {"ukd_hidden_units": [1024, 512, 256], "ukd_unclicked_rate": 0.05,
+                                 "taml_hidden_units": [64, 32], "taml_activation": "relu"}}).model
+    assert paper.ukd_hidden_units == (1024, 512, 256) and paper.taml_hidden_units == (64, 32)
+    assert paper.ukd_unclicked_rate == 0.05 and paper.taml_activation == "relu"
+    assert from_dict({"model": {"ukd_unclicked_rate": None}}).model.ukd_unclicked_rate is None
+
+
+@pytest.mark.parametrize("model,match", [
+    ({"ukd_unclicked_rate": 0.0}, "ukd_unclicked_rate"),
+    ({"ukd_unclicked_rate": 1.5}, "ukd_unclicked_rate"),
+    ({"taml_activation": "tanh"}, "taml_activation"),
+])
+def test_bad_values_fail_at_load_time(model, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict({"model": model})
+
+
+def test_tuning_tries_both_readings_of_ha_pfd():
+    grid = TuningConfig().grid
+    assert {0.0025, 0.025} <= set(grid["learning_rate"])  # appendix A, §4.1
+    assert {1.0, 10.0} <= set(grid["align_weight"])  # Eq. 6, appendix A
