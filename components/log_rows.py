@@ -10,7 +10,8 @@ Every row ends in exactly one bucket, so counts reconcile
   number and reason to the dead-letter output: a label/click/flag that is not
   0/1, a number that does not parse or is NaN/inf, a negative value in a
   `data.non_negative` column, a conversion without a click, or a post-click
-  (privileged) signal on an unclicked row (a broken click join).
+  (privileged) signal on an unclicked row (a broken click join), a value that
+  is not a scalar (a list), not UTF-8 text, or out of its stored type's range.
 A file that cannot be read as the configured format at all (missing required
 column, not parseable) fails the run with the file named.
 """
@@ -21,11 +22,22 @@ import dataclasses
 import io
 import math
 import re
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
+import numpy as np
 import tensorflow as tf
+from google.protobuf import message
 
 USED, UNCLICKED, QUARANTINED = "used", "unclicked", "quarantined"
+
+
+class Example(NamedTuple):
+    """A row that became a tf.Example: its time (None without a time column), its
+    label (0/1) and the serialized tf.Example."""
+
+    time: float | None
+    label: int
+    serialized: bytes
 
 
 class LogFormatError(ValueError):
@@ -94,18 +106,47 @@ def _is_missing(value: Any) -> bool:
     return value is None or value == ""
 
 
-def _as_float(name: str, value: Any) -> float:
+# Text cells are decoded with errors="surrogateescape": an undecodable byte becomes a
+# lone surrogate, so the row is quarantined under its own number instead of the
+# decoder losing a whole buffer of rows.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+# What pandas, Spark and spreadsheets write for booleans; read as 1 / 0 in 0/1 columns.
+_BOOLEANS = {"true": 1.0, "True": 1.0, "TRUE": 1.0, "false": 0.0, "False": 0.0, "FALSE": 0.0}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64_LIMIT = math.nextafter(2.0 ** 63, 0.0)  # the largest float an int64 holds
+
+
+def _check_cell(name: str, value: Any) -> None:
+    """A cell must be one value (a Parquet list or a multi-valued TFRecord feature
+    is not) and, as text, valid UTF-8."""
+    if isinstance(value, (list, tuple, dict)):
+        raise ValueError(f"field {name!r}: {value!r} is not a scalar")
+    if isinstance(value, str) and not value.isascii() and _UNDECODABLE.search(value):
+        raw = value.encode("utf-8", "surrogateescape")
+        raise ValueError(f"field {name!r}: {raw!r} is not UTF-8 text")
+
+
+def _parse_float(name: str, value: Any, booleans: bool = False) -> float:
+    if booleans and isinstance(value, str) and value in _BOOLEANS:
+        return _BOOLEANS[value]
     try:
-        x = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"field {name!r}: {value!r} is not a number") from None
+
+
+def _as_float(name: str, value: Any, limit: float = _FLOAT32_MAX) -> float:
+    """A finite number that its stored type (float32 features, int64 time) holds."""
+    x = _parse_float(name, value)
     if math.isnan(x) or math.isinf(x):
         raise ValueError(f"field {name!r}: {value!r} is not finite")
+    if abs(x) > limit:
+        raise ValueError(f"field {name!r}: {value!r} is out of range of its stored type")
     return x
 
 
 def _as_flag(name: str, value: Any) -> int:
-    x = _as_float(name, value)
+    x = _parse_float(name, value, booleans=True)
     if x not in (0.0, 1.0):
         raise ValueError(f"field {name!r}: {value!r} is not 0/1")
     return int(x)
@@ -121,15 +162,12 @@ def _as_bytes(value: Any) -> bytes:
 
 def _check_unclicked(schema: RowSchema, row: Mapping[str, Any]) -> None:
     """Post-click signals exist only after a click: an unclicked row may hold none
-    (empty, 0 or NaN); anything else means the click column or the join is wrong."""
+    (empty, 0/false or NaN); anything else means the click column or the join is wrong."""
     for name in schema.privileged:
         v = row.get(name)
         if _is_missing(v):
             continue
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"field {name!r}: {v!r} is not a number") from None
+        x = _parse_float(name, v, booleans=name in schema.flags)
         if x != 0.0 and not math.isnan(x):
             raise ValueError(f"field {name!r}: post-click signal {v!r} on an unclicked row")
 
@@ -158,9 +196,11 @@ def _int64(value: int) -> tf.train.Feature:
 
 
 def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]:
-    """(USED, (time, serialized tf.Example)) | (UNCLICKED, None) | (QUARANTINED, reason);
-    in impression space an unclicked row is (UNCLICKED, (time, serialized tf.Example))."""
+    """(USED, Example) | (UNCLICKED, None) | (QUARANTINED, reason); in impression
+    space an unclicked row is (UNCLICKED, Example)."""
     try:
+        for name in schema.required:
+            _check_cell(name, row.get(name))
         label = _as_flag(schema.label, row.get(schema.label))
         clicked = schema.click is None or _as_flag(schema.click, row.get(schema.click)) == 1
         if not clicked:
@@ -174,7 +214,7 @@ def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]
             feats[schema.click] = _int64(int(clicked))
         time = None
         if schema.time is not None:
-            time = _as_float(schema.time, row.get(schema.time))
+            time = _as_float(schema.time, row.get(schema.time), limit=_INT64_LIMIT)
             feats[schema.time] = _int64(int(time))
         for name in schema.categorical:
             v = row.get(name)
@@ -189,25 +229,52 @@ def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]
     except ValueError as e:
         return QUARANTINED, str(e)
     example = tf.train.Example(features=tf.train.Features(feature=feats))
-    return USED if clicked else UNCLICKED, (time, example.SerializeToString(deterministic=True))
+    return USED if clicked else UNCLICKED, Example(
+        time, label, example.SerializeToString(deterministic=True))
 
 
-# Readers: each yields (row_number, {column: value}) for one file; row numbers are
-# 1-based data rows (CSV line = row + 1 for the header).
+# Readers. `read_file` checks a file's header (CSV / Parquet) at once and returns
+# the extra columns no role names and the rows: (row_number, {column: value}), or
+# (row_number, reason) for a row that cannot be read. Row numbers are 1-based data
+# rows (CSV line = row + 1 for the header; TFRecord: the record index + 1).
 
-def read_csv(path: str, stream: io.BufferedIOBase, separator: str,
-             schema: RowSchema) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """Yields (row, dict) or (row, error message) for a row of the wrong width."""
-    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+Rows = Iterator[tuple[int, "dict[str, Any] | str"]]
+
+
+def is_side_file(path: str) -> bool:
+    """What Spark and Hadoop write beside their data (_SUCCESS, _metadata,
+    .part-0.crc) and hidden files: never a log file."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return name.startswith(("_", ".")) or name.endswith(".crc")
+
+
+def read_file(path: str, stream: io.BufferedIOBase, fmt: str, separator: str,
+              schema: RowSchema) -> tuple[list[str], Rows]:
+    """(unknown header columns, rows) of one file in `fmt` (csv | parquet | tfrecord)."""
+    if fmt == "csv":
+        return _read_csv(path, stream, separator, schema)
+    if fmt == "parquet":
+        return _read_parquet(path, stream, schema)
+    return [], _read_tfrecord(path)
+
+
+def _read_csv(path: str, stream: io.BufferedIOBase, separator: str,
+              schema: RowSchema) -> tuple[list[str], Rows]:
+    # utf-8-sig: a byte-order mark (Excel, PowerShell) is not part of the first column.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(text, delimiter=separator)
     try:
-        header = next(reader)
+        header = [h.strip() for h in next(reader)]
     except StopIteration:
-        return  # an empty file holds no rows; the caller counts the file
-    except (csv.Error, UnicodeDecodeError) as e:
+        return [], iter(())  # an empty file holds no rows; the caller counts the file
+    except csv.Error as e:
         raise LogFormatError(f"{path}: cannot read the header: {e}") from None
-    header = [h.strip() for h in header]
-    schema.check_header(path, header)
+    if any(_UNDECODABLE.search(h) for h in header):
+        raise LogFormatError(f"{path}: the header is not UTF-8 text")
+    return schema.check_header(path, header), _csv_rows(reader, header)
+
+
+def _csv_rows(reader: Iterator[list[str]], header: list[str]) -> Rows:
     width = len(header)
     row = 0
     while True:
@@ -215,7 +282,7 @@ def read_csv(path: str, stream: io.BufferedIOBase, separator: str,
             cells = next(reader)
         except StopIteration:
             return
-        except (csv.Error, UnicodeDecodeError) as e:
+        except csv.Error as e:
             row += 1
             yield row, f"unreadable CSV row: {e}"
             continue
@@ -228,41 +295,60 @@ def read_csv(path: str, stream: io.BufferedIOBase, separator: str,
         yield row, dict(zip(header, cells))
 
 
-def read_parquet(path: str, stream: io.BufferedIOBase,
-                 schema: RowSchema) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _read_parquet(path: str, stream: io.BufferedIOBase,
+                  schema: RowSchema) -> tuple[list[str], Rows]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if not stream.read(1):
+        return [], iter(())  # a 0-byte file is an empty file, counted by the caller
+    stream.seek(0)
     try:
         pfile = pq.ParquetFile(stream)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
+    except (pa.ArrowException, OSError) as e:
         raise LogFormatError(f"{path}: not a readable Parquet file: {e}") from None
-    schema.check_header(path, pfile.schema_arrow.names)
-    row = 0
-    for batch in pfile.iter_batches(batch_size=8192):
-        for record in batch.to_pylist():
-            row += 1
-            yield row, record
+
+    def rows() -> Rows:
+        row = 0
+        try:
+            for batch in pfile.iter_batches(batch_size=8192):
+                for record in batch.to_pylist():
+                    row += 1
+                    yield row, record
+        except (pa.ArrowException, OSError) as e:
+            raise LogFormatError(f"{path}: unreadable Parquet data after row {row}: {e}") from None
+
+    return schema.check_header(path, pfile.schema_arrow.names), rows()
 
 
-def read_tfrecord(path: str, stream: io.BufferedIOBase,
-                  schema: RowSchema) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """tf.Example records; a feature absent from a record is a missing value.
+def _read_tfrecord(path: str) -> Rows:
+    """tf.Example records; a feature absent from a record is a missing value, and a
+    feature with several values is kept as a list (quarantined as not a scalar).
 
     TFRecords have no header, so a missing required column shows up per row
     (e.g. the label) as a quarantined row rather than as a file error.
+    TFRecord framing is read by TensorFlow from the path itself.
     """
-    del stream, schema  # TFRecord framing is read by TensorFlow from the path itself.
     compression = "GZIP" if path.endswith(".gz") else ""
+    row = 0
     try:
-        for row, raw in enumerate(tf.compat.v1.io.tf_record_iterator(
-                path, tf.io.TFRecordOptions(compression_type=compression)), start=1):
-            example = tf.train.Example.FromString(raw)
-            record: dict[str, Any] = {}
-            for name, feat in example.features.feature.items():
-                kind = feat.WhichOneof("kind")
-                values = list(getattr(feat, kind).value) if kind else []
-                record[name] = (values[0].decode("utf-8", "replace") if kind == "bytes_list"
-                                else values[0]) if values else None
-            yield row, record
+        for raw in tf.compat.v1.io.tf_record_iterator(
+                path, tf.io.TFRecordOptions(compression_type=compression)):
+            row += 1
+            try:
+                example = tf.train.Example.FromString(raw)
+            except message.DecodeError as e:
+                yield row, f"not a tf.Example record: {e}"
+                continue
+            yield row, {name: _feature_value(feat)
+                        for name, feat in example.features.feature.items()}
     except tf.errors.DataLossError as e:
-        raise LogFormatError(f"{path}: corrupt TFRecord: {e.message}") from None
+        raise LogFormatError(f"{path}: corrupt TFRecord after record {row}: {e.message}") from None
+
+
+def _feature_value(feature: tf.train.Feature) -> Any:
+    kind = feature.WhichOneof("kind")
+    values = list(getattr(feature, kind).value) if kind else []
+    if kind == "bytes_list":
+        values = [v.decode("utf-8", "surrogateescape") for v in values]
+    return None if not values else values[0] if len(values) == 1 else values

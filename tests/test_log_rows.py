@@ -17,8 +17,8 @@ def _row(**over):
 
 
 def test_clicked_row_becomes_typed_example():
-    status, (time, payload) = log_rows.row_to_example(SCHEMA, _row(user_id="123", bid="0.5"))
-    assert status == log_rows.USED and time == 1700000000
+    status, (time, label, payload) = log_rows.row_to_example(SCHEMA, _row(user_id="123", bid="0.5"))
+    assert status == log_rows.USED and time == 1700000000 and label == 0
     ex = tf.train.Example.FromString(payload)
     f = ex.features.feature
     assert f["user_id"].bytes_list.value == [b"123"]  # ids stay categorical strings
@@ -28,7 +28,7 @@ def test_clicked_row_becomes_typed_example():
 
 
 def test_missing_values_are_absent_features():
-    status, (_, payload) = log_rows.row_to_example(SCHEMA, _row(duration="", device=""))
+    status, (_, _, payload) = log_rows.row_to_example(SCHEMA, _row(duration="", device=""))
     f = tf.train.Example.FromString(payload).features.feature
     assert status == log_rows.USED and "duration" not in f and "device" not in f
 
@@ -45,14 +45,14 @@ def test_impression_space_keeps_unclicked_rows_with_their_click_label():
     # Unclicked rows may log post-click signals as empty, 0 or NaN: none is kept.
     unclicked = _row(click="0", **{**{c: "" for c in SCHEMA.privileged},
                                    "duration": "nan", "page_jump": "0"})
-    status, (time, payload) = log_rows.row_to_example(IMPRESSIONS, unclicked)
+    status, (time, _, payload) = log_rows.row_to_example(IMPRESSIONS, unclicked)
     f = tf.train.Example.FromString(payload).features.feature
     assert status == log_rows.UNCLICKED and time == 1700000000
     assert f["click"].int64_list.value == [0] and f["conversion"].int64_list.value == [0]
     assert f["user_id"].bytes_list.value == [b"u1"] and "bid" in f
     assert not set(f) & set(IMPRESSIONS.privileged)
 
-    status, (_, payload) = log_rows.row_to_example(IMPRESSIONS, _row(conversion="1"))
+    status, (_, _, payload) = log_rows.row_to_example(IMPRESSIONS, _row(conversion="1"))
     f = tf.train.Example.FromString(payload).features.feature
     assert status == log_rows.USED and f["click"].int64_list.value == [1]
     assert f["conversion"].int64_list.value == [1] and "duration" in f
@@ -91,7 +91,7 @@ def test_bad_rows_are_quarantined_with_a_reason(over, reason):
 
 
 def _unclicked(value, **over):
-    return _row(click="0", **{**{c: value for c in SCHEMA.privileged}, **over})
+    return _row(**{"click": "0", **{c: value for c in SCHEMA.privileged}, **over})
 
 
 @pytest.mark.parametrize("value", ["", None, "0", 0.0, float("nan"), "nan"])
@@ -123,7 +123,7 @@ def test_non_negative_columns_come_from_the_config():
 
 
 def test_a_nan_category_is_a_missing_value():
-    status, (_, payload) = log_rows.row_to_example(SCHEMA, _row(device=float("nan")))
+    status, (_, _, payload) = log_rows.row_to_example(SCHEMA, _row(device=float("nan")))
     assert status == log_rows.USED
     assert "device" not in tf.train.Example.FromString(payload).features.feature
 
@@ -132,15 +132,90 @@ def test_reason_keys_of_row_level_problems():
     assert log_rows.reason_key("wrong column count: 2 cells, header has 40") == "wrong column count"
 
 
+def _read_csv(data: bytes, path: str = "f.csv"):
+    unknown, rows = log_rows.read_file(path, io.BytesIO(data), "csv", ",", SCHEMA)
+    return unknown, list(rows)
+
+
+HEADER = ",".join(SCHEMA.required)
+GOOD = ",".join("1" for _ in SCHEMA.required)
+
+
 def test_csv_reader_flags_wrong_width_and_names_missing_columns():
-    header = ",".join(SCHEMA.required)
-    good = ",".join("1" for _ in SCHEMA.required)
-    data = f"{header}\n{good}\n1,2\n\n{good}\n".encode()
-    rows = list(log_rows.read_csv("f.csv", io.BytesIO(data), ",", SCHEMA))
+    _, rows = _read_csv(f"{HEADER}\n{GOOD}\n1,2\n\n{GOOD}\n".encode())
     assert [r for r, _ in rows] == [1, 2, 4]
     assert "wrong column count: 2 cells" in rows[1][1]
     no_label = ",".join(c for c in SCHEMA.required if c != "conversion")
     with pytest.raises(log_rows.LogFormatError,
                        match=r"f.csv: missing required column\(s\) \['conversion'\]; the file has"):
-        list(log_rows.read_csv("f.csv", io.BytesIO(f"{no_label}\n".encode()), ",", SCHEMA))
-    assert list(log_rows.read_csv("e.csv", io.BytesIO(b""), ",", SCHEMA)) == []
+        _read_csv(f"{no_label}\n".encode())
+    assert _read_csv(b"", "e.csv") == ([], [])
+
+
+def test_a_non_utf8_byte_quarantines_its_row_only_under_its_own_number():
+    # Issue 17.1: the decoder used to drop a whole buffer of rows, uncounted.
+    rows = [dict(_row(), device=f"d{i}") for i in range(5000)]
+    lines = [HEADER] + [",".join(r[c] for c in SCHEMA.required) for r in rows]
+    data = "\n".join(lines).encode().replace(b"d2065", b"d\xe9")
+    _, read = _read_csv(data)
+    assert [r for r, _ in read] == list(range(1, 5001))
+    results = {r: log_rows.row_to_example(SCHEMA, record) for r, record in read}
+    bad = {r: why for r, (status, why) in results.items() if status == log_rows.QUARANTINED}
+    assert bad == {2066: "field 'device': b'd\\xe9' is not UTF-8 text"}
+    with pytest.raises(log_rows.LogFormatError, match="f.csv: the header is not UTF-8"):
+        _read_csv(b"conversion,\xe9\n1,2\n")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column():
+    # Issue 17.7: "\ufeffconversion" is "conversion".
+    unknown, rows = _read_csv(f"\ufeff{HEADER}\n{GOOD}\n".encode())
+    assert unknown == [] and list(rows[0][1])[0] == SCHEMA.required[0]
+
+
+@pytest.mark.parametrize("value, wanted", [
+    ("1e308", "field 'bid': '1e308' is out of range of its stored type"),
+    ("-1e39", "field 'bid': '-1e39' is out of range of its stored type"),
+    ("3e38", None),  # float32 holds it
+])
+def test_the_range_check_uses_the_stored_float32(value, wanted):
+    # Issue 17.2: finite in float64, infinite once stored as float32.
+    status, out = log_rows.row_to_example(SCHEMA, _row(bid=value))
+    assert status == (log_rows.USED if wanted is None else log_rows.QUARANTINED)
+    assert wanted is None or out == wanted
+    status, why = log_rows.row_to_example(SCHEMA, _row(event_time="1e19"))
+    assert (status, why) == (log_rows.QUARANTINED,
+                             "field 'event_time': '1e19' is out of range of its stored type")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("device", ["android", "zz"]),  # a Parquet list<string>
+    ("conversion", [0, 1]),  # a TFRecord label with two values
+    ("bid", (1.0, 2.0)),
+])
+def test_a_list_value_is_quarantined_as_not_a_scalar(field, value):
+    # Issue 17.3: shapes were flattened to text or to their first value.
+    status, why = log_rows.row_to_example(SCHEMA, _row(**{field: value}))
+    assert (status, why) == (log_rows.QUARANTINED, f"field {field!r}: {value!r} is not a scalar")
+
+
+@pytest.mark.parametrize("true, false", [("TRUE", "FALSE"), ("true", "false"),
+                                         ("True", "False"), (True, False)])
+def test_boolean_spellings_are_read_as_1_and_0(true, false):
+    # Issue 17.14: what pandas, Spark and spreadsheets write.
+    status, (_, label, payload) = log_rows.row_to_example(
+        SCHEMA, _row(click=true, conversion=true, page_jump=false))
+    f = tf.train.Example.FromString(payload).features.feature
+    assert status == log_rows.USED and label == 1 and f["page_jump"].float_list.value == [0.0]
+    # An unclicked row's post-click flags may be spelled false too.
+    unclicked = _unclicked("", conversion=false, page_jump=false)
+    assert log_rows.row_to_example(SCHEMA, unclicked) == (log_rows.UNCLICKED, None)
+    status, why = log_rows.row_to_example(SCHEMA, _row(conversion="yes"))
+    assert why == "field 'conversion': 'yes' is not a number"
+
+
+@pytest.mark.parametrize("name, side", [("_SUCCESS", True), ("part-0.csv.crc", True),
+                                        (".part-0.csv.crc", True), ("_metadata", True),
+                                        (".hidden", True), ("part-0.csv", False),
+                                        ("logs/2024_01.csv", False)])
+def test_spark_and_hadoop_side_files_are_recognised(name, side):
+    assert log_rows.is_side_file(f"/data/{name}") is side

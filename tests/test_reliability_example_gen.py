@@ -20,14 +20,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
 from pfdx.components import log_rows
-from pfdx.components.click_log_example_gen import DEAD_LETTER_DIR, _ParseFile
+from pfdx.components.splits import SPLITS
+from pfdx.components.click_log_example_gen import (DEAD_LETTER_DIR, DataError, _ParseFile,
+                                                 check_rows, check_splits, format_dead_rows)
 from pfdx.config import ConfigError, load_config
 from pfdx.simulator import simulate
 from tests.pipeline_helpers import int_props, latest, make_config, run_example_gen, store
 
 SCHEMA = log_rows.RowSchema.from_config(load_config().to_dict()["data"])
-
-
 
 
 def _dead_letter(examples_uri):
@@ -116,7 +116,9 @@ def test_a_mostly_bad_log_fails_and_leaves_nothing_a_rerun_trusts(tmp_path):
     # TFX removed what the failed executions wrote.
     assert glob.glob(os.path.join(config.pipeline_root, "ClickLogExampleGen", "examples", "*")) == []
 
-    tolerant = make_config(tmp_path, "data.max_quarantined_fraction=0.3")
+    # (A small log: its validation split may hold no conversion.)
+    tolerant = make_config(tmp_path, "data.max_quarantined_fraction=0.3",
+                           "data.min_split_positives=0")
     run_example_gen(tolerant, str(logs))
     assert int_props(latest(tolerant, "Examples"))["rows_quarantined"] == len(clicked[::4])
 
@@ -161,7 +163,7 @@ def test_parquet_nan_is_bad_but_null_is_missing(tmp_path):
     used, dead, counts = _parse(path, "parquet")
     assert counts["read"] == 3 and counts["used"] == 2 and counts["quarantined:duration"] == 1
     assert dead == [{"file": path, "row": 1, "reason": "field 'duration': nan is not finite"}]
-    assert "duration" not in tf.train.Example.FromString(used[0][1]).features.feature  # null
+    assert "duration" not in tf.train.Example.FromString(used[0].serialized).features.feature  # null
 
 
 def test_parquet_without_a_required_column_fails_naming_file_and_column(tmp_path):
@@ -188,3 +190,145 @@ def test_config_rejects_non_negative_columns_that_are_not_numeric():
         load_config(None, ["data.non_negative=[user_id]"])
     with pytest.raises(ConfigError, match="data.max_quarantined_fraction: 1.5"):
         load_config(None, ["data.max_quarantined_fraction=1.5"])
+
+
+# Issue 17: inputs that used to be lost, changed or reported without a file name.
+
+def test_a_parquet_list_is_quarantined_as_not_a_scalar(tmp_path):
+    frame = _clicked_rows(2)
+    path = str(tmp_path / "log.parquet")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    device = pa.array([["android", "zz"], ["ios"]], type=pa.list_(pa.string()))
+    table = table.set_column(table.schema.get_field_index("device"), "device", device)
+    pq.write_table(table, path)
+    used, dead, counts = _parse(path, "parquet")
+    assert counts["quarantined:device"] == 2 and used == []
+    assert dead[0]["reason"] == "field 'device': ['android', 'zz'] is not a scalar"
+
+
+def test_a_tfrecord_label_with_two_values_and_a_record_that_is_no_example(tmp_path):
+    frame = _clicked_rows(2)
+    (path,) = simulate.write(frame, str(tmp_path), fmt="tfrecord")
+    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    two = tf.train.Example.FromString(records[0])
+    two.features.feature["conversion"].int64_list.value[:] = [0, 1]
+    with tf.io.TFRecordWriter(path) as w:
+        for raw in (two.SerializeToString(), b"\xff\xfenot a proto", records[1]):
+            w.write(raw)
+    used, dead, counts = _parse(path, "tfrecord")
+    assert (counts["read"], counts["used"], counts["quarantined"]) == (3, 1, 2)
+    assert dead[0] == {"file": path, "row": 1,
+                       "reason": "field 'conversion': [0, 1] is not a scalar"}
+    assert dead[1]["row"] == 2 and dead[1]["reason"].startswith("not a tf.Example record")
+
+
+def test_broken_parquet_files_are_named_and_an_empty_one_is_counted(tmp_path):
+    path = str(tmp_path / "log.parquet")
+    _clicked_rows(50).to_parquet(path, index=False)
+    whole = open(path, "rb").read()
+    open(path, "wb").write(whole[: len(whole) // 2])
+    with pytest.raises(log_rows.LogFormatError, match=r"log.parquet: not a readable Parquet"):
+        _parse(path, "parquet")
+    open(path, "wb").write(b"")
+    assert _parse(path, "parquet")[2] == {"empty_files": 1}
+
+
+@pytest.mark.parametrize("name", ["_SUCCESS", ".part-0.parquet.crc", "_common_metadata"])
+def test_spark_side_files_are_skipped_and_counted(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\x00\x01 not a log")
+    assert _parse(str(path), "parquet") == ([], [], {"side_files": 1})
+
+
+@pytest.mark.e2e
+def test_damaged_csv_every_row_accounted_for_and_side_files_counted(tmp_path):
+    """Issue 17, items 1, 2, 6, 7, 8, 14 through ExampleGen: a BOM, TRUE/FALSE labels,
+    one latin-1 byte, a bid finite only in float64, Spark side files and a subfolder."""
+    frame = simulate.simulate(5000, seed=1)
+    clicked = frame.index[frame["click"] == 1]
+    _edit(frame, clicked[3], bid="1e39")
+    for column in ("click", "conversion"):
+        frame[column] = frame[column].map({0: "FALSE", 1: "TRUE"})
+    logs = tmp_path / "logs"
+    (path,) = simulate.write(frame, str(logs), fmt="csv")
+    data = open(path, "rb").read()
+    lines = data.split(b"\n")
+    target = clicked[10] + 1  # the CSV line of a clicked row
+    cells = lines[target].split(b",")
+    device = list(frame.columns).index("device")
+    cells[device] = cells[device] + b"\xe9"
+    lines[target] = b",".join(cells)
+    open(path, "wb").write(b"\xef\xbb\xbf" + b"\n".join(lines))
+    (logs / "_SUCCESS").write_bytes(b"")
+    (logs / ".part-0.csv.crc").write_bytes(b"\x00crc")
+    (logs / "2023").mkdir()
+    frame.head(10).to_csv(logs / "2023" / "old.csv", index=False)
+
+    config = make_config(tmp_path, "data.min_split_positives=0")  # a small log
+    run_example_gen(config, str(logs))
+    examples = latest(config, "Examples")
+    counts = int_props(examples)
+    assert counts["rows_read"] == 5000 == (counts["rows_used"] + counts["rows_unclicked"]
+                                           + counts["rows_quarantined"])
+    assert counts["rows_used"] == len(clicked) - 2
+    assert counts["rows_side_files"] == 2 and counts["rows_subfolder:2023"] == 1
+    assert sum(counts[f"rows_split:{s}"] for s in SPLITS) == counts["rows_used"]
+    dead = {d["row"]: d["reason"] for d in _dead_letter(examples.uri)}
+    assert dead == {clicked[3] + 1: "field 'bid': '1e39' is out of range of its stored type",
+                    clicked[10] + 1: "field 'device': b'" + frame.at[clicked[10], "device"]
+                    + "\\xe9' is not UTF-8 text"}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("damage, message", [
+    # One clicked row logged in milliseconds among seconds: the later splits are empty.
+    ("milliseconds", r"the validation split holds 0 rows with 0 positive 'conversion' labels; "
+                     r"each split needs data.min_split_rows=10 rows .*The split is by time: "
+                     r"data.time_column 'event_time' ranges from \d{10} to \d{13}"),
+    ("one_class", r"the label column 'conversion' has one class: all \d+ used rows are 0"),
+])
+def test_data_that_cannot_train_stops_at_example_gen(tmp_path, damage, message):
+    # Issue 17, items 11 and 12.
+    frame = simulate.simulate(3000, seed=6)
+    if damage == "milliseconds":
+        row = frame.index[frame["click"] == 1][5]
+        frame.at[row, "event_time"] = frame.at[row, "event_time"] * 1000
+    else:
+        frame["conversion"] = 0
+    simulate.write(frame, str(tmp_path / "logs"), fmt="csv")
+    with pytest.raises(ValueError, match=message):
+        run_example_gen(make_config(tmp_path), str(tmp_path / "logs"))
+
+
+DATA = load_config().to_dict()["data"]
+
+
+def _split_counts(**splits):
+    return {k: v for name, (rows, positives) in splits.items()
+            for k, v in ((f"split:{name}", rows), (f"split_positives:{name}", positives))}
+
+
+def test_the_splits_rule_names_the_time_column_and_its_range():
+    # All-equal timestamps put every row in the eval split.
+    counts = _split_counts(train=(0, 0), validation=(0, 0), eval=(500, 40))
+    with pytest.raises(DataError, match=r"the train split holds 0 rows .* data.time_column "
+                                        r"'event_time' ranges from 1700000000 to 1700000000"):
+        check_splits(counts, DATA, (1.7e9, 1.7e9))
+    with pytest.raises(DataError, match=r"the eval split holds 500 rows with 0 positive .*"
+                                        r"by a hash of each row"):
+        check_splits(_split_counts(train=(800, 9), validation=(200, 2), eval=(500, 0)), DATA, None)
+    check_splits(_split_counts(train=(800, 9), validation=(200, 2), eval=(500, 1)), DATA, None)
+    with pytest.raises(DataError, match="has one class: all 1500 used rows are 1"):
+        check_splits(_split_counts(train=(800, 800), validation=(200, 200), eval=(500, 500)),
+                     DATA, None)
+
+
+def test_the_rows_rule_counts_unclicked_rows_in_impression_space_only():
+    counts = {"read": 110, "used": 50, "unclicked": 50, "quarantined": 10}
+    with pytest.raises(DataError, match=r"10 of the 60 .* data.max_quarantined_fraction=0.05"
+                                        r".*\n  f.csv:3: bad"):
+        check_rows(counts, DATA, False, "logs", lambda: format_dead_rows(
+            [{"file": "f.csv", "row": 3, "reason": "bad"}]))
+    with pytest.raises(DataError, match="10 of the 110"):
+        check_rows(counts, DATA, True, "logs")
+    check_rows(counts, dict(DATA, max_quarantined_fraction=0.1), True, "logs")
