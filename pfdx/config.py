@@ -91,6 +91,11 @@ class DataConfig:
     # The run fails when more than this fraction of the rows that would be used
     # (used + quarantined) is quarantined: a drifted or misread log, not a few bad rows.
     max_quarantined_fraction: float = 0.05
+    # Each split (train / validation / eval) must hold at least this many rows and
+    # positive labels, else the run stops at ExampleGen naming the split: an AUC needs
+    # both classes, and an outlying timestamp can leave a time split nearly empty.
+    min_split_rows: int = 10
+    min_split_positives: int = 1
     # A curated TFDV schema (schema.pbtxt: absolute path or URI) that the data is
     # validated, transformed and trained against instead of the one SchemaGen infers
     # (TFX ImportSchemaGen). TFX caches the import by path: give an edited schema a
@@ -112,6 +117,16 @@ class DataConfig:
         if not 0.0 <= self.max_quarantined_fraction <= 1.0:
             raise ConfigError(f"data.max_quarantined_fraction: {self.max_quarantined_fraction} "
                               "is not in [0, 1]")
+        if "**" in self.file_pattern:
+            # TFX fingerprints ExampleGen's input with a glob where '**' does not recurse:
+            # an edited file below data.path would be served from cache.
+            raise ConfigError(f"data.file_pattern: {self.file_pattern!r}: '**' is not "
+                              "supported; name each folder level, e.g. '*/*.csv'")
+        if len(self.separator) != 1:
+            raise ConfigError(f"data.separator: {self.separator!r} is not one character")
+        for key, low in (("min_split_rows", 1), ("min_split_positives", 0)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"data.{key}: {getattr(self, key)} is below {low}")
         roles = self.columns
         numeric = roles.regular_numeric + roles.privileged
         unknown = [c for c in self.non_negative or () if c not in numeric]
@@ -145,6 +160,11 @@ class SelectionConfig:
 
 # Strategies trained on all impressions (models/strategies.py: `space`).
 IMPRESSION_SPACE_STRATEGIES = ("taml", "ukd_teacher", "ukd")
+# The names of models/strategies.py's STRATEGIES: the config cannot import TensorFlow,
+# and an unknown name must fail at load time, not at the Trainer (a test keeps both equal).
+STRATEGY_NAMES = ("none", "mtl", "kd", "focal_v1", "focal_v2", "layer_align", "kd_layer_align",
+                  "ha_pfd_v1", "ha_pfd_v2", "review_kd", "similarity_kd", "adversarial_kd",
+                  "ektf", "ha_pfd_v2_ektf", *IMPRESSION_SPACE_STRATEGIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,6 +339,9 @@ class PipelineConfig:
     def validate(self) -> "PipelineConfig":
         self.data.validate()
         self.compare.validate()
+        if self.model.strategy not in STRATEGY_NAMES:
+            raise ConfigError(f"model.strategy: {self.model.strategy!r} is not one of "
+                              f"{', '.join(sorted(STRATEGY_NAMES))}")
         if self.space == "impression" and self.data.columns.click is None:
             raise ConfigError(f"model.strategy: {self.model.strategy!r} trains on every "
                               "impression and needs data.columns.click")
