@@ -103,6 +103,43 @@ def _plot(buckets, path: str) -> None:
     plt.close(fig)
 
 
+_SIDE_COLUMNS = (("AUC", "student_auc"), ("ECE", "student_ece"),
+                 ("ECE before calibration", "uncalibrated_student_ece"), ("MCE", "student_mce"),
+                 ("pred avg", "student_pred_avg"), ("label avg", "label_avg"),
+                 ("epochs", "refit_epochs"))
+
+
+def _cell(metrics: dict, key) -> str:
+    if isinstance(key, tuple):
+        return " / ".join(_cell(metrics, k) for k in key)
+    value = metrics.get(key)
+    return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def _shipping_section(training: dict) -> list[str]:
+    """Teacher, distilled student and student alone side by side (eval split, the
+    Trainer's numbers), which one shipped and why, and the values tuning chose."""
+    if "shipped" not in training:  # TAML / UKD: one student, no gate
+        return []
+    sides = [("student alone (`none`)", training["student_alone"])]
+    if "distilled" in training:
+        sides.insert(0, ("distilled student", training["distilled"]))
+    lines = ["## Which student ships", "",
+             f"Shipped: **{training['shipped'].replace('_', ' ')}**: {training['ship_reason']}.",
+             "", "| model | " + " | ".join(c for c, _ in _SIDE_COLUMNS) + " | tuned values |",
+             "|" + " --- |" * (len(_SIDE_COLUMNS) + 2)]
+    if "teacher_auc" in training:
+        lines.append(f"| teacher | {training['teacher_auc']:.4f} |"
+                     + " - |" * (len(_SIDE_COLUMNS) + 0))
+    for name, side in sides:
+        lines.append(f"| {name} | " + " | ".join(_cell(side["metrics"], k) for _, k in _SIDE_COLUMNS)
+                     + f" | {json.dumps(side['chosen'], sort_keys=True) if side['chosen'] else 'configured values'} |")
+    lines += ["", "Each student's values were tuned on the validation split (every trial: "
+              "`metrics.json`, trainer_eval); ECE is after the post-hoc calibration "
+              "(evaluation.calibration).", ""]
+    return lines
+
+
 @tfx.dsl.components.component
 def EvaluationReport(
     evaluation: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
@@ -140,6 +177,14 @@ def EvaluationReport(
         summary["ukd_teacher_eval"] = teacher
     with open(os.path.join(report.uri, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
+    # What shipped and the tuned values, queryable in MLMD beside the lineage.
+    if "shipped" in training:
+        report.set_string_custom_property("shipped", training["shipped"])
+        report.set_string_custom_property("ship_reason", training["ship_reason"])
+        for side in ("distilled", "student_alone"):
+            if side in training:
+                report.set_string_custom_property(f"{side}_tuned_values", json.dumps(
+                    training[side]["chosen"], sort_keys=True))
 
     cols = ["slice", "example_count", "auc", "expected_calibration_error",
             "max_calibration_error", "mean_label", "mean_prediction"]
@@ -154,13 +199,14 @@ def EvaluationReport(
     for row in table:
         lines.append("| " + " | ".join(
             row["slice"] if c == "slice" else (f"{row[c]:.5f}" if c in row else "-") for c in cols) + " |")
-    for title, values in (("Teacher and student (Trainer, eval split)", training),
+    lines += ["", *_shipping_section(training)]
+    for title, values in (("Shipped student and teacher (Trainer, eval split)", training),
                           ("UKD's click-adaptive teacher (its Trainer, eval split)", teacher)):
         if values is None:
             continue
         lines += ["", f"## {title}", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.5f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                  for k, v in sorted(values.items())]
+                  for k, v in sorted(values.items()) if not isinstance(v, dict)]
     lines += ["", "![reliability diagram](reliability.png)", ""]
     with open(os.path.join(report.uri, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

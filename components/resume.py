@@ -43,5 +43,7 @@ def backup_dir(fn_args: tfx.components.FnArgs) -> str:
     return os.path.join(component_dir, BACKUP_DIR, fingerprint)
 
 
-def backup_and_restore(fn_args: tfx.components.FnArgs) -> tf.keras.callbacks.BackupAndRestore:
-    return tf.keras.callbacks.BackupAndRestore(backup_dir(fn_args))
+def backup_and_restore(fn_args: tfx.components.FnArgs,
+                       training: str) -> tf.keras.callbacks.BackupAndRestore:
+    """The backup of one of the run's trainings (a tuning trial, the baseline, ...)."""
+    return tf.keras.callbacks.BackupAndRestore(os.path.join(backup_dir(fn_args), training))

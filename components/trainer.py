@@ -1,13 +1,16 @@
 """The Trainer's `run_fn`: wires data, the chosen strategy's model, training and export.
 
 Everything it does is done elsewhere (features/, models/, serving/); it only wires:
-raw examples -> `models/training.py` (TFT layer, joint teacher/student model under a
-tf.distribute strategy, fit, teacher/student metrics; the same code `pfdx compare`
-trains with) plus checkpoints and TensorBoard -> training_metrics.json -> student export.
+raw examples of the train / validation / eval splits -> `models/champion.py` (the
+strategy tuned on validation and the student alone, each a `models/training.py` fit
+with early stopping and calibration; the baseline gate picks the shipped one; the
+same code `pfdx compare` trains with) plus checkpoints and TensorBoard ->
+training_metrics.json -> student export.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -17,8 +20,8 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 
 from pfdx.config import ConfigError, PipelineConfig, from_dict
-from pfdx.components import resume
-from pfdx.models import training
+from pfdx.components import resume, splits
+from pfdx.models import champion, training
 from pfdx.serving import export
 
 PIPELINE_CONFIG_KEY = "pipeline_config"
@@ -71,19 +74,30 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     config = _config(fn_args)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     strategy = distribution_strategy(config.model.distribution)
-    callbacks = [
-        tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
-        # Pre-emption: a re-run of a killed Trainer resumes from its last epoch.
-        resume.backup_and_restore(fn_args),
-    ]
-    result = training.fit_and_evaluate(
-        config, tf_transform_output, fn_args.data_accessor.tf_dataset_factory,
-        fn_args.train_files, fn_args.eval_files, strategy, callbacks,
-        pseudo_label_column=fn_args.custom_config.get(PSEUDO_LABEL_COLUMN_KEY))
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_METRICS_FILE), "w") as f:
-        json.dump(result.metrics, f, indent=2, sort_keys=True)
+    validation_files, eval_files = _by_split(fn_args.eval_files)
 
-    rows = _raw_examples(fn_args.eval_files, 64)
+    def callbacks(name: str) -> list[tf.keras.callbacks.Callback]:
+        return [
+            tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs", name)),
+            # Pre-emption: a re-run of a killed Trainer resumes from its last epoch.
+            resume.backup_and_restore(fn_args, name),
+        ]
+
+    fitter = training.Fitter(
+        tf_transform_output, fn_args.data_accessor.tf_dataset_factory,
+        training.Splits(fn_args.train_files, validation_files, eval_files), strategy, callbacks,
+        pseudo_label_column=fn_args.custom_config.get(PSEUDO_LABEL_COLUMN_KEY))
+    if config.space == "click":
+        _, privileged = training.vocabularies(config, tf_transform_output)
+        winner = champion.train_champion(config, fitter, bool(privileged), logging.info)
+        result, metrics = winner.shipped, winner.metrics()
+    else:  # TAML / UKD: see models/champion.py
+        result = fitter.fit_and_evaluate(config, config.model.strategy)
+        metrics = result.metrics
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_METRICS_FILE), "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True, default=float)
+
+    rows = _raw_examples(eval_files, 64)
     regular = config.data.columns.regular
     student = result.model.student_model()
     export.export_student(student, tf_transform_output, regular, fn_args.serving_model_dir,
@@ -91,6 +105,17 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     # Fails the Trainer (nothing to bless or push) if the SavedModel serves differently.
     export.check_export(student, tf_transform_output, regular, fn_args.serving_model_dir, rows,
                         os.path.join(fn_args.model_run_dir, export.EXPORT_CHECK_FILE))
+
+
+def _by_split(file_patterns: list[str]) -> tuple[list[str], list[str]]:
+    """The Trainer's eval files (`EvalArgs(splits=[validation, eval])`) by split, from
+    TFX's `.../Split-<name>/*` patterns."""
+    by_split = {name: [p for p in file_patterns if f"Split-{name}" in p]
+                for name in (splits.VALIDATION, splits.EVAL)}
+    missing = [name for name, files in by_split.items() if not files]
+    if missing:
+        raise ValueError(f"the Trainer's eval files {file_patterns} lack the split(s) {missing}")
+    return by_split[splits.VALIDATION], by_split[splits.EVAL]
 
 
 def _raw_examples(file_patterns: list[str], n: int) -> list[bytes]:

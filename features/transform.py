@@ -7,6 +7,9 @@ Every model input is an int64 id in [0, vocab) (models.layers.FeatureEmbeddings)
 - privileged: the selection artifact's discretisation — continuous z >= threshold
   -> 1, discrete flag -> 0/1, OR-groups combined — missing -> 2. Their outputs are
   named with PRIVILEGED_PREFIX so the Trainer can split the two sides by name.
+  A continuous one is also emitted as `privileged_buckets` quantile buckets of its
+  value (missing -> an extra id) under QUANTILE_PREFIX: the teacher reads one of
+  the two encodings (`model.privileged_encoding`, `privileged_vocab`).
 Labels pass through as int64: the conversion, and in impression space (TAML / UKD)
 the click.
 
@@ -22,6 +25,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 PRIVILEGED_PREFIX = "privileged__"
+QUANTILE_PREFIX = "privileged_q__"
 PRIVILEGED_VOCAB = 3  # 0, 1, missing
 
 
@@ -35,6 +39,7 @@ def regular_config(config) -> dict[str, Any]:
         "regular_numeric": list(roles.regular_numeric),
         "hash_buckets": config.model.hash_buckets,
         "numeric_buckets": config.model.numeric_buckets,
+        "privileged_buckets": config.model.privileged_buckets,
     }
 
 
@@ -52,12 +57,26 @@ def privileged_config(selection: Mapping[str, Any]) -> dict[str, Any]:
     return privileged
 
 
-def feature_vocab(custom_config: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
-    """(regular, privileged) transformed feature name -> number of ids."""
+def feature_vocab(custom_config: Mapping[str, Any]) -> dict[str, int]:
+    """Regular transformed feature name -> number of ids."""
     regular = {n: custom_config["hash_buckets"] for n in custom_config["regular_categorical"]}
     regular.update({n: custom_config["numeric_buckets"] + 1 for n in custom_config["regular_numeric"]})
-    privileged = {PRIVILEGED_PREFIX + n: PRIVILEGED_VOCAB for n in custom_config["privileged"]}
-    return regular, privileged
+    return regular
+
+
+def privileged_vocab(transformed_names, encoding: str, buckets: int) -> dict[str, int]:
+    """The teacher's privileged inputs -> number of ids, among the Transform's
+    outputs `transformed_names`: every selected feature's Eq. 8 flag (`binary`), or
+    with `quantiles` its quantile buckets in place of the flag where it has them."""
+    names = set(transformed_names)
+    vocab = {}
+    for name in sorted(n for n in names if n.startswith(PRIVILEGED_PREFIX)):
+        quantile = QUANTILE_PREFIX + name[len(PRIVILEGED_PREFIX):]
+        if encoding == "quantiles" and quantile in names:
+            vocab[quantile] = buckets + 1
+        else:
+            vocab[name] = PRIVILEGED_VOCAB
+    return vocab
 
 
 def _dense(x: tf.Tensor | tf.SparseTensor, default: Any) -> tf.Tensor:
@@ -73,6 +92,14 @@ def _present(x: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
         ones = tf.SparseTensor(x.indices, tf.ones_like(x.values, tf.int64), [x.dense_shape[0], 1])
         return tf.reshape(tf.sparse.to_dense(ones), [-1]) > 0
     return tf.ones(tf.shape(tf.reshape(x, [-1])), tf.bool)
+
+
+def _quantile_ids(raw: tf.Tensor | tf.SparseTensor, n_buckets: int) -> tf.Tensor:
+    """Quantile bucket ids in [0, n_buckets) of the present values (the quantiles
+    are of those only); a missing value gets id n_buckets."""
+    present = _present(raw)
+    buckets = tft.bucketize(_dense(raw, 0.0), n_buckets, weights=tf.cast(present, tf.float32))
+    return tf.where(present, buckets, tf.constant(n_buckets, tf.int64))
 
 
 def _privileged_flag(inputs, spec: Mapping[str, Any]) -> tf.Tensor:
@@ -93,16 +120,14 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
     outputs: dict[str, tf.Tensor] = {}
     for name in custom_config["regular_categorical"]:
         outputs[name] = tft.hash_strings(_dense(inputs[name], ""), custom_config["hash_buckets"])
-    n_buckets = custom_config["numeric_buckets"]
     for name in custom_config["regular_numeric"]:
-        raw = inputs[name]
-        present = _present(raw)
-        x = _dense(raw, 0.0)
-        # quantiles of the present values only: missing rows get their own id
-        buckets = tft.bucketize(x, n_buckets, weights=tf.cast(present, tf.float32))
-        outputs[name] = tf.where(present, buckets, tf.constant(n_buckets, tf.int64))
+        outputs[name] = _quantile_ids(inputs[name], custom_config["numeric_buckets"])
     for name, spec in custom_config["privileged"].items():
         outputs[PRIVILEGED_PREFIX + name] = _privileged_flag(inputs, spec)
+        (first, *others) = spec["members"]
+        if not others and first in spec["thresholds"]:  # a continuous signal
+            outputs[QUANTILE_PREFIX + name] = _quantile_ids(
+                inputs[first], custom_config["privileged_buckets"])
     for label in (custom_config["label"], custom_config["click"]):
         if label is not None:
             outputs[label] = tf.cast(_dense(inputs[label], 0), tf.int64)

@@ -13,7 +13,8 @@ One optimizer step minimises, per example and averaged over the global batch,
     L_task(teacher) + L_task(student) + sum of the strategy's terms,
 so teacher, student and the strategy's nets train together, online (Algorithm 1).
 The regular-feature embeddings belong to the student and are shared with the
-teacher, whose input is [regular embeddings, privileged embeddings].
+teacher (paper §3.1; `model.share_embeddings`), whose input is [regular
+embeddings, privileged embeddings].
 
 Built on tensorflow-recommenders: `tfrs.Model.train_step` differentiates
 `compute_loss`, and two `tfrs.tasks.Ranking` tasks hold the task losses and the
@@ -32,6 +33,7 @@ import tensorflow_recommenders as tfrs
 
 from pfdx.config import ModelConfig
 from pfdx.models import metrics
+from pfdx.models.calibration import PlattCalibration
 from pfdx.models.distributed import global_batch_size
 from pfdx.models.heads import CTR, HeadOutputs
 from pfdx.models.layers import FeatureEmbeddings, Tower
@@ -50,14 +52,17 @@ class Student(tf.keras.Model):
     """What is served: regular-feature embeddings -> (optional encoder) -> tower.
 
     `call` takes a dict holding the regular features (other keys are ignored) and
-    returns the CVR probability, shape [B]. A strategy may replace the tower with a
-    multi-output head (`head`, returning `heads.HeadOutputs`); `embeddings` lets a
-    serving copy share the trained tables (`with_head`)."""
+    returns the CVR probability, shape [B], through the post-hoc `calibration`
+    (the identity until it is fitted; training losses read the raw logit of
+    `forward`). A strategy may replace the tower with a multi-output head (`head`,
+    returning `heads.HeadOutputs`); `embeddings` and `calibration` let a serving copy
+    share the trained weights (`with_head`)."""
 
     def __init__(self, config: ModelConfig, regular_vocab: Mapping[str, int],
                  encoder: tf.keras.layers.Layer | None = None,
                  head: tf.keras.layers.Layer | None = None,
-                 embeddings: FeatureEmbeddings | None = None, **kwargs):
+                 embeddings: FeatureEmbeddings | None = None,
+                 calibration: PlattCalibration | None = None, **kwargs):
         super().__init__(**kwargs)
         self.model_config = config
         self.embeddings = embeddings if embeddings is not None else FeatureEmbeddings(
@@ -65,11 +70,13 @@ class Student(tf.keras.Model):
         self.encoder = encoder
         self.tower = head if head is not None else Tower(
             config.hidden_units, 1, config.smelu_beta, config.init_stddev, name="student_tower")
+        self.calibration = calibration if calibration is not None else PlattCalibration(
+            name="calibration")
 
     def with_head(self, head: tf.keras.layers.Layer) -> "Student":
-        """A student with these embeddings and encoder and another head."""
+        """A student with these embeddings, encoder and calibration and another head."""
         return Student(self.model_config, self.embeddings.ids.vocab_sizes, self.encoder, head,
-                       self.embeddings, name=self.name)
+                       self.embeddings, self.calibration, name=self.name)
 
     def forward(self, features: Mapping[str, tf.Tensor], training=None) -> StudentOutputs:
         embedded = self.embeddings(features)
@@ -80,13 +87,17 @@ class Student(tf.keras.Model):
             head = HeadOutputs(*head)
         return StudentOutputs(embedded, head.logit, head.latents, auxiliary, head.heads)
 
+    def served_cvr(self, logit: tf.Tensor) -> tf.Tensor:
+        """The served CVR [B] from a [B, 1] student logit: calibrated, then sigmoid."""
+        return tf.sigmoid(tf.reshape(self.calibration(logit), [-1]))
+
     def call(self, features, training=None):
-        return tf.sigmoid(tf.reshape(self.forward(features, training).logit, [-1]))
+        return self.served_cvr(self.forward(features, training).logit)
 
     def predictions(self, features) -> dict[str, tf.Tensor]:
         """Served probabilities, [B] each: "cvr", and "ctr" when the head has a CTR logit."""
         out = self.forward(features)
-        probs = {"cvr": tf.sigmoid(tf.reshape(out.logit, [-1]))}
+        probs = {"cvr": self.served_cvr(out.logit)}
         if CTR in out.heads:
             probs[CTR] = tf.sigmoid(tf.reshape(out.heads[CTR], [-1]))
         return probs
@@ -127,6 +138,12 @@ class JointModel(tfrs.Model):
         # train the shared regular embeddings with privileged information.
         self.has_teacher = self.strategy.uses_teacher
         if self.has_teacher:
+            # Its own regular tables (`model.share_embeddings` off): then neither the
+            # student's distillation terms nor the teacher's task loss reach the
+            # other side's embeddings.
+            self.teacher_regular_embeddings = None if config.share_embeddings else (
+                FeatureEmbeddings(regular_vocab, config.embedding_dim, config.init_stddev,
+                                  name="teacher_regular_embeddings"))
             self.privileged_embeddings = FeatureEmbeddings(
                 privileged_vocab, config.embedding_dim, config.init_stddev,
                 name="privileged_embeddings")
@@ -139,8 +156,10 @@ class JointModel(tfrs.Model):
         if not self.has_teacher:
             return Outputs(student.logit, student.latents, auxiliary=student.auxiliary,
                            student_heads=student.heads)
+        regular = (student.embedded if self.teacher_regular_embeddings is None
+                   else self.teacher_regular_embeddings(features))
         teacher_logit, teacher_latents = self.teacher_tower(
-            tf.concat([student.embedded, self.privileged_embeddings(features)], axis=-1))
+            tf.concat([regular, self.privileged_embeddings(features)], axis=-1))
         return Outputs(student.logit, student.latents, teacher_logit, teacher_latents,
                        student.auxiliary, student.heads)
 
@@ -150,7 +169,7 @@ class JointModel(tfrs.Model):
         """{"student": p_s, "teacher": p_t} CVR probabilities, [B] each ("teacher"
         only when the strategy has one; "ctr" when the student has a CTR head)."""
         out = self.forward(features)
-        probs = {"student": tf.sigmoid(tf.reshape(out.student_logit, [-1]))}
+        probs = {"student": self.student.served_cvr(out.student_logit)}
         if self.has_teacher:
             probs["teacher"] = tf.sigmoid(tf.reshape(out.teacher_logit, [-1]))
         if CTR in out.student_heads:
@@ -198,6 +217,42 @@ class JointModel(tfrs.Model):
             self.distillation_loss.update_state(tf.add_n(list(distillation.values())))
         return {**terms, **distillation}
 
+    def teacher_variables(self) -> list[tf.Variable]:
+        """What only the teacher's task loss trains: its tower and its own tables."""
+        if not self.has_teacher:
+            return []
+        parts = [self.teacher_tower, self.privileged_embeddings,
+                 self.teacher_regular_embeddings]
+        return [v for part in parts if part is not None for v in part.trainable_variables]
+
+    def train_step(self, inputs):
+        """tfrs' step, with the gradient clip (appendix A: 600) applied to the
+        teacher's gradients and to the rest *separately*, each by its own global norm,
+        after the replicas' gradients are summed. One clip over both would let a
+        large distillation term (Eq. 5's sum over 384 dimensions) shrink the
+        teacher's update: on KuaiRand, alignment weight 10 under one clip left the
+        teacher constant (validation AUC 0.5) where it otherwise reaches 0.92
+        (README "How a run picks the student it ships")."""
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in self.losses])
+            total_loss = loss + regularization_loss
+        variables = self.trainable_variables
+        pairs = self.optimizer.aggregate_gradients(
+            list(zip(tape.gradient(total_loss, variables), variables)))
+        teacher = {v.ref() for v in self.teacher_variables()}
+        clipped = {}
+        for side in (True, False):
+            group = [(g, v) for g, v in pairs if g is not None and (v.ref() in teacher) == side]
+            if group:
+                grads, _ = tf.clip_by_global_norm([g for g, _ in group], self.config.clipnorm)
+                clipped.update((v.ref(), g) for g, (_, v) in zip(grads, group))
+        self.optimizer.apply_gradients(
+            [(clipped.get(v.ref()), v) for _, v in pairs], skip_gradients_aggregation=True)
+        metrics = {metric.name: metric.result() for metric in self.metrics}
+        metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+        return metrics
+
     # Plain graph code (no tensor-dependent Python control flow): without autograph's
     # source transforms of every nested layer, the first train step traces in about
     # a third of the time.
@@ -222,12 +277,10 @@ def split_labels(labels) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
 
 
 def make_optimizer(config: ModelConfig) -> tf.keras.optimizers.Optimizer:
-    """Appendix A: Adam, lr 0.0025, weight decay 0.001, gradient clip 600. The clip
-    is on the global norm of all gradients (TF1's clip_by_global_norm), after the
-    replicas' gradients are summed, so it acts the same on any number of replicas."""
+    """Appendix A: Adam, lr 0.0025, weight decay 0.001. Its gradient clip (600) is
+    applied by `JointModel.train_step`, per side."""
     return tf.keras.optimizers.Adam(learning_rate=config.learning_rate,
-                                    weight_decay=config.weight_decay,
-                                    global_clipnorm=config.clipnorm)
+                                    weight_decay=config.weight_decay)
 
 
 def build_model(config: ModelConfig, regular_vocab: Mapping[str, int],

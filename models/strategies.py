@@ -21,7 +21,7 @@ term carries `align_weight`; the baselines use appendix A's weights.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -237,15 +237,21 @@ EXAM_DECAY = 0.99
 
 class EnsembleDistillation(Strategy):
     """`ektf` (Ensemble Knowledge Transfer, paper 001): `ektf_heads` student towers
-    on the shared regular embeddings. Their mean logit is the abstract teacher and
-    the served prediction. Per example (Eq. 6):
+    on the shared regular embeddings. Their mean probability p_t = mean_k p_k is
+    the abstract teacher (EKTF Eq. 2: y_t = Mean(y_s,1..k), a mean of predictions)
+    and the served prediction (the ensemble's logit is that of p_t). Per example
+    (EKTF Eq. 6):
         heads_task = mean_k BCE(y, p_k),
-        ektf_kd    = sum_k lambda_k (p_t - p_k)^2,    lambda = softmin(S),
-        ektf_dml   = mean_k sum_{l != k} mu_kl (p_l - p_k)^2,  mu_k = softmax_l(S_l - S_k),
-    with exam scores S_k = 1 - mean |y - p_k| over the global batch; teacher and
-    peers are constants in head k's terms. Alone it has no privileged teacher;
-    combined (`ha_pfd_v2_ektf`) the privileged teacher distils into the ensemble
-    (the served logit and the heads' concatenated latents).
+        ektf_kd    = sum_k lambda_k (p_t - p_k)^2,    lambda = softmin(S)  (Eq. 2, 5),
+        ektf_dml   = mean_k sum_{l != k} mu_kl (p_l - p_k)^2,  mu_k = softmax_l(S_l - S_k)
+                                                                          (Eq. 3, 5),
+    with exam scores S_k = 1 - mean |y - p_k| over the global batch (EKTF Eq. 4);
+    teacher and peers are constants in head k's terms. Eq. 4 is followed as written,
+    so a larger S_k is a better head; the paper's sentence after it ("a smaller S_k
+    indicates better learning progress") contradicts the formula and Eq. 5's use of
+    it. Alone it has no privileged teacher; combined (`ha_pfd_v2_ektf`) the
+    privileged teacher distils into the ensemble (the served logit and the heads'
+    concatenated latents).
 
     Serving (`ektf_serve`): the ensemble, or the one head with the best running
     exam score over training (the paper's cheaper option)."""
@@ -261,7 +267,7 @@ class EnsembleDistillation(Strategy):
             raise ValueError(f"model.ektf_serve: {config.ektf_serve!r} is not ensemble or best")
         self.heads = heads_lib.EnsembleHeads(
             [self._tower(config.hidden_units, 1, f"student_head_{k}")
-             for k in range(config.ektf_heads)], name="student_heads")
+             for k in range(config.ektf_heads)], fusion="probability", name="student_heads")
         # Replicas hold the same value: the scores come from the gathered batch.
         self.exam_average = self.add_weight(
             "exam_average", shape=[config.ektf_heads], initializer="zeros", trainable=False,
@@ -318,14 +324,22 @@ class _ImpressionNetwork(Strategy):
 
 class TaskAdaptiveMultiLearner(_ImpressionNetwork):
     """`taml` (Task Adaptive Multi-Learner, paper 004), impression space: the
-    student is TAML's network (heads.TaskAdaptiveLearners: experts, gates, n
-    learners per task fused by averaging logits). Per impression (Eq. 6):
-        ctr_task   = BCE(y_click, p_ctr),
-        ctcvr_task = BCE(y_click * y_conv, p_ctr * p_cvr),
-        ctr_self_kd = alpha * sum_l KD(p_ctr -> p_ctr^l),
-        cvr_self_kd = beta  * sum_l KD(p_cvr -> p_cvr^l),
+    student is TAML's network (heads.TaskAdaptiveLearners: experts, gates (TAML
+    Eq. 1), n learners per task fused by averaging logits, §2.3). Per impression
+    (TAML Eq. 6):
+        ctr_task   = BCE(y_click, p_ctr),                        (Eq. 4)
+        ctcvr_task = BCE(y_click * y_conv, p_ctr * p_cvr),       (Eq. 5)
+        ctr_self_kd = alpha * sum_l KD(p_ctr -> p_ctr^l),        (Eq. 2)
+        cvr_self_kd = beta  * sum_l KD(p_cvr -> p_cvr^l),        (Eq. 3)
     the fused outputs fixed in the self-distillation. No privileged teacher.
-    Serves the fused CVR (and the fused CTR with `serve_ctr`)."""
+    Serves the fused CVR (and the fused CTR with `serve_ctr`).
+
+    Towers: the paper's learners are 64/32/1 ReLU MLPs (§3.1, with lr 1e-3, batch
+    2000, L2 1e-6); by default pfdx's are HA-PFD's `hidden_units` SmeLU towers, so
+    every strategy of a comparison has the same capacity and activation. The
+    paper's shape is `taml_hidden_units: [64, 32]`, `taml_activation: relu` away
+    (and learning_rate / batch_size; pfdx has Adam's decoupled weight_decay, not an
+    L2 term)."""
 
     network_factory = staticmethod(heads_lib.task_adaptive_learners)
 
@@ -344,12 +358,15 @@ class TaskAdaptiveMultiLearner(_ImpressionNetwork):
 
 class ClickAdaptiveTeacher(Strategy):
     """`ukd_teacher` (UKD stage 1, paper 003 §3.1), impression space: the student
-    model is the click-adaptive teacher T_f + T_p, trained on clicked rows' labels
-    (the model's student task, weighted by the click) while a click discriminator
-    T_d on its last hidden layer learns clicked vs unclicked through a gradient
-    reversal (Eq. 7), which pushes T_f to make the two indistinguishable. Its
-    exported student pseudo-labels unclicked impressions
-    (models/impressions.py `with_pseudo_labels`)."""
+    model is the click-adaptive teacher T_f + T_p (a tower of `ukd_hidden_units`),
+    trained on clicked rows' labels (UKD Eq. 6: the model's student task, weighted
+    by the click) while a click discriminator T_d on its last hidden layer learns
+    clicked vs unclicked through a gradient reversal (UKD Eq. 7), which pushes T_f
+    to make the two indistinguishable. It trains on every clicked row and, by
+    default, as many unclicked ones (`ukd_unclicked_rate: null`: the rate comes
+    from the observed CTR; appendix A.1's 1 : 1). Its exported student
+    pseudo-labels unclicked impressions (models/impressions.py
+    `with_pseudo_labels`)."""
 
     uses_teacher = False
     space = "impression"
@@ -358,6 +375,11 @@ class ClickAdaptiveTeacher(Strategy):
         super().__init__(config, privileged_vocab, **kwargs)
         self.reversal = heads_lib.GradientReversal(config.ukd_reversal_scale)
         self.discriminator = self._tower(config.adversarial_hidden_units, 1, "click_discriminator")
+        self.tower = self._tower(heads_lib.ukd_hidden_units(config), 1, "student_tower")
+
+    @property
+    def student_head(self):
+        return self.tower
 
     def call(self, outputs, features, labels, step, side):
         scores = self.discriminator(self.reversal(outputs.student_latents[-1]))[0]
@@ -367,15 +389,24 @@ class ClickAdaptiveTeacher(Strategy):
 class UncertaintyDistillation(_ImpressionNetwork):
     """`ukd` (UKD stage 2, paper 003 §3.2), impression space: labels carry the
     teacher's `pseudo_label` for every row. The student (heads.TwinDropoutHeads)
-    has two dropout CVR heads p, p' and a CTR tower. Per impression (Eq. 9-12),
-    with both heads' losses averaged:
-        cvr_click   = click * BCE(y_conv, p),
-        cvr_unclick = alpha * (1 - click) * exp(-lambda * KL(p || p')) * BCE(p_T, p),
-        uncertainty = (1 - click) * KL(p || p'),
-        ctr_task    = gamma * BCE(y_click, p_ctr).
-    The weight keeps its gradient, as in the paper: the KL term is what stops the
-    heads from disagreeing to silence the pseudo-labels. Serves the mean of the two
-    CVR heads' logits (and the CTR with `serve_ctr`)."""
+    has two dropout CVR heads p, p' (UKD Eq. 11) and a CTR tower. Per impression,
+    the two heads treated equally and their losses *summed* (appendix A.1: L_CVR
+    "also contains the symmetrical terms"):
+        cvr_click   = click * (BCE(y_conv, p) + BCE(y_conv, p')),           (Eq. 9)
+        cvr_unclick = alpha * (1 - click) * (exp(-lambda KL(p || p')) BCE(p_T, p)
+                                 + exp(-lambda KL(p' || p)) BCE(p_T, p')),  (Eq. 12, A.1)
+        uncertainty = (1 - click) * KL(p || p'),          (the regulariser after Eq. 12)
+        ctr_task    = gamma * BCE(y_click, p_ctr).                          (Eq. 10)
+    Each head's weight uses the KL from its own prediction (Eq. 12 for p, A.1 for
+    p'); the regulariser is the one KL §3.2.2 writes. The weight keeps its
+    gradient, as in the paper: the KL term is what stops the heads from disagreeing
+    to silence the pseudo-labels. Serves the mean of the two CVR heads'
+    probabilities, (p + p') / 2 (appendix A.1; and the CTR with `serve_ctr`).
+
+    Towers: the paper's are [1024, 512, 256] + a linear predictor (with lr 0.005,
+    batch 128); by default pfdx's are HA-PFD's `hidden_units`, so every strategy of
+    a comparison has the same capacity. The paper's shape is `ukd_hidden_units:
+    [1024, 512, 256]` away (and learning_rate / batch_size)."""
 
     network_factory = staticmethod(heads_lib.twin_dropout_heads)
 
@@ -386,14 +417,14 @@ class UncertaintyDistillation(_ImpressionNetwork):
                              "(models/impressions.py with_pseudo_labels)")
         click, pseudo = side[CLICK], side[PSEUDO_LABEL]
         p, p_ = (heads[head_key("cvr", i)] for i in range(2))
-        kl = tf.reshape(losses.bernoulli_kl(p, p_), [-1])
+        kl, kl_ = (tf.reshape(losses.bernoulli_kl(a, b), [-1]) for a, b in ((p, p_), (p_, p)))
         unclicked = 1.0 - tf.reshape(click, [-1])
         # Soft-label BCE: the pseudo-label is a probability, and data (no gradient).
-        distilled = (_bce(pseudo, p) + _bce(pseudo, p_)) / 2.0
+        distilled = (tf.exp(-c.ukd_uncertainty_scale * kl) * _bce(pseudo, p)
+                     + tf.exp(-c.ukd_uncertainty_scale * kl_) * _bce(pseudo, p_))
         return {
-            "cvr_click": tf.reshape(click, [-1]) * (_bce(labels, p) + _bce(labels, p_)) / 2.0,
-            "cvr_unclick": c.ukd_pseudo_weight * unclicked
-            * tf.exp(-c.ukd_uncertainty_scale * kl) * distilled,
+            "cvr_click": tf.reshape(click, [-1]) * (_bce(labels, p) + _bce(labels, p_)),
+            "cvr_unclick": c.ukd_pseudo_weight * unclicked * distilled,
             "uncertainty": unclicked * kl,
             "ctr_task": c.ukd_ctr_weight * _bce(click, heads[CTR]),
         }
@@ -460,6 +491,52 @@ STRATEGIES: dict[str, Callable[[ModelConfig, Mapping[str, int]], Strategy]] = {
     "ukd_teacher": ClickAdaptiveTeacher,
     "ukd": UncertaintyDistillation,
 }
+
+
+# The ModelConfig fields weighting each strategy's own loss terms: per-run tuning
+# (models/tuning.py) varies these, and all of them at 0 is "no distillation".
+TERM_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "mtl": ("mtl_weight",),
+    "kd": ("lam",),
+    "focal_v1": ("lam", "gamma"),
+    "focal_v2": ("lam", "gamma"),
+    "layer_align": ("align_weight",),
+    "kd_layer_align": ("align_weight", "lam"),
+    "ha_pfd_v1": ("align_weight", "lam", "gamma"),
+    "ha_pfd_v2": ("align_weight", "lam", "gamma"),
+    "review_kd": ("review_weight",),
+    "similarity_kd": ("similarity_weight",),
+    "adversarial_kd": ("adversarial_weight",),
+    "ektf": (),
+    "ha_pfd_v2_ektf": ("align_weight", "lam", "gamma"),
+    "taml": ("taml_alpha", "taml_beta"),
+    "ukd_teacher": ("ukd_reversal_scale",),
+    "ukd": ("ukd_pseudo_weight", "ukd_uncertainty_scale"),
+}
+# Strategies whose nets read the privileged inputs (a teacher, MTL's targets).
+READS_PRIVILEGED = frozenset(STRATEGIES) - {"none", "taml", "ukd_teacher", "ukd"}
+# 0 for a weight a strategy does not use is "off"; gamma is an exponent, not a weight.
+_NOT_A_WEIGHT = {"gamma"}
+
+
+def tuned_fields(strategy: str) -> tuple[str, ...]:
+    """What per-run tuning may vary for `strategy`: its term weights, the privileged
+    encoding (when it reads privileged inputs), whether a teacher shares the
+    student's embeddings, and the learning rate."""
+    privileged = ("privileged_encoding",) * (strategy in READS_PRIVILEGED)
+    teacher = ("share_embeddings",) * (strategy in READS_PRIVILEGED and strategy != "mtl")
+    return TERM_WEIGHTS[strategy] + privileged + teacher + ("learning_rate",)
+
+
+def no_distillation(strategy: str) -> dict[str, Any]:
+    """The point where nothing privileged reaches `strategy`'s student: every weight
+    of its terms 0 and, with a teacher, no shared embeddings (the student then
+    trains exactly as it would alone, beside an independent teacher)."""
+    point: dict[str, Any] = {f: 0.0 for f in TERM_WEIGHTS[strategy] if f not in _NOT_A_WEIGHT}
+    if "share_embeddings" in tuned_fields(strategy):
+        point["share_embeddings"] = False
+    return point
 
 
 def make_strategy(config: ModelConfig, privileged_vocab: Mapping[str, int]) -> Strategy:

@@ -1,13 +1,15 @@
 """Fit the joint model on Transform-ed data and evaluate it: the one training loop.
 
-The pipeline's Trainer (`components/trainer.py` `run_fn`) and `pfdx compare`
-(`pipeline/compare.py`) both call `fit_and_evaluate`; they differ only in where the
-raw tf.Examples come from and what happens to the model afterwards. Data path:
+The pipeline's Trainer (`components/trainer.py` `run_fn`, through
+`models/champion.py`) and `pfdx compare` (`pipeline/compare.py`) both train with a
+`Fitter`; they differ only in where the raw tf.Examples come from and what happens
+to the model afterwards. Data path:
 raw tf.Example files -> a `DatasetFactory` (TFX's `data_accessor.tf_dataset_factory`
 in the Trainer, tfx-bsl's `TFExampleRecord` in compare; the former is built on the
 latter) -> the Transform graph's TFT layer -> (features, labels) batches ->
-`build_model` under a tf.distribute strategy -> `model.fit` -> predictions on the
-evaluation files -> `summarize` with the numpy metrics of `models/metrics.py`.
+`build_model` under a tf.distribute strategy -> `model.fit` with early stopping on
+the validation split -> calibration -> (refit on train + validation) -> predictions
+on the eval split -> `summarize` with the numpy metrics of `models/metrics.py`.
 
 Impression space (`PipelineConfig.space`, TAML / UKD): the examples hold every
 impression, the labels are a dict {label, click} (models/model.py), and the CVR
@@ -31,14 +33,14 @@ from tfx_bsl.public import tfxio
 
 from pfdx.config import ModelConfig, PipelineConfig
 from pfdx.features import transform
-from pfdx.models import impressions
+from pfdx.models import calibration, impressions
 from pfdx.models import metrics as model_metrics
 from pfdx.models.heads import CTR
 from pfdx.models.model import JointModel, build_model
 from pfdx.models.strategies import CLICK, LABEL, PSEUDO_LABEL
 
-# Rows in the shuffle buffer: tfx-bsl's default for TFXIO datasets.
-SHUFFLE_BUFFER_ROWS = tfxio.TensorFlowDatasetOptions(batch_size=1).shuffle_buffer_size
+# Early stopping watches the served student's ranking on the validation split.
+VALIDATION_METRIC = "student_auc"
 
 # (file patterns, options, raw schema) -> batches of raw feature dicts.
 DatasetFactory = Callable[[list[str], tfxio.TensorFlowDatasetOptions, schema_pb2.Schema],
@@ -84,19 +86,23 @@ class Predictions:
 
 @dataclasses.dataclass
 class Result:
+    """A trained model, its predictions on the eval files (None without them) and
+    its metrics (see `Fitter`)."""
+
     model: JointModel
-    predictions: Predictions
+    predictions: Predictions | None
     metrics: dict[str, float]
 
 
 def vocabularies(config: PipelineConfig,
                  tf_transform_output: tft.TFTransformOutput) -> tuple[dict[str, int], dict[str, int]]:
     """(regular, privileged) model input -> number of ids. The privileged inputs are
-    whatever the Transform emitted under PRIVILEGED_PREFIX (the selection's choice)."""
-    regular, _ = transform.feature_vocab(dict(transform.regular_config(config), privileged={}))
-    privileged = {k: transform.PRIVILEGED_VOCAB
-                  for k in sorted(tf_transform_output.transformed_feature_spec())
-                  if k.startswith(transform.PRIVILEGED_PREFIX)}
+    whatever the Transform emitted for the selection's choice, in the configured
+    encoding (`model.privileged_encoding`)."""
+    regular = transform.feature_vocab(transform.regular_config(config))
+    privileged = transform.privileged_vocab(tf_transform_output.transformed_feature_spec(),
+                                            config.model.privileged_encoding,
+                                            config.model.privileged_buckets)
     return regular, privileged
 
 
@@ -140,9 +146,7 @@ def transformed_dataset(factory: DatasetFactory, files: Sequence[str],
     schema = tf_transform_output.raw_metadata.schema
     if pseudo_label_column is not None:
         schema = with_pseudo_label_column(schema, pseudo_label_column)
-    raw = factory(list(files), tfxio.TensorFlowDatasetOptions(
-        batch_size=m.batch_size, shuffle=shuffle, shuffle_seed=m.seed, num_epochs=1,
-        drop_final_batch=False), schema)
+    raw = factory(list(files), dataset_options(files, m, shuffle), schema)
     tft_layer = tf_transform_output.transform_features_layer()
 
     def apply(features):
@@ -158,6 +162,30 @@ def transformed_dataset(factory: DatasetFactory, files: Sequence[str],
         return out, y
 
     return raw.map(apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def dataset_options(files: Sequence[str], m: ModelConfig,
+                    shuffle: bool) -> tfxio.TensorFlowDatasetOptions:
+    """One pass in batches of `model.batch_size`; shuffled over the whole of `files`
+    (up to `model.shuffle_buffer_rows`), so a log sorted by label, user or time still
+    gives mixed batches (tfx-bsl's default buffer is 10,000 rows)."""
+    options = tfxio.TensorFlowDatasetOptions(
+        batch_size=m.batch_size, shuffle=shuffle, shuffle_seed=m.seed, num_epochs=1,
+        drop_final_batch=False)
+    if shuffle:
+        options = options._replace(shuffle_buffer_size=max(1, min(
+            count_records(files), m.shuffle_buffer_rows)))
+    return options
+
+
+def count_records(file_patterns: Sequence[str]) -> int:
+    """Examples in the gzip TFRecord files matching `file_patterns` (ExampleGen's and
+    compare's format): one pass over the serialized records, nothing parsed."""
+    files = [f for p in file_patterns for f in tf.io.gfile.glob(p)]
+    if not files:
+        return 0
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
 
 
 def predict(model: JointModel, dataset: tf.data.Dataset) -> Predictions:
@@ -228,46 +256,133 @@ def summarize(p: Predictions, num_bins: int) -> dict[str, float]:
 
 def sampled_impressions(batches: tf.data.Dataset, m: ModelConfig) -> tf.data.Dataset:
     """UKD's teacher data from unshuffled `(features, labels)` batches: every clicked
-    row and a `ukd_unclicked_rate` sample of the unclicked ones, drawn in file order
-    and then shuffled, so every epoch holds the same rows in as many steps as the
-    first (what Keras expects of a dataset of unknown length)."""
-    rows = impressions.sample_unclicked(batches.unbatch(), m.ukd_unclicked_rate, m.seed)
-    return rows.shuffle(SHUFFLE_BUFFER_ROWS, seed=m.seed).batch(m.batch_size)
+    row and a `ukd_unclicked_rate` sample of the unclicked ones (None: as many as the
+    clicked ones, from the batches' observed CTR), drawn in file order and then
+    shuffled, so every epoch holds the same rows in as many steps as the first (what
+    Keras expects of a dataset of unknown length)."""
+    rate = m.ukd_unclicked_rate
+    if rate is None:
+        rate = impressions.balanced_unclicked_rate(batches)
+    rows = impressions.sample_unclicked(batches.unbatch(), rate, m.seed)
+    # The sample is at most the split: a buffer of that many mixes a sorted log.
+    return rows.shuffle(m.shuffle_buffer_rows, seed=m.seed).batch(m.batch_size)
 
 
-def fit_and_evaluate(config: PipelineConfig, tf_transform_output: tft.TFTransformOutput,
-                     factory: DatasetFactory, train_files: Sequence[str],
-                     eval_files: Sequence[str], strategy: tf.distribute.Strategy | None = None,
-                     callbacks: Sequence[tf.keras.callbacks.Callback] = (),
-                     validate_each_epoch: bool = True, verbose: int = 2,
-                     pseudo_label_column: str | None = None,
-                     teacher: tf.keras.Model | None = None) -> Result:
-    """Trains `config.model` for `model.epochs` on `train_files` (seeded by
-    `model.seed`: weights and shuffling), then predicts and scores `eval_files`.
-    `validate_each_epoch` also has Keras log the eval files' streaming metrics
-    after every epoch (one more pass over them per epoch). UKD's student needs its
-    teacher's CVR: a raw column of the examples (`pseudo_label_column`) or the
-    served student of a trained `ukd_teacher` model (`teacher`)."""
-    m = config.model
-    if (pseudo_label_column is not None) + (teacher is not None) != (m.strategy == "ukd"):
-        raise ValueError(f"model.strategy {m.strategy!r}: the teacher's pseudo-labels come "
-                         "from exactly one of a column or a teacher model, for 'ukd' only")
-    tf.keras.utils.set_random_seed(m.seed)
-    regular_vocab, privileged_vocab = vocabularies(config, tf_transform_output)
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """File patterns of the three splits (components/splits.py)."""
 
-    def dataset(files, shuffle, keep_truth=False):
-        ds = transformed_dataset(factory, files, tf_transform_output, config, shuffle,
-                                 keep_truth, pseudo_label_column)
-        return impressions.with_pseudo_labels(teacher, ds) if teacher is not None else ds
+    train: Sequence[str]
+    validation: Sequence[str]
+    eval: Sequence[str]
 
-    if m.strategy == "ukd_teacher":
-        train = sampled_impressions(dataset(train_files, shuffle=False), m)
-    else:
-        train = dataset(train_files, shuffle=True)
-    evaluation = dataset(eval_files, shuffle=False)
-    with (strategy or tf.distribute.get_strategy()).scope():
-        model = build_model(m, regular_vocab, privileged_vocab)
-    model.fit(train, epochs=m.epochs, validation_data=evaluation if validate_each_epoch else None,
-              callbacks=list(callbacks), verbose=verbose)
-    predictions = predict(model, dataset(eval_files, shuffle=False, keep_truth=True))
-    return Result(model, predictions, summarize(predictions, config.evaluation.calibration_bins))
+
+class Fitter:
+    """Trains configs on one set of splits: the one training procedure of the
+    Trainer and of `pfdx compare`.
+
+    `fit` trains on the train split (seeded by `model.seed`: weights and shuffling)
+    for at most `model.epochs`, stopping early on the validation split's student AUC
+    and keeping the best epoch's weights; it fits the post-hoc calibration
+    (`evaluation.calibration`) on the validation split and scores it (metrics
+    `validation_*`): what per-run tuning compares. `finish` makes the model that
+    ships from a fitted one: with `model.refit`, a fresh model of the same config
+    trained on train + validation for the fitted run's best number of epochs (the
+    validation split is the freshest data before eval), with the fitted calibration;
+    then it scores the eval split (the plain metric names, and `predictions`).
+
+    UKD's student needs its teacher's CVR: a raw column of the examples
+    (`pseudo_label_column`) or the served student of a trained `ukd_teacher` model
+    (`teacher`). `callbacks(name)` gives each training its own (TensorBoard, backup).
+    """
+
+    def __init__(self, tf_transform_output: tft.TFTransformOutput, factory: DatasetFactory,
+                 splits: Splits, strategy: tf.distribute.Strategy | None = None,
+                 callbacks: Callable[[str], Sequence[tf.keras.callbacks.Callback]] = lambda _: (),
+                 verbose: int = 2, pseudo_label_column: str | None = None,
+                 teacher: tf.keras.Model | None = None):
+        self.tf_transform_output = tf_transform_output
+        self.factory = factory
+        self.splits = splits
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.callbacks = callbacks
+        self.verbose = verbose
+        self.pseudo_label_column = pseudo_label_column
+        self.teacher = teacher
+
+    def _dataset(self, config: PipelineConfig, files, shuffle: bool, keep_truth: bool = False):
+        ds = transformed_dataset(self.factory, files, self.tf_transform_output, config, shuffle,
+                                 keep_truth, self.pseudo_label_column)
+        return impressions.with_pseudo_labels(self.teacher, ds) if self.teacher is not None else ds
+
+    def _train(self, config: PipelineConfig, files) -> tf.data.Dataset:
+        if config.model.strategy == "ukd_teacher":
+            return sampled_impressions(self._dataset(config, files, shuffle=False), config.model)
+        return self._dataset(config, files, shuffle=True)
+
+    def _build(self, config: PipelineConfig) -> JointModel:
+        m = config.model
+        if (self.pseudo_label_column is not None) + (self.teacher is not None) != (
+                m.strategy == "ukd"):
+            raise ValueError(f"model.strategy {m.strategy!r}: the teacher's pseudo-labels come "
+                             "from exactly one of a column or a teacher model, for 'ukd' only")
+        tf.keras.utils.set_random_seed(m.seed)
+        regular_vocab, privileged_vocab = vocabularies(config, self.tf_transform_output)
+        with self.strategy.scope():
+            return build_model(m, regular_vocab, privileged_vocab)
+
+    def _predict(self, config: PipelineConfig, model: JointModel, files) -> Predictions:
+        return predict(model, self._dataset(config, files, shuffle=False, keep_truth=True))
+
+    def fit(self, config: PipelineConfig, name: str = "fit") -> Result:
+        m, bins = config.model, config.evaluation.calibration_bins
+        model = self._build(config)
+        stopping = tf.keras.callbacks.EarlyStopping(
+            monitor=f"val_{VALIDATION_METRIC}", mode="max", patience=m.early_stopping_patience,
+            restore_best_weights=True)
+        history = model.fit(self._train(config, self.splits.train), epochs=m.epochs,
+                            validation_data=self._dataset(config, self.splits.validation, False),
+                            callbacks=[*self.callbacks(name), stopping], verbose=self.verbose)
+        validation = self._predict(config, model, self.splits.validation)
+        metrics = {"epochs_trained": len(history.epoch), "best_epoch": stopping.best_epoch + 1}
+        if config.evaluation.calibration == "platt":
+            clicked = validation.clicked()
+            params = calibration.fit_platt(_logit(clicked.student), clicked.labels)
+            model.student_model().calibration.assign(params)
+            metrics.update(calibration_scale=params[0], calibration_bias=params[1],
+                           validation_uncalibrated_student_ece=summarize(
+                               validation, bins)["student_ece"])
+            validation = self._predict(config, model, self.splits.validation)
+        metrics.update({f"validation_{k}": v for k, v in summarize(validation, bins).items()})
+        return Result(model, None, metrics)
+
+    def finish(self, config: PipelineConfig, fitted: Result, name: str = "final") -> Result:
+        model, metrics = fitted.model, dict(fitted.metrics)
+        bins = config.evaluation.calibration_bins
+        params = fitted.model.student_model().calibration.params
+        if config.model.refit:
+            model = self._build(config)
+            epochs = int(fitted.metrics["best_epoch"])
+            model.fit(self._train(config, [*self.splits.train, *self.splits.validation]),
+                      epochs=epochs, callbacks=list(self.callbacks(f"{name}-refit")),
+                      verbose=self.verbose)
+            metrics["refit_epochs"] = epochs
+        calibration_layer = model.student_model().calibration
+        if config.evaluation.calibration == "platt":  # the eval split before calibration
+            calibration_layer.assign(calibration.IDENTITY)
+            raw = summarize(self._predict(config, model, self.splits.eval), bins)
+            metrics.update(uncalibrated_student_ece=raw["student_ece"],
+                           uncalibrated_student_pred_avg=raw["student_pred_avg"])
+        calibration_layer.assign(params)
+        predictions = self._predict(config, model, self.splits.eval)
+        metrics.update(summarize(predictions, bins))
+        return Result(model, predictions, metrics)
+
+    def fit_and_evaluate(self, config: PipelineConfig, name: str = "run") -> Result:
+        """`fit` then `finish`: one config, start to end."""
+        return self.finish(config, self.fit(config, name), name)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-7, 1.0 - 1e-7)
+    return np.log(p) - np.log1p(-p)

@@ -80,6 +80,10 @@ class DataConfig:
     # `eval_fraction` of the time range is eval), else by a hash of the row.
     time_column: str | None = "event_time"
     eval_fraction: float = 0.2
+    # The validation split: this last fraction of the train time range (or of the
+    # train rows, hash split). Early stopping, per-run tuning, the baseline gate and
+    # calibration read it (components/splits.py).
+    validation_fraction: float = 0.2
     # ~30k clicked impressions: enough to train on, a few minutes on 2 cores.
     simulated_rows: int = 1_000_000
     simulated_seed: int = 7
@@ -108,8 +112,9 @@ class DataConfig:
         if self.simulated_scenario not in sim_scenarios.SCENARIOS:
             raise ConfigError(f"data.simulated_scenario: {self.simulated_scenario!r} is not one "
                               f"of {', '.join(sim_scenarios.SCENARIOS)}")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ConfigError(f"data.eval_fraction: {self.eval_fraction} is not in (0, 1)")
+        for key in ("eval_fraction", "validation_fraction"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ConfigError(f"data.{key}: {getattr(self, key)} is not in (0, 1)")
         parts = self.file_pattern.replace("\\", "/").split("/")
         if os.path.isabs(self.file_pattern) or ".." in parts:
             raise ConfigError(f"data.file_pattern: {self.file_pattern!r} is not a glob inside "
@@ -178,13 +183,18 @@ class ModelConfig:
     smelu_beta: float = 1.0
     gamma: float = 1.0
     lam: float = 10.0
+    # HA-PFD gives two: appendix A's 0.0025 (the default) and §4.1's 0.025. Per-run
+    # tuning tries both (tuning.grid); docs/paper-deviations.md item 9.
     learning_rate: float = 0.0025
     weight_decay: float = 0.001
     clipnorm: float = 600.0
     init_stddev: float = 0.1
     # Distillation settings (models/strategies.py). The logit-distillation term (KD or
     # focal) always carries `lam`; the latent-alignment term carries `align_weight`
-    # (Eq. 6: 1). Appendix A gives the baselines' weights below.
+    # (Eq. 6: 1). Appendix A gives the baselines' weights below; it also says
+    # ReviewKD's 10 is "the same as our layer aligning strategy", a second reading of
+    # this weight. Per-run tuning tries 0.1, 1 and 10 (tuning.grid); see
+    # docs/paper-deviations.md item 10.
     align_weight: float = 1.0
     # Hidden layers of each mapping DNN g^(i) (Eq. 5); its output has the teacher
     # latent's width. The paper says only "a DNN".
@@ -200,8 +210,8 @@ class ModelConfig:
     # Weight of the auxiliary privileged-feature tasks of the `mtl` baseline.
     mtl_weight: float = 1.0
     # Multi-head students (models/heads.py). EKTF: `ektf_heads` student towers on
-    # the shared embeddings, taught by their logit mean; serve that mean
-    # (`ensemble`) or the head with the best running exam score (`best`).
+    # the shared embeddings, taught by their mean probability (EKTF Eq. 2); serve
+    # that mean (`ensemble`) or the head with the best running exam score (`best`).
     ektf_heads: int = 3
     ektf_serve: str = "ensemble"
     # TAML (impression space): learners per task; experts per group (general, per
@@ -210,6 +220,12 @@ class ModelConfig:
     taml_learners: int = 2
     taml_experts: int = 1
     taml_expert_units: int = 64
+    # Learner towers' hidden layers (None: hidden_units) and the experts' and
+    # learners' activation, smelu | relu. The paper's: (64, 32), relu (with lr 1e-3,
+    # batch 2000); the defaults keep HA-PFD's towers so strategies compare on one
+    # architecture (models/strategies.py TaskAdaptiveMultiLearner).
+    taml_hidden_units: tuple[int, ...] | None = None
+    taml_activation: str = "smelu"
     taml_alpha: float = 0.1
     taml_beta: float = 0.1
     # UKD (impression space): CTR loss weight gamma, pseudo-label weight alpha,
@@ -220,14 +236,37 @@ class ModelConfig:
     ukd_uncertainty_scale: float = 100.0
     ukd_dropout: float = 0.2
     ukd_reversal_scale: float = 1.0
+    # UKD's towers, teacher and student (None: hidden_units). The paper's:
+    # (1024, 512, 256), with lr 0.005 and batch 128; the default keeps HA-PFD's
+    # towers so strategies compare on one architecture.
+    ukd_hidden_units: tuple[int, ...] | None = None
     # Share of the unclicked impressions UKD's teacher trains on (all clicked rows
-    # do): its click discriminator then sees both domains in similar numbers (the
-    # simulated log's CTR is ~3 %). The paper does not give its sampling.
-    ukd_unclicked_rate: float = 0.05
+    # do). None: derived from the train split's observed CTR as CTR / (1 - CTR), so
+    # clicked : unclicked is 1 : 1 (UKD appendix A.1); a number fixes it.
+    ukd_unclicked_rate: float | None = None
     # TAML / UKD students also serve their CTR.
     serve_ctr: bool = False
     batch_size: int = 512
-    epochs: int = 2
+    # At most this many passes over the train split: early stopping on the
+    # validation split's student AUC ends training after `early_stopping_patience`
+    # epochs without a gain and restores the best epoch's weights.
+    epochs: int = 10
+    early_stopping_patience: int = 2
+    # Then train a fresh model on train + validation for the best epoch count: the
+    # validation split is the freshest data before eval (models/training.py Fitter).
+    refit: bool = True
+    # Rows shuffled together: the whole train split up to this many. Logs come
+    # sorted (by time, user, outcome); a small buffer would feed one-class batches.
+    shuffle_buffer_rows: int = 1_000_000
+    # What the teacher receives of a continuous privileged feature: `binary`, the
+    # Eq. 8 threshold's bit (paper), or `quantiles`: `privileged_buckets` quantile
+    # buckets of its value (selection still ranks by the Eq. 8 bit). Per-run tuning
+    # picks one on the validation split when both are in tuning.grid.
+    privileged_encoding: str = "binary"
+    privileged_buckets: int = 16
+    # Teacher and student share the regular-feature embeddings (paper §3.1). Off:
+    # the teacher has its own tables, so it trains as if alone (models/model.py).
+    share_embeddings: bool = True
     seed: int = 42
     # tf.distribute strategy: auto (MultiWorkerMirrored when TF_CONFIG names more
     # than one host, else Mirrored over the local GPUs) | mirrored | multi_worker.
@@ -246,6 +285,22 @@ class EvaluationConfig:
     min_auc: float = 0.5
     max_auc_drop: float = 0.0
     max_ece: float = 0.05
+    # Post-hoc calibration of the served CVR, fitted on the validation split and
+    # exported inside the student SavedModel: `platt` (sigmoid(a * logit + b)) or
+    # `none`. Default platt: on KuaiRand it cuts eval ECE from 0.200 to 0.053, as the
+    # validation split is later than train (README "How a run picks the student...").
+    calibration: str = "platt"
+    # The baseline gate: every run also trains the student alone (`none`) and ships
+    # the distilled student only if, on the eval split, its AUC is at least the
+    # baseline's minus `baseline_auc_tolerance` and its ECE at most the baseline's
+    # plus `baseline_ece_tolerance`; otherwise it ships the student alone.
+    baseline_auc_tolerance: float = 0.0
+    baseline_ece_tolerance: float = 0.005
+
+    def validate(self) -> None:
+        if self.calibration not in ("platt", "none"):
+            raise ConfigError(f"evaluation.calibration: {self.calibration!r} is not one of "
+                              "platt, none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,41 +344,61 @@ class KubeflowConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TuningConfig:
+    """Per-run tuning (models/tuning.py): the Trainer and `pfdx compare` train
+    candidates on the train split and keep the best on the validation split. First
+    without distillation over the grid's learning rates and privileged encodings
+    (the encoding whose teacher scores best), then the configured distillation
+    weights and up to `max_trials` draws (seeded by model.seed) of the rest of
+    `grid`; the no-distillation winner stays a candidate. A strategy varies only the
+    fields it reads (models/strategies.py `tuned_fields`)."""
+
+    enabled: bool = True
+    # ModelConfig field -> values, for every strategy (`lam: [1, 10]`) or for one
+    # (`"ha_pfd_v2:gamma": [0.5, 1]`, which replaces the shared entry for it).
+    # Both readings of HA-PFD's alignment weight (Eq. 6: 1; appendix A: 10) and of
+    # its learning rate (appendix A: 0.0025; section 4.1: 0.025) are in the grid.
+    grid: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=lambda: {
+        "lam": (0.1, 1.0, 10.0), "gamma": (1.0, 2.0), "align_weight": (0.1, 1.0, 10.0),
+        "learning_rate": (0.0025, 0.025), "privileged_encoding": ("binary", "quantiles"),
+        "share_embeddings": (True, False)})
+    max_trials: int = 4
+    # student_auc (higher is better) | student_ece | student_mce (lower is better)
+    metric: str = "student_auc"
+
+    def validate(self) -> None:
+        if self.max_trials < 0:
+            raise ConfigError(f"tuning.max_trials: {self.max_trials} is below 0")
+        if self.metric not in ("student_auc", "student_ece", "student_mce"):
+            raise ConfigError(f"tuning.metric: {self.metric!r} is not one of "
+                              "student_auc, student_ece, student_mce")
+        hints = typing.get_type_hints(ModelConfig)
+        fields = set(hints) - {"strategy", "seed"}
+        for key, values in self.grid.items():
+            field = key.rsplit(":", 1)[-1]
+            if field not in fields:
+                raise ConfigError(f"tuning.grid.{key}: {field!r} is not a tunable "
+                                  f"model field; known: {sorted(fields)}")
+            if not values:
+                raise ConfigError(f"tuning.grid.{key}: no values")
+            for i, v in enumerate(values):
+                _coerce(hints[field], v, f"tuning.grid.{key}[{i}]")
+
+
+@dataclasses.dataclass(frozen=True)
 class CompareConfig:
-    """`pfdx compare`: strategies trained on one train window, scored on a later test
-    window (the last `data.eval_fraction` of the time range, as ExampleGen's eval split)."""
+    """`pfdx compare`: strategies trained on the train window (tuned per strategy on
+    the validation window as the Trainer does, see `tuning`), scored on a later test
+    window: the pipeline's three splits (components/splits.py)."""
 
     # Strategy names of models/strategies.py; empty: all that train on clicked rows.
     strategies: tuple[str, ...] = ()
     # Runs per strategy, seeded model.seed, model.seed + 1, ...
     seeds: int = 3
-    # Hyperparameter grid: a ModelConfig field -> values, for every strategy
-    # (`lam: [1, 10]`) or for one (`"ha_pfd_v2:gamma": [0.5, 1]`, which replaces the
-    # shared entry for that strategy). Each combination trains on the train window
-    # minus its last `validation_fraction` of time and is scored on that validation
-    # window; the best by `grid_metric` is used for the test runs.
-    grid: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
-    validation_fraction: float = 0.2
-    # student_auc (higher is better) | student_ece | student_mce (lower is better)
-    grid_metric: str = "student_auc"
 
     def validate(self) -> None:
         if self.seeds < 1:
             raise ConfigError(f"compare.seeds: {self.seeds} is below 1")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ConfigError(f"compare.validation_fraction: {self.validation_fraction} "
-                              "is not in (0, 1)")
-        if self.grid_metric not in ("student_auc", "student_ece", "student_mce"):
-            raise ConfigError(f"compare.grid_metric: {self.grid_metric!r} is not one of "
-                              "student_auc, student_ece, student_mce")
-        fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"strategy", "seed"}
-        for key, values in self.grid.items():
-            field = key.rsplit(":", 1)[-1]
-            if field not in fields:
-                raise ConfigError(f"compare.grid.{key}: {field!r} is not a tunable "
-                                  f"model field; known: {sorted(fields)}")
-            if not values:
-                raise ConfigError(f"compare.grid.{key}: no values")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,20 +409,36 @@ class PipelineConfig:
     evaluation: EvaluationConfig = EvaluationConfig()
     runner: RunnerConfig = RunnerConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
+    tuning: TuningConfig = TuningConfig()
     compare: CompareConfig = CompareConfig()
 
     def validate(self) -> "PipelineConfig":
         self.data.validate()
+        self.evaluation.validate()
+        self.tuning.validate()
         self.compare.validate()
-        if self.model.strategy not in STRATEGY_NAMES:
-            raise ConfigError(f"model.strategy: {self.model.strategy!r} is not one of "
+        m = self.model
+        if m.strategy not in STRATEGY_NAMES:
+            raise ConfigError(f"model.strategy: {m.strategy!r} is not one of "
                               f"{', '.join(sorted(STRATEGY_NAMES))}")
+        if m.privileged_encoding not in ("binary", "quantiles"):
+            raise ConfigError(f"model.privileged_encoding: {m.privileged_encoding!r} is not "
+                              "one of binary, quantiles")
+        for key in ("epochs", "early_stopping_patience", "batch_size", "privileged_buckets",
+                    "shuffle_buffer_rows", "embedding_dim", "hash_buckets", "numeric_buckets"):
+            if getattr(m, key) < 1:
+                raise ConfigError(f"model.{key}: {getattr(m, key)} is below 1")
+        if not m.learning_rate > 0.0:
+            raise ConfigError(f"model.learning_rate: {m.learning_rate} is not positive")
         if self.space == "impression" and self.data.columns.click is None:
             raise ConfigError(f"model.strategy: {self.model.strategy!r} trains on every "
                               "impression and needs data.columns.click")
-        if not 0.0 < self.model.ukd_unclicked_rate <= 1.0:
-            raise ConfigError(f"model.ukd_unclicked_rate: {self.model.ukd_unclicked_rate} "
-                              "is not in (0, 1]")
+        rate = self.model.ukd_unclicked_rate
+        if rate is not None and not 0.0 < rate <= 1.0:
+            raise ConfigError(f"model.ukd_unclicked_rate: {rate} is not in (0, 1] or null")
+        if m.taml_activation not in ("smelu", "relu"):
+            raise ConfigError(f"model.taml_activation: {m.taml_activation!r} is not one of "
+                              "smelu, relu")
         return self
 
     @property

@@ -63,6 +63,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"pipeline finished; outputs under {config.resolve('.')}")
     print(f"student on eval: AUC {student['student_auc']:.4f}, ECE {student['student_ece']:.4f}, "
           f"MCE {student['student_mce']:.4f}{teacher}")
+    if "shipped" in student:  # the baseline gate's choice (models/champion.py)
+        print(f"ships the {student['shipped'].replace('_', ' ')}: {student['ship_reason']}")
     if summary["blessed"]:
         print(f"blessed and pushed to {config.serving_dir}")
     else:

@@ -7,10 +7,11 @@ What it does, in order (all under `--out`, default `<output_root>/compare`):
    `IODataset.from_parquet` aborts the whole process ("parquet::ParquetException:
    Unexpected end of stream", tensorflow/io#1667, #1781) on a column with nulls, and
    post-click signals are null on every unclicked impression.
-2. Splits clicked rows by time like ExampleGen: the test window is the last
-   `data.eval_fraction` of the clicked rows' time range (the pipeline's eval split);
-   with a grid, the train window's last `compare.validation_fraction` of time is the
-   validation window. Each window is written as gzip tf.Example TFRecords
+2. Splits clicked rows by time (by hash without `data.time_column`, as ExampleGen)
+   into the pipeline's three splits, under ExampleGen's rules (`check_splits`)
+   (`components/splits.py`): TRAIN, VALIDATION (the train range's last
+   `data.validation_fraction`) and TEST (the last `data.eval_fraction`, the
+   pipeline's eval split). Each window is written as gzip tf.Example TFRecords
    (`work/examples/`).
    Impression-space strategies (`PipelineConfig.space`: taml, ukd_teacher, ukd) get
    impression windows too (`<window>_impressions`): every impression, with its click
@@ -21,19 +22,20 @@ What it does, in order (all under `--out`, default `<output_root>/compare`):
    (Impressions before the first or after the last click fall in the first or last
    window; they are unclicked. Unclicked rows are then checked in full and may be
    quarantined, as ExampleGen does in impression space.)
-3. Preprocesses like the pipeline, fitted on the train window only: the selection
-   Beam job (`features/selection_beam.py`, paper §3.3) on the clicked train rows, and
-   per space a TFT analysis of `features/transform.py`'s `preprocessing_fn`
-   (tft_beam.AnalyzeDataset): on the clicked train window for click-space
-   strategies, on the impression train window (emitting the click too) for the
-   impression-space ones, both with the one selection (the same clicked rows) ->
-   `work/<train window>/selection.json` and a Transform graph per space.
-4. Optionally tunes `compare.grid` per strategy on the validation window
-   (preprocessing fitted on the rest of the train window), picking by
-   `compare.grid_metric`. `ukd`'s grid points all use one teacher: `ukd_teacher`'s
-   best grid point (its own config when it has no grid), trained on the fit window.
+3. Preprocesses like the pipeline, fitted on the TRAIN window only: the selection
+   Beam job (`features/selection_beam.py`, paper §3.3) on the clicked rows, and per
+   space a TFT analysis of `features/transform.py`'s `preprocessing_fn`
+   (tft_beam.AnalyzeDataset) -> `work/train/selection.json` and a Transform graph
+   per space. When no privileged feature is selected, the strategies that read
+   them are skipped, and the output says so.
+4. Per strategy, per-run tuning as the Trainer does it (`models/tuning.py`) on the
+   first seed: candidates fit on TRAIN with early stopping on VALIDATION, the best
+   by `tuning.metric` is kept (`--fixed`: the configured values only). So each row
+   is what the pipeline would ship for that strategy before its baseline gate.
+   Impression-space strategies train at their configured values, as in the Trainer.
 5. Trains each strategy x seed with `models/training.py` `fit_and_evaluate` -- the
-   Trainer's own code -- and saves its test predictions (`predictions/*.npz`).
+   Trainer's own code: TRAIN, early stopping and calibration on VALIDATION, scored
+   on TEST -- and saves its test predictions (`predictions/*.npz`).
    `ukd` needs a trained `ukd_teacher` (added to the strategies, right before `ukd`,
    when not named): per seed the teacher trains first, and its served student
    pseudo-labels the `ukd` student's batches in memory (`teacher=`); both are
@@ -41,7 +43,7 @@ What it does, in order (all under `--out`, default `<output_root>/compare`):
    its teacher's.
 6. Writes `compare.csv` / `compare.md` (mean and sample std over seeds of the
    paper's columns, plus the gap to the log's true CVR when it has one),
-   `runs.csv`, `grid.csv`, `compare.json` and `reliability.png`. The CVR columns
+   `runs.csv`, `tuning.csv`, `compare.json` and `reliability.png`. The CVR columns
    count the clicked test rows for every strategy (an impression-space model is
    scored on the same rows as a click-space one); impression-space runs add
    `impression_rows`, and with a CTR head `ctr_auc` and `ctcvr_auc` (AUC of
@@ -64,12 +66,14 @@ import os
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+from pfdx.components import splits
 from pfdx.config import IMPRESSION_SPACE_STRATEGIES, ConfigError, PipelineConfig
+from pfdx.models import champion
 
 PREDICTIONS_DIR = "predictions"
 WORK_DIR = "work"
 TELEMETRY = ["pfdx", "Compare"]
-TRAIN, TEST, FIT, VALIDATION = "train", "test", "fit", "validation"
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
 CLICK, IMPRESSION = "click", "impression"  # PipelineConfig.space
 # UKD's two stages: the teacher's served student pseudo-labels the student's batches.
 UKD_TEACHER, UKD = "ukd_teacher", "ukd"
@@ -82,7 +86,6 @@ METRICS = ("student_auc", "teacher_auc", "label_avg", "student_pred_avg",
            "student_ece", "student_mce", "truth_avg", "student_truth_mae",
            "student_truth_ece", "student_truth_mce", "impression_rows", "ctr_auc",
            "ctcvr_auc", "seconds")
-_LOWER_IS_BETTER = {"student_ece", "student_mce"}
 
 
 # CLI -------------------------------------------------------------------------
@@ -104,10 +107,14 @@ def add_cli_parser(subparsers: argparse._SubParsersAction,
                    "brings its ukd_teacher")
     p.add_argument("--seeds", type=int, help="runs per strategy (sets compare.seeds)")
     p.add_argument("--grid", action="append", default=[], metavar="[STRATEGY:]FIELD=V1,V2",
-                   help="tune a model field on the validation window, e.g. --grid lam=1,10 "
-                        "or --grid ha_pfd_v2:gamma=0.5,1 (repeatable; sets compare.grid)")
+                   help="the per-run tuning grid, e.g. --grid lam=1,10 or --grid "
+                        "ha_pfd_v2:gamma=0.5,1 (repeatable; sets tuning.grid.FIELD)")
     p.add_argument("--grid-metric", help="student_auc | student_ece | student_mce "
-                   "(sets compare.grid_metric)")
+                   "(sets tuning.metric)")
+    p.add_argument("--fixed", action="store_true",
+                   help="no per-run tuning: every strategy at its configured values (the "
+                        "paper's defaults unless --config/--set change them), to reproduce "
+                        "the paper's settings (sets tuning.enabled=false)")
     add_config_args(p)
     p.set_defaults(func=compare_command)
 
@@ -124,9 +131,11 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
         key, sep, values = item.partition("=")
         if not sep or not key.strip() or not values.strip():
             raise ConfigError(f"--grid {item!r}: expected [STRATEGY:]FIELD=V1,V2,...")
-        out.append(f"compare.grid.{key.strip()}=[{values}]")
+        out.append(f"tuning.grid.{key.strip()}=[{values}]")
     if args.grid_metric:
-        out.append(f"compare.grid_metric={args.grid_metric}")
+        out.append(f"tuning.metric={args.grid_metric}")
+    if args.fixed:
+        out.append("tuning.enabled=false")
     return out
 
 
@@ -141,7 +150,7 @@ def compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
-# Strategies and grid ------------------------------------------------------------
+# Strategies ------------------------------------------------------------
 
 def space_of(name: str) -> str:
     """The example space strategy `name` trains in (`PipelineConfig.space`)."""
@@ -164,10 +173,10 @@ def strategies(config: PipelineConfig) -> list[str]:
     if impression and config.data.columns.click is None:
         raise ConfigError(f"compare.strategies: {impression} train on every impression and "
                           "need data.columns.click")
-    for key in config.compare.grid:
+    for key in config.tuning.grid:
         prefix = key.rsplit(":", 1)[0] if ":" in key else None
         if prefix is not None and prefix not in STRATEGIES:
-            raise ConfigError(f"compare.grid.{key}: unknown strategy {prefix!r}")
+            raise ConfigError(f"tuning.grid.{key}: unknown strategy {prefix!r}")
     if UKD in names:
         names = [n for n in names if n != UKD_TEACHER]
         names.insert(names.index(UKD), UKD_TEACHER)
@@ -187,17 +196,6 @@ def run_order(names: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int
             if name == UKD_TEACHER and UKD in names:
                 order.append((UKD, seed))
     return order
-
-
-def grid_points(config: PipelineConfig, strategy: str) -> list[dict[str, Any]]:
-    """The grid's combinations for `strategy` (field -> value); [] without a grid."""
-    grid = {k: v for k, v in config.compare.grid.items() if ":" not in k}
-    grid.update({k.split(":", 1)[1]: v for k, v in config.compare.grid.items()
-                 if k.split(":", 1)[0] == strategy and ":" in k})
-    fields = sorted(grid)
-    if not fields:
-        return []
-    return [dict(zip(fields, combo)) for combo in itertools.product(*(grid[f] for f in fields))]
 
 
 # Raw log -> windows ------------------------------------------------------------------
@@ -222,6 +220,18 @@ class Rows:
     records: list[bytes]
     labels: Any
     clicks: Any = None
+    # Without a time column: each row's split index (components/splits.py, by hash).
+    splits: Any = None
+
+    def add(self, example, clicked: int, split: int | None) -> None:
+        """Appends a `log_rows.Example`; `clicked` is kept in impression space only."""
+        self.times.append(example.time)
+        self.records.append(example.serialized)
+        self.labels.append(example.label)
+        if self.clicks is not None:
+            self.clicks.append(clicked)
+        if self.splits is not None:
+            self.splits.append(split)
 
 
 def window_name(window: str, space: str) -> str:
@@ -229,10 +239,15 @@ def window_name(window: str, space: str) -> str:
 
 
 def log_files(path: str, config: PipelineConfig) -> list[str]:
+    """The log files at `path` (a file, or a folder read with data.file_pattern),
+    without the side files Spark and Hadoop write beside their data, as ExampleGen."""
     import tensorflow as tf
 
+    from pfdx.components import log_rows
+
     pattern = os.path.join(path, config.data.file_pattern) if tf.io.gfile.isdir(path) else path
-    files = sorted(f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f))
+    files = sorted(f for f in tf.io.gfile.glob(pattern)
+                   if not tf.io.gfile.isdir(f) and not log_rows.is_side_file(f))
     if not files:
         raise FileNotFoundError(f"--data: no file matches {pattern!r}")
     return files
@@ -240,35 +255,29 @@ def log_files(path: str, config: PipelineConfig) -> list[str]:
 
 def read_log(files: Sequence[str], config: PipelineConfig, impressions: bool = False):
     """({space: Rows}, row counts, quarantined rows ({file, row, reason})):
-    ExampleGen's `_ParseFile`, in process. Always the clicked rows as click-space
-    examples ("click"); with `impressions` also every impression as impression-space
-    examples with the click feature ("impression"), and the counts and quarantine
-    are impression space's (unclicked rows checked in full)."""
+    ExampleGen's `_ParseFile` and its rows rule (`check_rows`), in process. Always
+    the clicked rows as click-space examples ("click"); with `impressions` also every
+    impression as impression-space examples with the click feature ("impression"),
+    and the counts and quarantine are impression space's (unclicked rows checked in
+    full). Without a time column each row gets its hash split (`Rows.splits`)."""
     import numpy as np
     from apache_beam.io.filesystems import FileSystems
 
     from pfdx.components import log_rows
+    from pfdx.components.click_log_example_gen import check_rows, format_dead_rows
 
     data = config.data
-    if data.time_column is None:
-        raise ConfigError("data.time_column: pfdx compare splits train and test windows by "
-                          "time and needs a time column")
     data_dict = config.to_dict()["data"]
     click_schema = log_rows.RowSchema.from_config(data_dict, CLICK)
     schema = log_rows.RowSchema.from_config(data_dict, IMPRESSION) if impressions else click_schema
-    label_feature = config.data.columns.label
+    by_hash = data.time_column is None
     counts = {"read": 0, log_rows.USED: 0, log_rows.UNCLICKED: 0, log_rows.QUARANTINED: 0}
-    clicked = Rows([], [], [])
-    every = Rows([], [], [], [])
+    clicked = Rows([], [], [], splits=[] if by_hash else None)
+    every = Rows([], [], [], [], splits=[] if by_hash else None)
     dead = []
     for path in files:
         with FileSystems.open(path, compression_type="uncompressed") as stream:
-            if data.format == "csv":
-                rows = log_rows.read_csv(path, stream, data.separator, schema)
-            elif data.format == "parquet":
-                rows = log_rows.read_parquet(path, stream, schema)
-            else:
-                rows = log_rows.read_tfrecord(path, stream, schema)
+            _, rows = log_rows.read_file(path, stream, data.format, data.separator, schema)
             for row, record in rows:
                 counts["read"] += 1
                 if isinstance(record, str):
@@ -281,48 +290,67 @@ def read_log(files: Sequence[str], config: PipelineConfig, impressions: bool = F
                     continue
                 if payload is None:  # unclicked, click space
                     continue
-                label = int(float(record[label_feature]))  # checked 0/1 above
+                click_space = payload  # the click-space example, exactly as without impressions
+                if impressions and status == log_rows.USED:
+                    click_space = log_rows.row_to_example(click_schema, record)[1]
+                # A clicked row hashes its click-space example in both spaces, so an
+                # impression window's clicked rows are the click window's.
+                split = splits.split_by_hash(click_space.serialized, data.eval_fraction,
+                                             data.validation_fraction) if by_hash else None
                 if impressions:
-                    every.times.append(payload[0])
-                    every.records.append(payload[1])
-                    every.labels.append(label)
-                    every.clicks.append(int(status == log_rows.USED))
+                    every.add(payload, int(status == log_rows.USED), split)
                 if status == log_rows.USED:
-                    if impressions:  # the click-space example, exactly as without them
-                        payload = log_rows.row_to_example(click_schema, record)[1]
-                    clicked.times.append(payload[0])
-                    clicked.records.append(payload[1])
-                    clicked.labels.append(label)
-    if not clicked.records:
-        raise ValueError(f"--data: no clicked rows in {len(files)} file(s) "
-                         f"(row counts: {counts})")
+                    clicked.add(click_space, 1, split)
+    check_rows(counts, data_dict, impressions, f"--data ({len(files)} file(s))",
+               lambda: format_dead_rows(dead))
     out = {CLICK: clicked}
     if impressions:
         out[IMPRESSION] = every
     for rows in out.values():
-        rows.times, rows.labels = np.asarray(rows.times), np.asarray(rows.labels)
+        rows.times = np.asarray(rows.times, dtype=np.float64)  # None (no time column): NaN
+        rows.labels = np.asarray(rows.labels)
         if rows.clicks is not None:
             rows.clicks = np.asarray(rows.clicks, dtype=np.int64)
+        if rows.splits is not None:
+            rows.splits = np.asarray(rows.splits, dtype=np.int64)
     return out, counts, dead
 
 
-def time_cuts(times, eval_fraction: float, validation_fraction: float) -> tuple[float, float]:
-    """(test cut, validation cut) over the clicked rows' `times`: the test window is
-    the last `eval_fraction` of their time range (ExampleGen's cut), the validation
-    window the train window's last `validation_fraction` of time."""
-    lo, hi = float(times.min()), float(times.max())
-    test_cut = hi - eval_fraction * (hi - lo)
-    return test_cut, test_cut - validation_fraction * (test_cut - lo)
+def window_masks(rows: Rows, cuts: tuple[float, float] | None) -> dict[str, Any]:
+    """Boolean row masks of the pipeline's three splits (components/splits.py) at
+    `cuts` (`splits.time_cuts` of the clicked rows), or by hash (`Rows.splits`) when
+    `cuts` is None: TRAIN, VALIDATION and TEST (the eval split)."""
+    import numpy as np
+
+    index = rows.splits if cuts is None else np.array(
+        [splits.split_by_time(t, cuts) for t in rows.times.tolist()], dtype=np.int64)
+    return {TRAIN: index == 0, VALIDATION: index == 1, TEST: index == 2}
 
 
-def window_masks(times, cuts: tuple[float, float]) -> dict[str, Any]:
-    """Boolean row masks of the time windows cut at `cuts` (`time_cuts`): test from
-    the test cut on, train before it; validation = the train window from the
-    validation cut on, fit = the train window before it."""
-    test_cut, validation_cut = cuts
-    test = times >= test_cut
-    validation = ~test & (times >= validation_cut)
-    return {TRAIN: ~test, TEST: test, FIT: ~test & ~validation, VALIDATION: validation}
+def split_windows(rows: dict[str, Rows], config: PipelineConfig, work: str,
+                  log: Callable[[str], None]) -> dict[str, dict[str, Window]]:
+    """{space: {window: Window}}: the pipeline's splits, by time or, without a time
+    column, by hash, checked with ExampleGen's splits rule and written under `work`."""
+    from pfdx.components.click_log_example_gen import SPLIT, SPLIT_POSITIVES, check_splits
+
+    clicked, data = rows[CLICK], config.data
+    time_range = None
+    if data.time_column is None:
+        log("no data.time_column: the windows are the pipeline's hash split of the rows")
+    else:
+        time_range = float(clicked.times.min()), float(clicked.times.max())
+    cuts = None if time_range is None else splits.time_cuts(
+        *time_range, data.eval_fraction, data.validation_fraction)
+    masks = {space: window_masks(space_rows, cuts) for space, space_rows in rows.items()}
+    split_counts = {}
+    for w, mask in masks[CLICK].items():
+        split_counts[f"{SPLIT}:{w}"] = int(mask.sum())
+        split_counts[f"{SPLIT_POSITIVES}:{w}"] = int(clicked.labels[mask].sum())
+    check_splits(split_counts, config.to_dict()["data"], time_range, masks[CLICK])
+    return {space: {w: write_window(window_name(w, space), mask, rows[space],
+                                    os.path.join(work, "examples", window_name(w, space)), space)
+                    for w, mask in space_masks.items()}
+            for space, space_masks in masks.items()}
 
 
 def write_window(name: str, mask, rows: Rows, out_dir: str, space: str = CLICK) -> Window:
@@ -331,7 +359,7 @@ def write_window(name: str, mask, rows: Rows, out_dir: str, space: str = CLICK) 
 
     if not mask.any():
         raise ValueError(f"the {name} window holds no {'clicked ' * (space == CLICK)}rows; widen it "
-                         "(data.eval_fraction, compare.validation_fraction) or give more data")
+                         "(data.eval_fraction, data.validation_fraction) or give more data")
     tf.io.gfile.makedirs(out_dir)
     path = os.path.join(out_dir, "examples.tfrecord.gz")
     with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
@@ -414,17 +442,17 @@ def fit_transform(config: PipelineConfig, selection: dict[str, Any], window: Win
 
 
 def preprocess(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[str, Window]],
-               window: str, work: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Selection on the clicked rows of window `window` (TRAIN or FIT), then a
-    Transform per space that `names` train in, fitted on that space's `window`:
-    (selection, {space: TFTransformOutput})."""
-    selection = select_features(config, windows[CLICK][window], os.path.join(work, window))
+               work: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Selection on the clicked rows of the TRAIN window, then a Transform per space
+    that `names` train in, fitted on that space's TRAIN window, as the pipeline fits
+    both on its train split: (selection, {space: TFTransformOutput})."""
+    selection = select_features(config, windows[CLICK][TRAIN], os.path.join(work, TRAIN))
     outputs = {}
     for space in dict.fromkeys(space_of(n) for n in names):
         # A config of a strategy of that space: regular_config / raw_schema follow it.
         space_config = config.with_model(strategy=next(n for n in names if space_of(n) == space))
-        outputs[space] = fit_transform(space_config, selection, windows[space][window],
-                                       os.path.join(work, window_name(window, space)))
+        outputs[space] = fit_transform(space_config, selection, windows[space][TRAIN],
+                                       os.path.join(work, window_name(TRAIN, space)))
     return selection, outputs
 
 
@@ -436,23 +464,19 @@ def dataset_factory(files, options, schema):
                                  telemetry_descriptors=TELEMETRY).TensorFlowDataset(options)
 
 
-def train_one(config: PipelineConfig, tf_transform_output, train: Window, evaluation: Window,
-              teacher=None):
-    """One `fit_and_evaluate` as the Trainer runs it (UKD's student: pseudo-labels
-    from `teacher`, a trained `ukd_teacher`'s served student, in memory); returns
-    (result, seconds)."""
-    import tensorflow as tf
-
+def fitter(config: PipelineConfig, tf_transform_output, windows: dict[str, Window],
+           teacher=None):
+    """The Trainer's `Fitter` on the TRAIN / VALIDATION / TEST windows (UKD's
+    student: pseudo-labels from `teacher`, a trained `ukd_teacher`'s served student,
+    in memory)."""
     from pfdx.components.trainer import distribution_strategy
     from pfdx.models import training
 
-    tf.keras.backend.clear_session()  # drop the previous run's graphs and variables
-    start = time.perf_counter()
-    result = training.fit_and_evaluate(
-        config, tf_transform_output, dataset_factory, [train.pattern], [evaluation.pattern],
-        strategy=distribution_strategy(config.model.distribution),
-        validate_each_epoch=False, verbose=0, teacher=teacher)
-    return result, time.perf_counter() - start
+    return training.Fitter(
+        tf_transform_output, dataset_factory,
+        training.Splits([windows[TRAIN].pattern], [windows[VALIDATION].pattern],
+                        [windows[TEST].pattern]),
+        distribution_strategy(config.model.distribution), verbose=0, teacher=teacher)
 
 
 # The run -------------------------------------------------------------------------
@@ -475,92 +499,71 @@ def _progress(prefix: str, metrics: dict[str, float], seconds: float) -> str:
     return line
 
 
-def tune(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[str, Window]],
-         work: str, log: Callable[[str], None]) -> tuple[dict[str, dict], list[dict]]:
-    """Per strategy, the grid point with the best validation `grid_metric` (first
-    seed); returns (chosen fields per strategy, every grid row). `ukd`'s points are
-    pseudo-labelled by one teacher: the model of `ukd_teacher`'s best point, or
-    `ukd_teacher` with its own config when it has no grid."""
-    points = {n: grid_points(config, n) for n in names}
-    if not any(points.values()):
-        return {n: {} for n in names}, []
-    tuned = [n for n in names if points[n] or (n == UKD_TEACHER and points.get(UKD))]
-    fit, validation = windows[CLICK][FIT], windows[CLICK][VALIDATION]
-    log(f"grid: preprocessing fitted on the fit window ({fit.rows} clicked rows), "
-        f"scored on the validation window ({validation.rows} clicked rows)")
-    _, tft_output = preprocess(config, tuned, windows, FIT, work)
-    metric = config.compare.grid_metric
-    sign = -1.0 if metric in _LOWER_IS_BETTER else 1.0
-    chosen, rows, teacher = {n: {} for n in names}, [], None
-    for name in tuned:
-        space = space_of(name)
-        best = None
-        for point in points[name] or [{}]:  # ukd_teacher untuned: its own config, for ukd
-            result, seconds = train_one(
-                config.with_model(strategy=name, **point), tft_output[space],
-                windows[space][FIT], windows[space][VALIDATION],
-                teacher=teacher if name == UKD else None)
-            value = result.metrics.get(metric, math.nan)
-            if points[name]:
-                rows.append({"strategy": name, "params": point, "seconds": seconds,
-                             **result.metrics})
-            log(_progress(f"[grid] {name:<15} {json.dumps(point)}", result.metrics, seconds))
-            if best is None or (not math.isnan(value) and (
-                    math.isnan(best[0]) or sign * value > sign * best[0])):
-                best = (value, point, result.model)
-        chosen[name] = best[1] if points[name] and not math.isnan(best[0]) else {}
-        if name == UKD_TEACHER and points.get(UKD):
-            teacher = best[2].student_model()
-    return chosen, rows
-
-
 def run(config: PipelineConfig, data: str, out: str,
         log: Callable[[str], None] = functools.partial(print, flush=True)) -> dict[str, Any]:
     """The whole comparison; returns what compare.json holds."""
     import numpy as np
     import tensorflow as tf
 
+    from pfdx.models import tuning
+    from pfdx.models.strategies import READS_PRIVILEGED
+
     start = time.perf_counter()
     names = strategies(config)
-    c = config.compare
     work = os.path.join(out, WORK_DIR)
     tf.io.gfile.makedirs(os.path.join(out, PREDICTIONS_DIR))
     spaces = list(dict.fromkeys(space_of(n) for n in names))
 
     files = log_files(data, config)
     rows, counts, dead = read_log(files, config, impressions=IMPRESSION in spaces)
-    cuts = time_cuts(rows[CLICK].times, config.data.eval_fraction, c.validation_fraction)
-    tuning = any(grid_points(config, n) for n in names)
-    windows: dict[str, dict[str, Window]] = {}
-    for space, space_rows in rows.items():
-        masks = window_masks(space_rows.times, cuts)
-        windows[space] = {
-            w: write_window(window_name(w, space), masks[w], space_rows,
-                            os.path.join(work, "examples", window_name(w, space)), space)
-            for w in ((TRAIN, TEST, FIT, VALIDATION) if tuning else (TRAIN, TEST))}
-    del rows, space_rows  # the windows are on disk now; training needs the memory
+    windows = split_windows(rows, config, work, log)
+    del rows  # the windows are on disk now; training needs the memory
     log(f"read {counts['read']} rows from {len(files)} file(s): {counts['used']} clicked, "
         f"{counts['unclicked']} unclicked, {counts['quarantined']} quarantined; "
         + ", ".join(f"{w.name} {w.rows} rows ({w.conversions} conversions)"
                     for space in windows.values() for w in space.values())
         + f" [{time.perf_counter() - start:.0f}s]")
 
-    chosen, grid_rows = tune(config, names, windows, work, log)
-
-    selection, tft_output = preprocess(config, names, windows, TRAIN, work)
+    selection, tft_output = preprocess(config, names, windows, work)
     log(f"selection and Transform ({', '.join(spaces)} space) fitted on the train window; "
-        f"privileged features: {', '.join(selection['selected'])} "
+        f"privileged features: {', '.join(selection['selected']) or 'none'} "
         f"[{time.perf_counter() - start:.0f}s]")
+    skipped = [] if selection["selected"] else [n for n in names if n in READS_PRIVILEGED]
+    if skipped:
+        log(f"no privileged feature survived selection: nothing to distil, so "
+            f"{', '.join(skipped)} are skipped")
+        names = [n for n in names if n not in skipped]
+        if not names:
+            raise ValueError("no privileged feature survived selection and every strategy "
+                             "asked for distils; add `none` to compare the student alone")
 
-    runs = []
-    order = run_order(names, [config.model.seed + k for k in range(c.seeds)])
+    runs, tuning_rows, chosen = [], [], {}
+    order = run_order(names, [config.model.seed + k for k in range(config.compare.seeds)])
     teachers: dict[int, tuple[Any, str]] = {}  # seed -> (ukd_teacher's student, its run)
     for i, (name, seed) in enumerate(order, start=1):
         space = space_of(name)
-        run_config = config.with_model(strategy=name, seed=seed, **chosen[name])
+        run_config = config.with_model(strategy=name, seed=seed)
+        if space == IMPRESSION:  # trained at their configured values, as in the Trainer
+            run_config = dataclasses.replace(
+                run_config, tuning=dataclasses.replace(run_config.tuning, enabled=False))
         teacher, teacher_run = teachers.pop(seed) if name == UKD else (None, None)
-        result, seconds = train_one(run_config, tft_output[space], windows[space][TRAIN],
-                                    windows[space][TEST], teacher=teacher)
+        fit = fitter(run_config, tft_output[space], windows[space], teacher)
+        tf.keras.backend.clear_session()  # drop the previous run's graphs and variables
+        # s / run: the chosen point's fit and finish (not the other tuning trials).
+        if name not in chosen:  # the first seed tunes, as the Trainer does
+            outcome = tuning.tune(run_config, fit.fit,
+                                  lambda line: log(f"  [tuning {name}] {line}"))
+            chosen[name] = outcome.best.params
+            tuning_rows += [{"strategy": name, **row} for row in outcome.table()]
+            fitted, seconds = outcome.best_result, outcome.best.seconds
+        else:
+            tic = time.perf_counter()
+            fitted = fit.fit(run_config.with_model(**chosen[name]))
+            seconds = time.perf_counter() - tic
+        tic = time.perf_counter()
+        result = fit.finish(run_config.with_model(**chosen[name]), fitted)
+        seconds += time.perf_counter() - tic
+        del fitted
         path = os.path.join(out, PREDICTIONS_DIR, f"{name}-seed{seed}.npz")
         result.predictions.save(path)
         runs.append({"strategy": name, "seed": seed, "params": chosen[name], "seconds": seconds,
@@ -586,9 +589,9 @@ def run(config: PipelineConfig, data: str, out: str,
                     for w in space.values()},
         "selection": {"selected": selection["selected"], "or_groups": selection["or_groups"],
                       "file": os.path.join(WORK_DIR, TRAIN, "selection.json")},
-        "config": config.to_dict(), "strategies": names, "chosen_params": chosen,
-        "grid": grid_rows, "runs": runs, "table": table, "oracle_true_cvr": oracle,
-        "seconds": time.perf_counter() - start,
+        "config": config.to_dict(), "strategies": names, "skipped": skipped,
+        "chosen_params": chosen, "tuning": tuning_rows, "runs": runs, "table": table,
+        "oracle_true_cvr": oracle, "seconds": time.perf_counter() - start,
     }
     write_outputs(out, summary, config)
     return summary
@@ -636,8 +639,9 @@ def write_outputs(out: str, summary: dict[str, Any], config: PipelineConfig) -> 
                                                  for s in ("mean", "std")])
     write_csv("runs.csv", summary["runs"], ["strategy", "seed", "params", "rows", "truth_rows"]
               + list(METRICS) + ["predictions", "teacher_run"])
-    if summary["grid"]:
-        write_csv("grid.csv", summary["grid"], ["strategy", "params", "rows"] + list(METRICS))
+    if summary["tuning"]:
+        write_csv("tuning.csv", summary["tuning"], list(dict.fromkeys(
+            k for row in summary["tuning"] for k in row)))
     with tf.io.gfile.GFile(os.path.join(out, "compare.md"), "w") as f:
         f.write(markdown(summary))
     with tf.io.gfile.GFile(os.path.join(out, "compare.json"), "w") as f:
@@ -653,6 +657,19 @@ def _cell(entry: dict[str, Any], metric: str, digits: int = 4) -> str:
     return _fmt(mean, digits) + (f" ± {_fmt(std, digits)}" if std is not None else "")
 
 
+def _gate_cell(entry: dict[str, Any], baseline: dict[str, Any] | None,
+               evaluation: dict[str, Any]) -> str:
+    """What the pipeline's baseline gate would ship, judged on the seeds' means."""
+    if baseline is None or entry is baseline:
+        return "-"
+    from pfdx.config import EvaluationConfig
+
+    decision = champion.gate(
+        *({k: e[f"{k}_mean"] for k in ("student_auc", "student_ece")} for e in (entry, baseline)),
+        EvaluationConfig(**{k: v for k, v in evaluation.items() if k != "slice_by"}))
+    return "ships" if decision.shipped == champion.DISTILLED else "student alone ships"
+
+
 def markdown(summary: dict[str, Any]) -> str:
     table, windows, oracle = summary["table"], summary["windows"], summary["oracle_true_cvr"]
     model = summary["config"]["model"]
@@ -665,7 +682,8 @@ def markdown(summary: dict[str, Any]) -> str:
         cols += ["mean abs(p − true CVR)", "ECE vs true CVR", "MCE vs true CVR"]
     if impressions:
         cols += ["test impressions", "CTR AUC", "CTCVR AUC"]
-    cols += ["params", "s / run"]
+    cols += ["baseline gate", "params", "s / run"]
+    baseline = next((e for e in table if e["strategy"] == champion.BASELINE), None)
     lines = [
         "# pfdx compare", "",
         f"Test window: {windows[TEST]['rows']} clicked rows ({windows[TEST]['conversions']} "
@@ -673,9 +691,12 @@ def markdown(summary: dict[str, Any]) -> str:
         f"({windows[TRAIN]['conversions']} conversions); split by time. "
         f"{seeds} seed(s) per strategy: each cell is the mean"
         + (" ± the sample standard deviation over seeds" if seeds > 1 else "") + ". "
-        f"Model: hidden {model['hidden_units']}, {model['epochs']} epoch(s), batch "
-        f"{model['batch_size']}, lr {model['learning_rate']}, hash buckets "
-        f"{model['hash_buckets']}, γ {model['gamma']}, λ {model['lam']}. "
+        f"Model: hidden {model['hidden_units']}, at most {model['epochs']} epoch(s) with "
+        f"early stopping on the validation window (patience "
+        f"{model['early_stopping_patience']}), batch {model['batch_size']}, hash buckets "
+        f"{model['hash_buckets']}, calibration {summary['config']['evaluation']['calibration']}"
+        f"; configured lr {model['learning_rate']}, γ {model['gamma']}, λ {model['lam']}, "
+        f"alignment weight {model['align_weight']}. "
         f"Privileged features (selected on the train window): "
         f"{', '.join(summary['selection']['selected'])}.", ""]
     if impressions:
@@ -707,7 +728,8 @@ def markdown(summary: dict[str, Any]) -> str:
         if impressions:
             cells += [_fmt(e["impression_rows_mean"], 0), _cell(e, "ctr_auc"),
                       _cell(e, "ctcvr_auc")]
-        cells += [json.dumps(e["params"], sort_keys=True) if e["params"] else "-",
+        cells += [_gate_cell(e, baseline, summary["config"]["evaluation"]),
+                  json.dumps(e["params"], sort_keys=True) if e["params"] else "-",
                   _fmt(e["seconds_mean"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
     if oracle is not None:
@@ -718,13 +740,19 @@ def markdown(summary: dict[str, Any]) -> str:
             cells += ["0", "0", "0"]
         if impressions:
             cells += ["-", "-", "-"]
-        lines.append("| " + " | ".join(cells + ["-", "-"]) + " |")
+        lines.append("| " + " | ".join(cells + ["-", "-", "-"]) + " |")
         lines += ["", "The oracle row scores the simulator's hidden true CVR as if it were a "
                   "model: the best AUC any model can reach on this window, and the ECE / MCE "
                   "that label noise alone produces."]
-    if summary["grid"]:
-        lines += ["", f"Hyperparameters chosen per strategy on the validation window by "
-                  f"{summary['config']['compare']['grid_metric']} (grid.csv has every point)."]
+    if summary["tuning"]:
+        lines += ["", f"Per-run tuning: each strategy's values were chosen on the validation "
+                  f"window by {summary['config']['tuning']['metric']} among the no-distillation "
+                  f"point, the configured values and up to "
+                  f"{summary['config']['tuning']['max_trials']} grid points (tuning.csv has "
+                  f"every trial; the params column shows the choice)."]
+    if summary.get("skipped"):
+        lines += ["", f"No privileged feature survived selection: nothing to distil, so "
+                  f"{', '.join(summary['skipped'])} were skipped."]
     lines += ["", "![reliability diagram](reliability.png)", ""]
     return "\n".join(lines)
 

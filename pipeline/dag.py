@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tfx import v1 as tfx
 
+from pfdx.components import splits
 from pfdx.components.click_log_example_gen import ClickLogExampleGen
 from pfdx.components.evaluation_report import EvaluationReport
 from pfdx.components.privileged_feature_selection import PrivilegedFeatureSelection
@@ -67,6 +68,10 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
         return tfx.components.Trainer(
             run_fn=f"{TRAINER_MODULE}.run_fn",
             examples=train_examples,
+            train_args=tfx.proto.TrainArgs(splits=[splits.TRAIN]),
+            # Early stopping, tuning, the baseline gate and calibration read the
+            # validation split; the eval split is held out for the final metrics.
+            eval_args=tfx.proto.EvalArgs(splits=[splits.VALIDATION, splits.EVAL]),
             transform_graph=transform_.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
             custom_config=trainer_custom_config(trainer_config, **kwargs))
@@ -95,7 +100,7 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str)
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
     evaluator = tfx.components.Evaluator(
-        examples=examples, model=trainer.outputs["model"],
+        examples=examples, model=trainer.outputs["model"], example_splits=[splits.EVAL],
         baseline_model=baseline.outputs["model"], eval_config=eval_config(config))
     report = EvaluationReport(evaluation=evaluator.outputs["evaluation"],
                               model_run=trainer.outputs["model_run"], examples=examples,

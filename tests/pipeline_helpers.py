@@ -8,7 +8,10 @@ from pfdx.components.click_log_example_gen import ClickLogExampleGen
 from pfdx.config import PipelineConfig, load_config
 
 # Beam in-memory: TFX start-up, not data, dominates small pipeline tests.
-FAST = ["runner.direct_running_mode=in_memory", "runner.direct_num_workers=1"]
+FAST = ["runner.direct_running_mode=in_memory", "runner.direct_num_workers=1",
+        # Per-run tuning trains its fixed candidates only: the student alone, and the
+        # strategy without distillation and at its configured values (models/tuning.py).
+        "tuning.grid={}", "tuning.max_trials=0"]
 
 
 def make_config(tmp_path, *overrides: str) -> PipelineConfig:

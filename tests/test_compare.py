@@ -1,11 +1,12 @@
 """`pfdx compare` on a small simulated log: its table is the trained models' own
-evaluation, its test window is the later time window, and its grid picks by the
-validation window; impression-space strategies (TAML, UKD) run next to the
+evaluation, its windows are the pipeline's time splits, and its per-run tuning picks
+by the validation window; impression-space strategies (TAML, UKD) run next to the
 click-space ones without changing them.
 
 Two CLI runs on one log (module fixtures, 1 epoch, tiny towers): 2 click-space
-strategies x 1 seed plus a 2-point learning-rate grid for `none`; then `ha_pfd_v2`,
-`taml` and `ukd` (with its `ukd_teacher`) x 1 seed plus a one-point grid for `ukd`.
+strategies x 1 seed, tuned over a 2-point learning-rate grid for `none` (and the
+fixed candidates); then `ha_pfd_v2`, `taml` and `ukd` (with its `ukd_teacher`) x 1
+seed, the impression-space ones at their configured values.
 """
 import contextlib
 import csv
@@ -27,7 +28,7 @@ STRATEGIES = ["none", "ha_pfd_v2"]
 LEARNING_RATES = [0.0001, 0.02]
 SMALL = ["model.epochs=1", "model.hidden_units=[16,8]", "model.mapping_hidden_units=[8]",
          "model.hash_buckets=1000", "runner.direct_running_mode=in_memory",
-         "runner.direct_num_workers=1", "data.format=parquet"]
+         "runner.direct_num_workers=1", "data.format=parquet", "tuning.max_trials=2"]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def _num(cell):
 
 def test_writes_table_runs_and_reliability_diagram(outcome):
     out, stdout = outcome
-    for name in ("compare.csv", "compare.md", "runs.csv", "grid.csv", "compare.json"):
+    for name in ("compare.csv", "compare.md", "runs.csv", "tuning.csv", "compare.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = _rows(out / "compare.csv")
@@ -128,32 +129,41 @@ def test_test_window_is_the_last_fifth_of_clicked_time(outcome, frame):
     np.testing.assert_array_equal(p.labels, test[schema.LABEL].to_numpy())
     np.testing.assert_allclose(p.truth, test[schema.TRUE_CVR].to_numpy(), atol=1e-6)
     summary = json.loads((out / "compare.json").read_text())
-    assert summary["windows"]["train"]["rows"] == int((t < cutoff).sum())
-    assert summary["windows"]["train"]["time_range"][1] < summary["windows"]["test"]["time_range"][0]
+    windows = summary["windows"]
+    validation_cut = cutoff - 0.2 * (cutoff - t.min())
+    assert windows["train"]["rows"] == int((t < validation_cut).sum())
+    assert windows["validation"]["rows"] == int(((t >= validation_cut) & (t < cutoff)).sum())
+    assert windows["train"]["time_range"][1] < windows["validation"]["time_range"][0]
+    assert windows["validation"]["time_range"][1] < windows["test"]["time_range"][0]
     assert summary["data"]["rows"]["used"] == len(clicks)
 
 
-def test_grid_chooses_the_best_validation_point(outcome):
+def test_tuning_chooses_the_best_validation_point(outcome):
     out, _ = outcome
-    grid = _rows(out / "grid.csv")
-    assert [json.loads(r["params"]) for r in grid] == [{"learning_rate": lr}
-                                                      for lr in LEARNING_RATES]
-    best = max(grid, key=lambda r: _num(r["student_auc"]))
+    trials = _rows(out / "tuning.csv")
+    by_strategy = {}
+    for r in trials:
+        by_strategy.setdefault(r["strategy"], []).append(r)
+    # `none`: the grid's learning rates (its setup stage; it has no weights to tune).
+    assert [json.loads(r["params"]) for r in by_strategy["none"]] == [
+        {"learning_rate": lr} for lr in LEARNING_RATES]
+    # ha_pfd_v2 has no grid entry: no distillation, then its configured values.
+    assert [json.loads(r["params"]) for r in by_strategy["ha_pfd_v2"]] == [
+        {"align_weight": 0.0, "lam": 0.0, "share_embeddings": False}, {}]
     table = {r["strategy"]: r for r in _rows(out / "compare.csv")}
-    assert json.loads(table["none"]["params"]) == json.loads(best["params"])
-    assert json.loads(table["ha_pfd_v2"]["params"]) == {}  # no grid for it
+    for name, rows in by_strategy.items():
+        best = max(rows, key=lambda r: _num(r["validation_student_auc"]))
+        assert json.loads(table[name]["params"]) == json.loads(best["params"]), name
     summary = json.loads((out / "compare.json").read_text())
-    assert summary["windows"]["validation"]["rows"] == int(grid[0]["rows"])
-    assert summary["windows"]["fit"]["rows"] + summary["windows"]["validation"]["rows"] \
-        == summary["windows"]["train"]["rows"]
+    assert all(int(float(r["validation_rows"])) == summary["windows"]["validation"]["rows"]
+               for r in trials)
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["compare.strategies=[none, distil_everything]"], "compare.strategies: unknown"),
-    (["compare.grid.lamda=[1, 10]"], "compare.grid.lamda: 'lamda' is not a tunable"),
-    (["compare.grid.kd_plus:lam=[1]"], "compare.grid.kd_plus:lam: unknown strategy"),
+    (["tuning.grid.lamda=[1, 10]"], "tuning.grid.lamda: 'lamda' is not a tunable"),
+    (["tuning.grid.kd_plus:lam=[1]"], "tuning.grid.kd_plus:lam: unknown strategy"),
     (["compare.seeds=0"], "compare.seeds: 0 is below 1"),
-    (["data.time_column=null"], "data.time_column: pfdx compare splits"),
     (["compare.strategies=[none, taml]", "data.columns.click=null"],
      r"compare.strategies: \['taml'\] train on every impression and need data.columns.click"),
 ])
@@ -166,8 +176,8 @@ def test_bad_settings_name_their_key(tmp_path, overrides, message):
 
 # Impression space ------------------------------------------------------------------
 # A second CLI run on the same log: `ha_pfd_v2` (click space, as in `outcome`) next to
-# TAML and UKD (`ukd` brings `ukd_teacher`), one seed, plus a one-point grid for `ukd`
-# (its points are pseudo-labelled by one teacher trained on the fit window); ~1.5 min.
+# TAML and UKD (`ukd` brings `ukd_teacher`), one seed; the impression-space strategies
+# are not tuned (as in the Trainer), so `ukd`'s grid entry is not used; ~1.5 min.
 
 IMPRESSION_STRATEGIES = ["ha_pfd_v2", "taml", "ukd"]
 UKD_PSEUDO_WEIGHTS = [1.0]
@@ -220,7 +230,9 @@ def test_impression_strategies_run_next_to_click_space_ones(impressions, frame):
     summary = json.loads((out / "compare.json").read_text())
     windows = summary["windows"]
     assert windows["test_impressions"]["rows"] == n_test
-    assert windows["train_impressions"]["rows"] + n_test == len(frame)
+    assert (windows["train_impressions"]["rows"] + windows["validation_impressions"]["rows"]
+            + n_test == len(frame))
+    assert windows["validation_impressions"]["clicks"] == windows["validation"]["rows"]
     assert windows["test_impressions"]["clicks"] == windows["test"]["rows"]
     assert windows["train_impressions"]["clicks"] == windows["train"]["rows"]
     assert "impressions " + str(n_test) in stdout
@@ -280,16 +292,12 @@ def test_ukd_student_trains_after_its_teacher(impressions):
     teacher, student = runs[names.index("ukd_teacher")], runs[names.index("ukd")]
     assert student["teacher_run"] == teacher["predictions"] and teacher["seed"] == student["seed"]
     assert stdout.index("ukd_teacher     seed 42") < stdout.index("ukd             seed 42")
-    # The grid: ukd's points, none for the others; one teacher (ukd_teacher's own
-    # config: it has no grid) trained before them on the fit window, not a grid row.
-    grid = _rows(out / "grid.csv")
-    assert [(r["strategy"], json.loads(r["params"])) for r in grid] == [
-        ("ukd", {"ukd_pseudo_weight": w}) for w in UKD_PSEUDO_WEIGHTS]
-    assert stdout.count("[grid] ukd_teacher     {}") == 1
-    assert stdout.index("[grid] ukd_teacher") < stdout.index("[grid] ukd             {")
-    best = max(grid, key=lambda r: _num(r["student_auc"]))
-    assert json.loads(student["params"]) == json.loads(best["params"])
-    assert json.loads(teacher["params"]) == {}
+    # Impression-space strategies train at their configured values: one trial each.
+    trials = [(r["strategy"], json.loads(r["params"])) for r in _rows(out / "tuning.csv")]
+    assert [t for t in trials if t[0] in ("taml", "ukd_teacher", "ukd")] == [
+        ("ukd_teacher", {}), ("ukd", {}), ("taml", {})]
+    assert stdout.index("[tuning ukd_teacher]") < stdout.index("[tuning ukd]")
+    assert json.loads(student["params"]) == {} and json.loads(teacher["params"]) == {}
 
 
 def test_click_space_results_do_not_change_with_impression_strategies(impressions, outcome):

@@ -153,7 +153,7 @@ def test_schedule_uploads_the_spec_and_creates_a_daily_recurring_run(kfp_api, sp
     assert len(kfp_api.pipelines) == 1 and len(kfp_api.uploads) == 2
     second = kfp_api.recurring_runs[1]
     assert second["pipeline_version_reference"]["pipeline_version_id"] == "v1"
-    assert second["runtime_config"]["parameters"]["epochs"] == 2
+    assert second["runtime_config"]["parameters"]["epochs"] == 10  # the compiled default
     assert second["trigger"]["cron_schedule"]["cron"] == "@daily"
 
 

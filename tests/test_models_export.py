@@ -39,7 +39,7 @@ def refs(*holders):
 def test_student_holds_only_regular_embeddings_and_student_side_nets(strategy, batch):
     model = built(strategy, batch)
     student = model.student_model()
-    own = refs(student.embeddings, student.tower)
+    own = refs(student.embeddings, student.tower, student.calibration)
     if strategy == "mtl":  # the auxiliary towers compute the served model's inputs
         own |= refs(model.strategy.encoder)
     assert refs(student) == own

@@ -110,5 +110,6 @@ def test_ukd_needs_exactly_one_source_of_pseudo_labels():
     for strategy, kwargs in [("ukd", {}), ("ukd", {"pseudo_label_column": "p", "teacher": object()}),
                              ("taml", {"pseudo_label_column": "p"})]:
         config = load_config(None, [f"model.strategy={strategy}"])
+        fitter = training.Fitter(None, None, training.Splits([], [], []), **kwargs)
         with pytest.raises(ValueError, match="exactly one of a column or a teacher model"):
-            training.fit_and_evaluate(config, None, None, [], [], **kwargs)
+            fitter.fit(config)

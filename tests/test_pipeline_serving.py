@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full_run")
     config = make_config(tmp, "data.simulated_rows=30000", "model.epochs=1",
                          "model.hash_buckets=1000", "evaluation.max_ece=1.0",
-                         "evaluation.min_auc=0.0")
+                         "evaluation.min_auc=0.0", "model.privileged_encoding=quantiles")
     summary = local_runner.run(config)
     (version,) = os.listdir(config.serving_dir)
     model_run = latest(config, "ModelRun")

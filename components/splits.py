@@ -1,0 +1,47 @@
+"""The three example splits every pfdx run trains, validates and evaluates on.
+
+- `train`: what the models fit on (and the selection and the Transform analyse);
+- `validation`: the last `data.validation_fraction` of the train time range, the
+  most recent data before eval: early stopping, per-run tuning of the distillation
+  weights, the baseline gate's comparison and post-hoc calibration all read it;
+- `eval`: the last `data.eval_fraction` of the whole time range, held out for the
+  Trainer's final metrics and the Evaluator's blessing.
+
+Without a time column the rows are assigned by a hash of the serialized example
+in the same proportions. ExampleGen and `pfdx compare` cut with these functions,
+so a compare window is the pipeline's split, row for row.
+"""
+from __future__ import annotations
+
+import zlib
+
+TRAIN, VALIDATION, EVAL = "train", "validation", "eval"
+SPLITS = (TRAIN, VALIDATION, EVAL)  # partition index -> split name
+
+_HASH_BUCKETS = 10_000
+
+
+def time_cuts(lo: float, hi: float, eval_fraction: float,
+              validation_fraction: float) -> tuple[float, float]:
+    """(eval cut, validation cut) of the time range [lo, hi]: eval from the eval cut
+    on, validation from the validation cut up to the eval cut."""
+    eval_cut = hi - eval_fraction * (hi - lo)
+    return eval_cut, eval_cut - validation_fraction * (eval_cut - lo)
+
+
+def split_by_time(time: float, cuts: tuple[float, float]) -> int:
+    """Index into SPLITS of a row logged at `time`."""
+    eval_cut, validation_cut = cuts
+    if time >= eval_cut:
+        return 2
+    return int(time >= validation_cut)
+
+
+def split_by_hash(serialized: bytes, eval_fraction: float, validation_fraction: float) -> int:
+    """Index into SPLITS from a crc32 of the serialized example: deterministic across
+    runs and workers; eval takes `eval_fraction` of the rows, validation
+    `validation_fraction` of the rest."""
+    u = (zlib.crc32(serialized) % _HASH_BUCKETS) / _HASH_BUCKETS
+    if u < eval_fraction:
+        return 2
+    return int(u < eval_fraction + validation_fraction * (1.0 - eval_fraction))

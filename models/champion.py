@@ -1,0 +1,120 @@
+"""Which student a run ships: the tuned distilled student, or the student alone.
+
+Every click-space run trains the configured strategy, tuned on the validation split
+(models/tuning.py), and the student alone (`none`, its learning rate tuned the same
+way) on the same splits. The baseline gate (`gate`) ships the distilled student only
+if, on the eval split, it is not worse than the student alone on AUC and ECE
+(`evaluation.baseline_*_tolerance`); otherwise the student alone ships, and the run
+says why. When no privileged feature survived selection there is nothing to distil:
+only the student alone trains and ships. The Evaluator then judges whatever ships
+against the last blessed model and the absolute thresholds (pipeline/evaluation.py).
+
+Impression-space strategies (TAML, UKD) train once at their configured values: a
+tuned grid over every impression is many times the cost of a click-space run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+from pfdx.config import EvaluationConfig, PipelineConfig
+from pfdx.models import tuning
+
+BASELINE = "none"
+DISTILLED, STUDENT_ALONE = "distilled", "student_alone"
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    shipped: str  # DISTILLED | STUDENT_ALONE
+    reason: str
+
+
+def gate(distilled: dict[str, float], baseline: dict[str, float],
+         e: EvaluationConfig) -> Decision:
+    """The baseline gate on eval metrics (`student_auc`, `student_ece` of each)."""
+    auc, base_auc = distilled["student_auc"], baseline["student_auc"]
+    ece, base_ece = distilled["student_ece"], baseline["student_ece"]
+    failures = []
+    if math.isnan(auc) or auc < base_auc - e.baseline_auc_tolerance:
+        failures.append(f"AUC {auc:.4f} < the student alone's {base_auc:.4f}"
+                        + (f" - {e.baseline_auc_tolerance:g}" if e.baseline_auc_tolerance else ""))
+    if math.isnan(ece) or ece > base_ece + e.baseline_ece_tolerance:
+        failures.append(f"ECE {ece:.4f} > the student alone's {base_ece:.4f} + "
+                        f"{e.baseline_ece_tolerance:g}")
+    if failures:
+        return Decision(STUDENT_ALONE, "the distilled student is worse than the student "
+                        "alone on eval: " + "; ".join(failures))
+    return Decision(DISTILLED, f"the distilled student is not worse than the student alone "
+                    f"on eval (AUC {auc:.4f} vs {base_auc:.4f}, ECE {ece:.4f} vs {base_ece:.4f})")
+
+
+@dataclasses.dataclass
+class Side:
+    """One student of the run: its tuning and its final (shipped-or-not) result."""
+
+    tuning: tuning.Outcome
+    final: Any  # models/training.py Result: eval metrics, model, predictions
+
+    def summary(self) -> dict[str, Any]:
+        return {"chosen": self.tuning.best.params, "metrics": self.final.metrics,
+                "trials": self.tuning.table()}
+
+
+@dataclasses.dataclass
+class Champion:
+    """What a run trained and what it ships."""
+
+    decision: Decision
+    baseline: Side
+    distilled: Side | None  # None: nothing to distil, or the strategy is `none`
+
+    @property
+    def shipped(self) -> Any:
+        """The shipped Result."""
+        side = self.distilled if self.decision.shipped == DISTILLED else self.baseline
+        return side.final
+
+    def metrics(self) -> dict[str, Any]:
+        """training_metrics.json: the shipped student's metrics at top level (eval
+        split; the teacher's too when there is one), then each side's metrics, tuning
+        trials and chosen values, and the decision."""
+        out = dict(self.shipped.metrics)
+        out.update(shipped=self.decision.shipped, ship_reason=self.decision.reason,
+                   student_alone=self.baseline.summary())
+        if self.distilled is not None:
+            out["distilled"] = self.distilled.summary()
+            # The teacher is the distilled run's even when the student alone ships.
+            out.update({k: v for k, v in self.distilled.final.metrics.items()
+                        if k.startswith("teacher_")})
+        return out
+
+
+def train_champion(config: PipelineConfig, fitter: Any, privileged_inputs: bool,
+                   log: Callable[[str], None] = lambda _: None) -> Champion:
+    """Tunes the configured strategy and the student alone with `fitter.fit(config,
+    name)` on the validation split, makes each side's best into its final model with
+    `fitter.finish(config, fitted, name)` (models/training.py `Fitter`), then gates on
+    eval. `privileged_inputs`: whether any privileged feature survived selection."""
+
+    def side(side_config: PipelineConfig) -> Side:
+        name = side_config.model.strategy
+        outcome = tuning.tune(side_config, lambda c, trial: fitter.fit(c, f"{name}-{trial}"),
+                              lambda line: log(f"{name}: {line}"))
+        final = fitter.finish(side_config.with_model(**outcome.best.params),
+                              outcome.best_result, f"{name}-final")
+        return Side(outcome, final)
+
+    baseline = side(config.with_model(strategy=BASELINE))
+    strategy = config.model.strategy
+    if strategy == BASELINE:
+        return Champion(Decision(STUDENT_ALONE, "model.strategy is 'none': the student "
+                                 "alone"), baseline, None)
+    if not privileged_inputs:
+        return Champion(Decision(
+            STUDENT_ALONE, f"no privileged feature survived selection: nothing to distil, "
+            f"so {strategy!r} was not trained and the student alone ships"), baseline, None)
+    distilled = side(config)
+    decision = gate(distilled.final.metrics, baseline.final.metrics, config.evaluation)
+    return Champion(decision, baseline, distilled)

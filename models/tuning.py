@@ -1,0 +1,164 @@
+"""Per-run tuning of a strategy on the validation split (`tuning` in the config).
+
+A production run cannot assume the paper's regime (a teacher at AUC 0.97 that makes
+λ 10 of Focal V2 a small correction): it measures its own, in two stages.
+
+1. Setup, without distillation (every weight of the strategy's terms 0, and a
+   teacher with its own embeddings, so the student trains exactly as it would
+   alone): every combination of the grid's learning rates and privileged
+   encodings. The learning rate is the one whose student scores best; the
+   privileged encoding the one whose *teacher* scores best (validation AUC) at that
+   learning rate -- a distilled student can only be as good as what it learns from.
+2. Distillation, at the setup's learning rate and encoding: the configured values
+   of the strategy's weights (the paper's, unless the config changes them) and up
+   to `tuning.max_trials` points drawn from the rest of `tuning.grid` (seeded by
+   `model.seed`), next to the setup's no-distillation winner. The best student wins,
+   so tuning chooses distillation only when it helps on this log.
+
+Each candidate trains on the train split with early stopping on the validation split
+(models/training.py `Fitter.fit`) and is scored there by `tuning.metric`; a strategy
+varies only what it reads (`strategies.tuned_fields`). Nothing here reads the eval
+split. The Trainer (models/champion.py) and `pfdx compare` both call `tune`, then
+make the best candidate their final model (`Fitter.finish`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+import time
+from typing import Any, Callable
+
+from pfdx.config import PipelineConfig
+from pfdx.models import strategies
+
+LOWER_IS_BETTER = {"student_ece", "student_mce"}
+
+
+@dataclasses.dataclass
+class Trial:
+    params: dict[str, Any]  # model fields changed from the config
+    metrics: dict[str, Any]  # the run's metrics (validation_* among them)
+    seconds: float
+
+    def score(self, metric: str) -> float:
+        """Higher is better; NaN (e.g. an AUC of one class) never wins."""
+        value = float(self.metrics.get(f"validation_{metric}", math.nan))
+        return -value if metric in LOWER_IS_BETTER else value
+
+
+@dataclasses.dataclass
+class Outcome:
+    best: Trial
+    best_result: Any  # what `train` returned for the best trial
+    trials: list[Trial]
+
+    def table(self) -> list[dict[str, Any]]:
+        """One plain row per trial, for reports and MLMD."""
+        return [{"params": t.params, "seconds": round(t.seconds, 1),
+                 **{k: v for k, v in t.metrics.items() if k.startswith("validation_")
+                    or k in ("epochs_trained", "best_epoch")}} for t in self.trials]
+
+
+def grid_for(config: PipelineConfig, strategy: str) -> dict[str, tuple[Any, ...]]:
+    """`tuning.grid` for `strategy`: shared entries, replaced by `strategy:field`
+    ones, restricted to the fields the strategy reads."""
+    fields = strategies.tuned_fields(strategy)
+    grid = {k: v for k, v in config.tuning.grid.items() if ":" not in k}
+    grid.update({k.split(":", 1)[1]: v for k, v in config.tuning.grid.items()
+                 if k.split(":", 1)[0] == strategy and ":" in k})
+    return {f: tuple(grid[f]) for f in sorted(grid) if f in fields}
+
+
+SETUP_FIELDS = ("learning_rate", "privileged_encoding")
+
+
+def _combinations(grid: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+
+def _distinct(points: list[dict[str, Any]], config: PipelineConfig,
+              seen: set | None = None) -> list[dict[str, Any]]:
+    """`points` without repeats of the values the strategy reads (nor of `seen`)."""
+    m, seen = config.model, set() if seen is None else seen
+    fields = strategies.tuned_fields(m.strategy)
+    out = []
+    for point in points:
+        key = tuple(point.get(f, getattr(m, f)) for f in fields)
+        if key not in seen:
+            seen.add(key)
+            out.append(point)
+    return out
+
+
+def setup_candidates(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Stage 1: no distillation, at every learning rate x privileged encoding of the
+    grid (the configured values when tuning is off)."""
+    if not config.tuning.enabled:
+        return [{}]
+    grid = {f: v for f, v in grid_for(config, config.model.strategy).items() if f in SETUP_FIELDS}
+    base = strategies.no_distillation(config.model.strategy)
+    return _distinct([{**base, **point} for point in _combinations(grid)], config)
+
+
+def distillation_candidates(config: PipelineConfig, setup: dict[str, Any]) -> list[dict[str, Any]]:
+    """Stage 2 at the chosen `setup` point: the configured weights, then up to
+    `tuning.max_trials` draws of the other grid fields; none that repeats `setup`."""
+    m = config.model
+    if not config.tuning.enabled or not strategies.no_distillation(m.strategy):
+        return []  # nothing to weigh (`none`, EKTF's own heads)
+    fixed = {f: v for f, v in setup.items() if f in SETUP_FIELDS}
+    grid = {f: v for f, v in grid_for(config, m.strategy).items() if f not in SETUP_FIELDS}
+    drawn = _combinations(grid)
+    random.Random(m.seed).shuffle(drawn)
+    seen: set = set()
+    _distinct([setup], config, seen)
+    points = _distinct([fixed] + [{**fixed, **d} for d in drawn], config, seen)
+    return points[:1 + config.tuning.max_trials]
+
+
+def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
+         log: Callable[[str], None] = lambda _: None) -> Outcome:
+    """The two stages of the module docstring; `train(config, trial_name)` returns
+    an object with `.metrics` (models/training.py `Result`). Only the best
+    result of each stage is held."""
+    metric = config.tuning.metric
+    trials: list[Trial] = []
+
+    def run(points: list[dict[str, Any]], stage: str) -> list[tuple[Trial, Any]]:
+        out = []
+        for point in points:
+            start = time.perf_counter()
+            result = train(config.with_model(**point), f"{stage}-{len(trials)}")
+            trial = Trial(point, dict(result.metrics), time.perf_counter() - start)
+            trials.append(trial)
+            teacher = trial.metrics.get("validation_teacher_auc")
+            log(f"{stage} trial {len(trials) - 1} {point or '(configured values)'}: validation "
+                f"{metric} {trial.metrics.get(f'validation_{metric}', math.nan):.4f}"
+                + (f", teacher AUC {teacher:.4f}" if teacher is not None else "")
+                + f", {trial.metrics.get('best_epoch')} epoch(s)")
+            out.append((trial, result))
+        return out
+
+    setup = run(setup_candidates(config), "setup")
+    lr = _best(setup, lambda t: t.score(metric))[0].params.get("learning_rate")
+    # At that learning rate the encodings trained the same student (no distillation,
+    # no shared embeddings): the teacher decides; without a teacher (MTL) the student.
+    chosen = _best([(t, r) for t, r in setup if t.params.get("learning_rate") == lr],
+                   lambda t: float(t.metrics.get("validation_teacher_auc", t.score(metric))))
+    del setup
+    distillation = run(distillation_candidates(config, chosen[0].params), "distillation")
+    best = _best([chosen] + distillation, lambda t: t.score(metric))
+    return Outcome(best[0], best[1], trials)
+
+
+def _best(pairs: list[tuple[Trial, Any]], score: Callable[[Trial], float]):
+    """The pair with the highest score; NaN never wins over a number (None: empty)."""
+    best = None
+    for pair in pairs:
+        value = score(pair[0])
+        if best is None or (not math.isnan(value) and (
+                math.isnan(score(best[0])) or value > score(best[0]))):
+            best = pair
+    return best

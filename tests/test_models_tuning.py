@@ -1,0 +1,164 @@
+"""Per-run tuning (candidates, choice on validation) and the baseline gate."""
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from pfdx.config import EvaluationConfig, load_config
+from pfdx.models import champion, strategies, tuning
+
+
+def _config(*overrides):
+    return load_config(None, list(overrides))
+
+
+NO_DISTILLATION = {"align_weight": 0.0, "lam": 0.0, "share_embeddings": False}
+
+
+def test_setup_trains_every_learning_rate_and_encoding_without_distillation():
+    config = _config("model.strategy=ha_pfd_v2")
+    points = tuning.setup_candidates(config)
+    assert [(p["learning_rate"], p["privileged_encoding"]) for p in points] == [
+        (0.0025, "binary"), (0.0025, "quantiles"), (0.025, "binary"), (0.025, "quantiles")]
+    assert all({k: p[k] for k in NO_DISTILLATION} == NO_DISTILLATION for p in points)
+    # `none` reads only the learning rate.
+    assert tuning.setup_candidates(_config("model.strategy=none")) == [
+        {"learning_rate": 0.0025}, {"learning_rate": 0.025}]
+
+
+def test_distillation_stage_keeps_the_setup_and_starts_from_the_configured_weights():
+    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=3")
+    setup = {**NO_DISTILLATION, "learning_rate": 0.025, "privileged_encoding": "quantiles"}
+    points = tuning.distillation_candidates(config, setup)
+    fixed = {"learning_rate": 0.025, "privileged_encoding": "quantiles"}
+    assert points[0] == fixed and len(points) == 4
+    assert all({k: p[k] for k in fixed} == fixed for p in points)
+    assert all(set(p) <= set(strategies.tuned_fields("ha_pfd_v2")) for p in points)
+    assert len({tuple(sorted(p.items())) for p in points}) == 4
+    # No weights to tune: no second stage.
+    assert tuning.distillation_candidates(_config("model.strategy=none"), {}) == []
+
+
+def test_a_strategy_specific_grid_entry_replaces_the_shared_one():
+    config = _config("model.strategy=kd", "tuning.max_trials=50",
+                     'tuning.grid={"lam": [1, 10], "kd:lam": [3], "learning_rate": [0.0025]}')
+    points = tuning.distillation_candidates(config, {"lam": 0.0, "learning_rate": 0.0025})
+    assert [p.get("lam") for p in points] == [None, 3]
+
+
+def test_tuning_off_trains_the_configured_values_only():
+    config = _config("tuning.enabled=false")
+    assert tuning.setup_candidates(config) == [{}]
+    assert tuning.distillation_candidates(config, {}) == []
+
+
+def test_every_strategy_declares_its_term_weights():
+    assert set(strategies.TERM_WEIGHTS) == set(strategies.STRATEGIES)
+    fields = set(load_config().model.__dataclass_fields__)
+    assert all(set(w) <= fields for w in strategies.TERM_WEIGHTS.values())
+
+
+def _fake_train(score):
+    """A train function whose validation metrics are `score(model config)`."""
+    calls = []
+
+    def train(config, name):
+        calls.append(config.model)
+        return SimpleNamespace(metrics=score(config.model))
+    return train, calls
+
+
+def test_setup_picks_the_student_learning_rate_and_the_teacher_encoding():
+    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=1",
+                     'tuning.grid={"lam": [1], "learning_rate": [0.0025, 0.025], '
+                     '"privileged_encoding": [binary, quantiles]}')
+
+    def score(m):
+        student = {0.0025: 0.70, 0.025: 0.72}[m.learning_rate] + 0.05 * (m.lam == 1)
+        teacher = {"binary": 0.80, "quantiles": 0.85}[m.privileged_encoding]
+        return {"validation_student_auc": student, "validation_teacher_auc": teacher}
+
+    train, calls = _fake_train(score)
+    outcome = tuning.tune(config, train)
+    assert len(calls) == 4 + 2  # setup grid, then the configured weights and one draw
+    second_stage = calls[4:]
+    assert {(m.learning_rate, m.privileged_encoding) for m in second_stage} == {(0.025, "quantiles")}
+    assert outcome.best.params["lam"] == 1 and outcome.best.params["learning_rate"] == 0.025
+
+
+def test_tune_keeps_the_no_distillation_point_when_distillation_loses_and_nan_never_wins():
+    config = _config("model.strategy=kd", "model.lam=10", 'tuning.grid={"lam": [1]}')
+    scores = {0.0: 0.72, 10.0: math.nan, 1.0: 0.70}
+    train, calls = _fake_train(lambda m: {"validation_student_auc": scores[m.lam]})
+    outcome = tuning.tune(config, train)
+    assert [m.lam for m in calls] == [0.0, 10.0, 1.0]
+    assert outcome.best.params == {"lam": 0.0, "share_embeddings": False}
+    assert outcome.best_result.metrics["validation_student_auc"] == 0.72
+    # A lower-is-better metric flips the choice.
+    config = _config("model.strategy=kd", "model.lam=10", 'tuning.grid={"lam": [1]}',
+                     "tuning.metric=student_ece")
+    scores = {0.0: 0.05, 10.0: 0.01, 1.0: 0.02}
+    outcome = tuning.tune(config, _fake_train(lambda m: {"validation_student_ece": scores[m.lam]})[0])
+    assert outcome.best.params == {}
+
+
+GATE = EvaluationConfig(baseline_auc_tolerance=0.0, baseline_ece_tolerance=0.005)
+
+
+@pytest.mark.parametrize("distilled, shipped", [
+    ({"student_auc": 0.71, "student_ece": 0.020}, champion.DISTILLED),
+    ({"student_auc": 0.70, "student_ece": 0.024}, champion.DISTILLED),   # ties, within ECE tolerance
+    ({"student_auc": 0.69, "student_ece": 0.010}, champion.STUDENT_ALONE),  # loses on AUC
+    ({"student_auc": 0.75, "student_ece": 0.030}, champion.STUDENT_ALONE),  # loses on ECE
+    ({"student_auc": math.nan, "student_ece": 0.010}, champion.STUDENT_ALONE),
+])
+def test_the_gate_refuses_a_distilled_student_that_loses_to_the_baseline(distilled, shipped):
+    baseline = {"student_auc": 0.70, "student_ece": 0.020}
+    decision = champion.gate(distilled, baseline, GATE)
+    assert decision.shipped == shipped
+    if shipped == champion.STUDENT_ALONE:
+        assert "worse than the student alone" in decision.reason
+
+
+def _fitter(auc_by_strategy):
+    """A Fitter stand-in: every model of a strategy scores `auc_by_strategy[it]`."""
+    trained = []
+
+    def fit(config, name):
+        trained.append(config.model.strategy)
+        auc = auc_by_strategy[config.model.strategy]
+        m = {"validation_student_auc": auc, "best_epoch": 1}
+        if config.model.strategy != "none":
+            m["validation_teacher_auc"] = 0.9
+        return SimpleNamespace(metrics=m, name=config.model.strategy)
+
+    def finish(config, fitted, name):
+        m = dict(fitted.metrics, student_auc=fitted.metrics["validation_student_auc"],
+                 student_ece=0.01)
+        if "validation_teacher_auc" in m:
+            m["teacher_auc"] = m["validation_teacher_auc"]
+        return SimpleNamespace(metrics=m, name=fitted.name)
+    return SimpleNamespace(fit=fit, finish=finish), trained
+
+
+def test_train_champion_ships_the_student_alone_when_distillation_loses():
+    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=0")
+    fitter, trained = _fitter({"none": 0.8, "ha_pfd_v2": 0.7})
+    result = champion.train_champion(config, fitter, privileged_inputs=True)
+    assert result.decision.shipped == champion.STUDENT_ALONE
+    assert result.shipped.name == "none"
+    metrics = result.metrics()
+    assert metrics["shipped"] == champion.STUDENT_ALONE and metrics["teacher_auc"] == 0.9
+    assert {k: metrics["distilled"]["trials"][0]["params"][k] for k in NO_DISTILLATION} \
+        == NO_DISTILLATION
+    assert set(trained) == {"none", "ha_pfd_v2"}
+
+
+def test_nothing_to_distil_trains_and_ships_the_student_alone():
+    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=0")
+    fitter, trained = _fitter({"none": 0.8, "ha_pfd_v2": 0.9})
+    result = champion.train_champion(config, fitter, privileged_inputs=False)
+    assert set(trained) == {"none"}
+    assert result.decision.shipped == champion.STUDENT_ALONE
+    assert "no privileged feature survived selection" in result.decision.reason
+    assert "distilled" not in result.metrics()
