@@ -711,8 +711,10 @@ def markdown(summary: dict[str, Any]) -> str:
             f"and the true-CVR ones) count the clicked test rows only, the same rows "
             f"for all; CTR AUC scores p_CTR against the click and CTCVR AUC "
             f"p_CTR · p_CVR against click-and-convert, over every test impression "
-            f"(\"-\": no CTR head). ukd_teacher's unclicked rows are a "
-            f"{model['ukd_unclicked_rate']} sample; ukd is pseudo-labelled by the "
+            f"(\"-\": no CTR head). ukd_teacher's unclicked rows are "
+            + (f"a {model['ukd_unclicked_rate']} sample" if model["ukd_unclicked_rate"]
+               is not None else "as many as its clicked ones (1:1, from the observed CTR)")
+            + "; ukd is pseudo-labelled by the "
             f"ukd_teacher of the same seed, whose time its s / run excludes.", ""]
     lines += ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for e in table:

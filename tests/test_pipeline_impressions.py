@@ -61,14 +61,14 @@ def run(tmp_path_factory):
     labelled = _artifact(config, "Examples", "BulkInferrer")
     split = {name: {"logged": _records(os.path.join(examples.uri, f"Split-{name}", "*")),
                     "labelled": _records(os.path.join(labelled.uri, f"Split-{name}", "*"))}
-             for name in ("train", "eval")}
+             for name in ("train", "validation", "eval")}
     return config, summary, examples, split
 
 
 def test_every_impression_is_an_example_with_its_click(run):
     config, summary, examples, split = run
     counts = read_row_counts(examples.uri)
-    logged = split["train"]["logged"] + split["eval"]["logged"]
+    logged = [e for parts in split.values() for e in parts["logged"]]
     click, label = config.data.columns.click, config.data.columns.label
     clicks = np.array([_value(e, click) for e in logged])
     assert len(logged) == counts["read"] - counts["quarantined"] == 30000

@@ -21,7 +21,7 @@ def _count_records(examples_uri: str, split: str) -> int:
 
 def test_pipeline_run_records_artifacts_and_reuses_cache(tmp_path):
     config = make_config(tmp_path, "data.simulated_rows=20000")
-    local_runner.run(config)
+    first = local_runner.run(config)
 
     # ExampleGen's Examples (the Transform's transformed examples are Examples too).
     examples = max((a for a in store(config).get_artifacts_by_type("Examples")
@@ -30,9 +30,12 @@ def test_pipeline_run_records_artifacts_and_reuses_cache(tmp_path):
     assert counts["rows_read"] == 20000
     assert counts["rows_read"] == counts["rows_used"] + counts["rows_unclicked"] + counts["rows_quarantined"]
     assert counts["rows_quarantined"] == 0
-    n_train, n_eval = (_count_records(examples.uri, s) for s in ("train", "eval"))
-    assert n_train + n_eval == counts["rows_used"]
+    n_train, n_validation, n_eval = (_count_records(examples.uri, s)
+                                     for s in ("train", "validation", "eval"))
+    assert n_train + n_validation + n_eval == counts["rows_used"]
     assert 0.1 < n_eval / counts["rows_used"] < 0.3  # time split, eval_fraction 0.2
+    # validation: the train range's last validation_fraction (0.2) of time
+    assert 0.08 < n_validation / counts["rows_used"] < 0.25
     # eval is the later time window
     def times(split):
         d = os.path.join(examples.uri, f"Split-{split}")
@@ -41,7 +44,8 @@ def test_pipeline_run_records_artifacts_and_reuses_cache(tmp_path):
             for raw in tf.data.TFRecordDataset(os.path.join(d, f), compression_type="GZIP"):
                 out.append(tf.train.Example.FromString(raw.numpy()).features.feature["event_time"].int64_list.value[0])
         return out
-    assert max(times("train")) < min(times("eval"))
+    assert max(times("train")) < min(times("validation")) <= max(times("validation")) \
+        < min(times("eval"))
     for type_name in ("ExampleStatistics", "Schema", "ExampleAnomalies"):
         latest(config, type_name)
 
@@ -56,6 +60,8 @@ def test_pipeline_run_records_artifacts_and_reuses_cache(tmp_path):
     # baseline is the previous run's output (pipeline/dag.py).
     every_run = {"latest_validated_schema_resolver", "ValidationGate",
                  "latest_blessed_model_resolver"}
+    if first["blessed"]:  # the Evaluator's baseline is now the first run's model
+        every_run |= {"Evaluator", "EvaluationReport", "Pusher"}
     cached = {n: state for n, state in rerun.items() if n not in every_run}
     components = {c.id for c in dag.create_components(config, str(tmp_path), str(tmp_path))}
     assert set(cached) == components - every_run, rerun

@@ -22,7 +22,7 @@ from tfx.types import standard_component_specs as specs
 from tfx.utils import io_utils
 
 from pfdx.components import privileged_feature_selection as pfs
-from pfdx.components import resume, trainer, validation_gate
+from pfdx.components import resume, splits, trainer, validation_gate
 from pfdx.config import from_dict
 from pfdx.features import selection_report
 from pfdx.pipeline import dag
@@ -40,7 +40,10 @@ SMALL = ["data.columns.regular_categorical=[user_id,ad_id,device,region,placemen
          "data.columns.privileged_continuous=[duration,click_leave_time]",
          "data.columns.privileged_discrete=[page_jump,play_2s,tag,like,share,payment_page_visit]",
          "model.hash_buckets=1000", "model.batch_size=64", "model.hidden_units=[64,32]",
-         "model.mapping_hidden_units=[32]", f"model.epochs={EPOCHS}"]
+         "model.mapping_hidden_units=[32]", f"model.epochs={EPOCHS}",
+         # One training per student, for all its epochs: resuming is under test, not
+         # tuning, refitting or early stopping.
+         "tuning.enabled=false", "model.refit=false", f"model.early_stopping_patience={EPOCHS}"]
 # Metrics of two trainings on the same data, config and seed agree to this on CPU
 # (float reductions may be ordered differently by Eigen's thread pool).
 METRIC_TOLERANCE = 1e-6
@@ -112,7 +115,7 @@ def scenario(tmp_path_factory):
              "_main; _main(*sys.argv[1:])", str(config_file), logs, "Trainer"],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         pattern = os.path.join(config.pipeline_root, "Trainer", resume.BACKUP_DIR, "*",
-                               "chief", "checkpoint")
+                               "*", "chief", "checkpoint")  # <fingerprint>/<training>/
         deadline = time.monotonic() + 600
         while not glob.glob(pattern):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -134,6 +137,7 @@ def scenario(tmp_path_factory):
         ("ClickLogExampleGen", "examples"), ("SchemaGen", "schema"),
         ("PrivilegedTransform", "transform_graph"), ("PrivilegedFeatureSelection", "selection"))}
     return {"root": root, "logs": logs, "config": config, "backup": backup,
+            "training": os.path.basename(backup),
             "saved_epoch": saved_epoch, "killed_log": log_file.read_text(), "uris": uris}
 
 
@@ -155,11 +159,12 @@ def test_killed_trainer_resumes_from_its_last_backup(scenario):
         assert _executions(config, component)[-1].last_known_state == killed.CACHED, component
 
     model_run = _output(config, "Trainer", "model_run").uri
-    epochs = _scalars(os.path.join(model_run, "logs", "train"), "epoch_loss")
+    logs = os.path.join(model_run, "logs", scenario["training"])  # the killed training's
+    epochs = _scalars(os.path.join(logs, "train"), "epoch_loss")
     assert sorted(epochs) == list(range(saved + 1, EPOCHS))  # continued, not restarted
     # The optimizer state came back too: its step count continues from the backup
     # (a fresh start would count about one epoch's steps here).
-    steps = sorted(_scalars(os.path.join(model_run, "logs", "validation"),
+    steps = sorted(_scalars(os.path.join(logs, "validation"),
                             "evaluation_loss_vs_iterations"))
     per_epoch = steps[1] - steps[0]
     assert steps[0] >= (saved + 2) * per_epoch
@@ -253,7 +258,7 @@ def _train(config, scenario, trainer_dir, run: int) -> dict:
     uris = scenario["uris"]
     inputs = {
         specs.EXAMPLES_KEY: [artifact(standard_artifacts.Examples, uris["examples"],
-                                      ["train", "eval"])],
+                                      list(splits.SPLITS))],
         specs.TRANSFORM_GRAPH_KEY: [artifact(standard_artifacts.TransformGraph,
                                              uris["transform_graph"])],
     }
@@ -263,11 +268,25 @@ def _train(config, scenario, trainer_dir, run: int) -> dict:
                specs.MODEL_RUN_KEY: [artifact(standard_artifacts.ModelRun, str(model_run))]}
     props = {specs.RUN_FN_KEY: "pfdx.components.trainer.run_fn",
              specs.CUSTOM_CONFIG_KEY: json.dumps(trainer.trainer_custom_config(config)),
-             specs.TRAIN_ARGS_KEY: json_format.MessageToJson(tfx.proto.TrainArgs()),
-             specs.EVAL_ARGS_KEY: json_format.MessageToJson(tfx.proto.EvalArgs())}
+             specs.TRAIN_ARGS_KEY: json_format.MessageToJson(
+                 tfx.proto.TrainArgs(splits=[splits.TRAIN])),
+             specs.EVAL_ARGS_KEY: json_format.MessageToJson(
+                 tfx.proto.EvalArgs(splits=[splits.VALIDATION, splits.EVAL]))}
     trainer_executor.GenericExecutor().Do(inputs, outputs, props)
     with open(model_run / trainer.TRAINING_METRICS_FILE, encoding="utf-8") as f:
         return json.load(f)
+
+
+def _leaves(tree, prefix=""):
+    """{"a.b.0.c": value} for every scalar of a JSON tree (the Trainer's metrics
+    nest each student's tuning trials)."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return {prefix: tree}
+    return {k: v for key, value in items for k, v in _leaves(value, f"{prefix}{key}.").items()}
 
 
 def test_same_data_config_and_seed_give_the_same_metrics(scenario, tmp_path):
@@ -276,9 +295,15 @@ def test_same_data_config_and_seed_give_the_same_metrics(scenario, tmp_path):
     # shows that a completed one leaves nothing to "resume".
     first = _train(config, scenario, tmp_path / "Trainer", 1)
     second = _train(config, scenario, tmp_path / "Trainer", 2)
+    # (Wall-clock seconds of the tuning trials aside.)
+    first, second = ({k: v for k, v in _leaves(m).items() if not k.endswith(".seconds.")}
+                     for m in (first, second))
     assert sorted(first) == sorted(second)
     for key, value in first.items():
-        assert second[key] == pytest.approx(value, abs=METRIC_TOLERANCE), key
-    epochs = _scalars(str(tmp_path / "Trainer" / "model_run" / "2" / "logs" / "train"),
-                      "epoch_loss")
+        if isinstance(value, float):
+            assert second[key] == pytest.approx(value, abs=METRIC_TOLERANCE), key
+        else:
+            assert second[key] == value, key
+    epochs = _scalars(str(tmp_path / "Trainer" / "model_run" / "2" / "logs" / "ha_pfd_v2-setup-0"
+                          / "train"), "epoch_loss")
     assert sorted(epochs) == [0, 1]
