@@ -22,7 +22,8 @@ from pfdx.config import EvaluationConfig, PipelineConfig
 from pfdx.models import tuning
 
 BASELINE = "none"
-DISTILLED, STUDENT_ALONE = "distilled", "student_alone"
+# Values of `shipped` (training_metrics.json, MLMD); printed with spaces for underscores.
+DISTILLED, STUDENT_ALONE = "distilled_student", "student_alone"
 
 
 @dataclasses.dataclass(frozen=True)

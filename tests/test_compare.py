@@ -295,7 +295,7 @@ def test_ukd_student_trains_after_its_teacher(impressions):
     # Impression-space strategies train at their configured values: one trial each.
     trials = [(r["strategy"], json.loads(r["params"])) for r in _rows(out / "tuning.csv")]
     assert [t for t in trials if t[0] in ("taml", "ukd_teacher", "ukd")] == [
-        ("ukd_teacher", {}), ("ukd", {}), ("taml", {})]
+        ("taml", {}), ("ukd_teacher", {}), ("ukd", {})]
     assert stdout.index("[tuning ukd_teacher]") < stdout.index("[tuning ukd]")
     assert json.loads(student["params"]) == {} and json.loads(teacher["params"]) == {}
 
