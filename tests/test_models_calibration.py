@@ -29,9 +29,14 @@ def test_platt_fit_matches_an_unregularised_logistic_regression():
     assert a == pytest.approx(1 / 3, abs=0.02) and b == pytest.approx(-0.5, abs=0.05)
 
 
-def test_platt_is_the_identity_without_two_classes():
+def test_platt_is_the_identity_without_enough_of_both_classes():
     assert calibration.fit_platt(np.array([0.3, -2.0]), np.array([1, 1])) == calibration.IDENTITY
     assert calibration.fit_platt(np.array([]), np.array([])) == calibration.IDENTITY
+    logits, y = _miscalibrated()
+    few = np.r_[np.flatnonzero(y == 1)[:calibration.MIN_CLASS_ROWS - 1], np.flatnonzero(y == 0)]
+    assert calibration.fit_platt(logits[few], y[few]) == calibration.IDENTITY
+    enough = np.r_[np.flatnonzero(y == 1)[:calibration.MIN_CLASS_ROWS], np.flatnonzero(y == 0)]
+    assert calibration.fit_platt(logits[enough], y[enough]) != calibration.IDENTITY
 
 
 def test_calibration_lowers_ece_of_a_miscalibrated_student_and_keeps_its_ranking():
