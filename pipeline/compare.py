@@ -67,7 +67,8 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from pfdx.components import splits
-from pfdx.config import IMPRESSION_SPACE_STRATEGIES, ConfigError, PipelineConfig
+from pfdx.config import (IMPRESSION_SPACE_STRATEGIES, ConfigError, EvaluationConfig,
+                         PipelineConfig, from_dict)
 from pfdx.models import champion
 
 PREDICTIONS_DIR = "predictions"
@@ -658,15 +659,13 @@ def _cell(entry: dict[str, Any], metric: str, digits: int = 4) -> str:
 
 
 def _gate_cell(entry: dict[str, Any], baseline: dict[str, Any] | None,
-               evaluation: dict[str, Any]) -> str:
+               evaluation: EvaluationConfig) -> str:
     """What the pipeline's baseline gate would ship, judged on the seeds' means."""
     if baseline is None or entry is baseline:
         return "-"
-    from pfdx.config import EvaluationConfig
-
     decision = champion.gate(
         *({k: e[f"{k}_mean"] for k in ("student_auc", "student_ece")} for e in (entry, baseline)),
-        EvaluationConfig(**{k: v for k, v in evaluation.items() if k != "slice_by"}))
+        evaluation)
     return "ships" if decision.shipped == champion.DISTILLED else "student alone ships"
 
 
@@ -684,6 +683,7 @@ def markdown(summary: dict[str, Any]) -> str:
         cols += ["test impressions", "CTR AUC", "CTCVR AUC"]
     cols += ["baseline gate", "params", "s / run"]
     baseline = next((e for e in table if e["strategy"] == champion.BASELINE), None)
+    evaluation = from_dict(summary["config"]).evaluation  # the typed settings the gate reads
     lines = [
         "# pfdx compare", "",
         f"Test window: {windows[TEST]['rows']} clicked rows ({windows[TEST]['conversions']} "
@@ -730,7 +730,7 @@ def markdown(summary: dict[str, Any]) -> str:
         if impressions:
             cells += [_fmt(e["impression_rows_mean"], 0), _cell(e, "ctr_auc"),
                       _cell(e, "ctcvr_auc")]
-        cells += [_gate_cell(e, baseline, summary["config"]["evaluation"]),
+        cells += [_gate_cell(e, baseline, evaluation),
                   json.dumps(e["params"], sort_keys=True) if e["params"] else "-",
                   _fmt(e["seconds_mean"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
