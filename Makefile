@@ -9,7 +9,7 @@ ARGS   ?=
 CONFIG ?= pipeline/configs/simulated.yaml
 PYTEST_ARGS ?=
 
-.PHONY: env run test bench clean
+.PHONY: env run test test-fast bench clean
 
 env: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ run: env
 
 test: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite without the end-to-end tests (marker `e2e`, registered in pyproject.toml):
+# those run TFX pipelines or full compares, where TFX start-up dominates. CI runs `test`.
+test-fast: env
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 bench: env
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
