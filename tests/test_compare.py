@@ -66,6 +66,7 @@ def _num(cell):
     return float("nan") if cell == "" else float(cell)
 
 
+@pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_writes_table_runs_and_reliability_diagram(outcome):
     out, stdout = outcome
     for name in ("compare.csv", "compare.md", "runs.csv", "tuning.csv", "compare.json"):
@@ -87,6 +88,7 @@ def test_writes_table_runs_and_reliability_diagram(outcome):
     assert stdout.count(" AUC ") >= 2 + len(LEARNING_RATES)
 
 
+@pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_table_numbers_are_the_models_own_evaluation(outcome):
     out, _ = outcome
     config = load_config(None, SMALL)
@@ -116,6 +118,7 @@ def test_table_numbers_are_the_models_own_evaluation(outcome):
         assert row["student_auc_std"] == ""  # one seed: no spread
 
 
+@pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_test_window_is_the_last_fifth_of_clicked_time(outcome, frame):
     out, _ = outcome
     clicks = frame[frame[schema.CLICK] == 1]
@@ -138,6 +141,7 @@ def test_test_window_is_the_last_fifth_of_clicked_time(outcome, frame):
     assert summary["data"]["rows"]["used"] == len(clicks)
 
 
+@pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_tuning_chooses_the_best_validation_point(outcome):
     out, _ = outcome
     trials = _rows(out / "tuning.csv")
@@ -210,6 +214,7 @@ def _test_impressions(frame):
     return frame[frame[schema.EVENT_TIME].to_numpy() >= cutoff]
 
 
+@pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_impression_strategies_run_next_to_click_space_ones(impressions, frame):
     out, stdout = impressions
     table = {r["strategy"]: r for r in _rows(out / "compare.csv")}
@@ -238,6 +243,7 @@ def test_impression_strategies_run_next_to_click_space_ones(impressions, frame):
     assert "impressions " + str(n_test) in stdout
 
 
+@pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_impression_test_window_holds_the_click_test_window(impressions, outcome, frame):
     out, _ = impressions
     test = _test_impressions(frame)
@@ -260,6 +266,7 @@ def test_impression_test_window_holds_the_click_test_window(impressions, outcome
         assert (p.ctr is None) == (run["strategy"] == "ukd_teacher")
 
 
+@pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_ctr_and_ctcvr_auc_match_the_saved_predictions(impressions):
     out, _ = impressions
     config = load_config(None, SMALL)
@@ -284,6 +291,7 @@ def test_ctr_and_ctcvr_auc_match_the_saved_predictions(impressions):
         assert _num(runs[name]["impression_rows"]) == p.clicks.size
 
 
+@pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_ukd_student_trains_after_its_teacher(impressions):
     out, stdout = impressions
     runs = _rows(out / "runs.csv")
@@ -300,6 +308,7 @@ def test_ukd_student_trains_after_its_teacher(impressions):
     assert json.loads(student["params"]) == {} and json.loads(teacher["params"]) == {}
 
 
+@pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_click_space_results_do_not_change_with_impression_strategies(impressions, outcome):
     (out, _), (baseline_out, _) = impressions, outcome
     run = {r["strategy"]: r for r in _rows(out / "runs.csv")}["ha_pfd_v2"]
