@@ -6,6 +6,12 @@ PrivilegedFeatureSelection has run. This component is Transform's own spec plus 
 `selection` input channel; its executor reads the selection artifact, completes
 the custom_config and hands over to the stock Transform executor — so lineage
 records that the transform graph depends on the selection.
+
+Its one output is the transform graph. The stock spec's `transformed_examples` is
+not declared: TFX 1.16 materializes the transformed data whenever that output
+exists (`transform/executor.py`), and nothing would read it -- the Trainer and
+`pfdx compare` apply the graph's TFT layer to the raw examples in tf.data
+(models/training.py `transformed_dataset`).
 """
 from __future__ import annotations
 
@@ -42,7 +48,6 @@ class PrivilegedTransformSpec(types.ComponentSpec):
     }
     OUTPUTS = {
         specs.TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph),
-        specs.TRANSFORMED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
     }
 
 
@@ -65,8 +70,6 @@ class PrivilegedTransform(base_beam_component.BaseBeamComponent):
 
     def __init__(self, examples: types.BaseChannel, schema: types.BaseChannel,
                  selection: types.BaseChannel, regular_config: dict[str, Any]):
-        transformed = types.Channel(type=standard_artifacts.Examples)
-        transformed.matching_channel_name = specs.EXAMPLES_KEY
         super().__init__(spec=PrivilegedTransformSpec(
             examples=examples, schema=schema, selection=selection,
             custom_config=json.dumps(regular_config, sort_keys=True),
@@ -75,5 +78,4 @@ class PrivilegedTransform(base_beam_component.BaseBeamComponent):
             # nothing the StatisticsGen before it does not already show.
             disable_statistics=1,
             force_tf_compat_v1=0,
-            transform_graph=types.Channel(type=standard_artifacts.TransformGraph),
-            transformed_examples=transformed))
+            transform_graph=types.Channel(type=standard_artifacts.TransformGraph)))

@@ -23,9 +23,12 @@ def test_pipeline_run_records_artifacts_and_reuses_cache(tmp_path):
     config = make_config(tmp_path, "data.simulated_rows=20000")
     first = local_runner.run(config)
 
-    # ExampleGen's Examples (the Transform's transformed examples are Examples too).
-    examples = max((a for a in store(config).get_artifacts_by_type("Examples")
-                    if "rows_read" in a.custom_properties), key=lambda a: a.id)
+    # ExampleGen's Examples: the only ones (the Transform materializes nothing, its
+    # one output is the graph the Trainer applies in tf.data).
+    (examples,) = store(config).get_artifacts_by_type("Examples")
+    assert "rows_read" in examples.custom_properties
+    transform_dir = os.path.join(config.pipeline_root, "PrivilegedTransform")
+    assert [d for d in os.listdir(transform_dir) if not d.startswith(".")] == ["transform_graph"]
     counts = int_props(examples)
     assert counts["rows_read"] == 20000
     assert counts["rows_read"] == counts["rows_used"] + counts["rows_unclicked"] + counts["rows_quarantined"]
