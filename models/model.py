@@ -217,6 +217,13 @@ class JointModel(tfrs.Model):
             self.distillation_loss.update_state(tf.add_n(list(distillation.values())))
         return {**terms, **distillation}
 
+    def compile(self, optimizer="adam", teacher_optimizer=None, **kwargs):
+        """Keras' compile, plus the teacher's own optimizer (`train_step`); by default
+        one with `optimizer`'s settings."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.teacher_optimizer = teacher_optimizer or self.optimizer.__class__.from_config(
+            self.optimizer.get_config())
+
     def teacher_variables(self) -> list[tf.Variable]:
         """What only the teacher's task loss trains: its tower and its own tables."""
         if not self.has_teacher:
@@ -232,7 +239,9 @@ class JointModel(tfrs.Model):
         large distillation term (Eq. 5's sum over 384 dimensions) shrink the
         teacher's update: on KuaiRand, alignment weight 10 under one clip left the
         teacher constant (validation AUC 0.5) where it otherwise reaches 0.92
-        (README "How a run picks the student it ships")."""
+        (docs/strategies.md "How a run picks the student it ships"). Each side then
+        steps with its own Adam (`teacher_optimizer`: `model.teacher_learning_rate`);
+        Adam is per variable, so at one learning rate that is the paper's one Adam."""
         with tf.GradientTape() as tape:
             loss = self.compute_loss(inputs, training=True)
             regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in self.losses])
@@ -241,14 +250,12 @@ class JointModel(tfrs.Model):
         pairs = self.optimizer.aggregate_gradients(
             list(zip(tape.gradient(total_loss, variables), variables)))
         teacher = {v.ref() for v in self.teacher_variables()}
-        clipped = {}
-        for side in (True, False):
+        for side, optimizer in ((True, self.teacher_optimizer), (False, self.optimizer)):
             group = [(g, v) for g, v in pairs if g is not None and (v.ref() in teacher) == side]
             if group:
                 grads, _ = tf.clip_by_global_norm([g for g, _ in group], self.config.clipnorm)
-                clipped.update((v.ref(), g) for g, (_, v) in zip(grads, group))
-        self.optimizer.apply_gradients(
-            [(clipped.get(v.ref()), v) for _, v in pairs], skip_gradients_aggregation=True)
+                optimizer.apply_gradients(zip(grads, [v for _, v in group]),
+                                          skip_gradients_aggregation=True)
         metrics = {metric.name: metric.result() for metric in self.metrics}
         metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
         return metrics
@@ -276,10 +283,12 @@ def split_labels(labels) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     return column(labels[LABEL]), {k: column(v) for k, v in labels.items() if k != LABEL}
 
 
-def make_optimizer(config: ModelConfig) -> tf.keras.optimizers.Optimizer:
-    """Appendix A: Adam, lr 0.0025, weight decay 0.001. Its gradient clip (600) is
-    applied by `JointModel.train_step`, per side."""
-    return tf.keras.optimizers.Adam(learning_rate=config.learning_rate,
+def make_optimizer(config: ModelConfig, learning_rate: float | None = None
+                   ) -> tf.keras.optimizers.Optimizer:
+    """Appendix A: Adam, lr 0.0025, weight decay 0.001 (`learning_rate`: another rate,
+    e.g. the teacher's). Its gradient clip (600) is applied by `JointModel.train_step`,
+    per side."""
+    return tf.keras.optimizers.Adam(learning_rate=learning_rate or config.learning_rate,
                                     weight_decay=config.weight_decay)
 
 
@@ -287,5 +296,6 @@ def build_model(config: ModelConfig, regular_vocab: Mapping[str, int],
                 privileged_vocab: Mapping[str, int]) -> JointModel:
     """A compiled JointModel; call inside `strategy.scope()` to distribute it."""
     model = JointModel(config, regular_vocab, privileged_vocab, name="joint_model")
-    model.compile(optimizer=make_optimizer(config))
+    model.compile(optimizer=make_optimizer(config),
+                  teacher_optimizer=make_optimizer(config, config.teacher_learning_rate))
     return model

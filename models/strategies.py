@@ -523,9 +523,10 @@ _NOT_A_WEIGHT = {"gamma"}
 def tuned_fields(strategy: str) -> tuple[str, ...]:
     """What per-run tuning may vary for `strategy`: its term weights, the privileged
     encoding (when it reads privileged inputs), whether a teacher shares the
-    student's embeddings, and the learning rate."""
+    student's embeddings, and the student's and teacher's learning rates."""
     privileged = ("privileged_encoding",) * (strategy in READS_PRIVILEGED)
-    teacher = ("share_embeddings",) * (strategy in READS_PRIVILEGED and strategy != "mtl")
+    teacher = ("share_embeddings", "teacher_learning_rate") * (
+        strategy in READS_PRIVILEGED and strategy != "mtl")
     return TERM_WEIGHTS[strategy] + privileged + teacher + ("learning_rate",)
 
 

@@ -6,10 +6,12 @@ A production run cannot assume the paper's regime (a teacher at AUC 0.97 that ma
 1. Setup, without distillation (every weight of the strategy's terms 0, and a
    teacher with its own embeddings, so the student trains exactly as it would
    alone): every combination of the grid's learning rates and privileged
-   encodings. The learning rate is the one whose student scores best; the
-   privileged encoding the one whose *teacher* scores best (validation AUC) at that
-   learning rate -- a distilled student can only be as good as what it learns from.
-2. Distillation, at the setup's learning rate and encoding: the configured values
+   encodings. The learning rate is the one whose student scores best; the teacher's
+   learning rate and the privileged encoding the ones whose *teacher* scores best
+   (validation AUC) -- a distilled student can only be as good as what it learns
+   from. Student and teacher are independent here, so each side's choice reads off
+   the same trials; when the two rates differ, one more trial trains the pair.
+2. Distillation, at the setup's learning rates and encoding: the configured values
    of the strategy's weights (the paper's, unless the config changes them) and up
    to `tuning.max_trials` points drawn from the rest of `tuning.grid` (seeded by
    `model.seed`), next to the setup's no-distillation winner. The best student wins,
@@ -71,7 +73,7 @@ def grid_for(config: PipelineConfig, strategy: str) -> dict[str, tuple[Any, ...]
     return {f: tuple(grid[f]) for f in sorted(grid) if f in fields}
 
 
-SETUP_FIELDS = ("learning_rate", "privileged_encoding")
+SETUP_FIELDS = ("learning_rate", "teacher_learning_rate", "privileged_encoding")
 
 
 def _combinations(grid: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -143,10 +145,21 @@ def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
 
     setup = run(setup_candidates(config), "setup")
     lr = _best(setup, lambda t: t.score(metric))[0].params.get("learning_rate")
-    # At that learning rate the encodings trained the same student (no distillation,
-    # no shared embeddings): the teacher decides; without a teacher (MTL) the student.
-    chosen = _best([(t, r) for t, r in setup if t.params.get("learning_rate") == lr],
-                   lambda t: float(t.metrics.get("validation_teacher_auc", t.score(metric))))
+    if "teacher_learning_rate" in strategies.tuned_fields(config.model.strategy):
+        # The teacher's best trial gives its learning rate and the encoding; the
+        # student's at that encoding is the one at its own rate (no distillation and
+        # no shared embeddings: the two sides did not interact). A tie keeps one rate.
+        best = _best(sorted(setup, key=lambda pair: pair[0].params.get("learning_rate") != lr),
+                     lambda t: float(t.metrics.get("validation_teacher_auc", math.nan)))
+        teacher_lr = best[0].params.get("learning_rate")
+        encoding = {k: v for k, v in best[0].params.items() if k != "learning_rate"}
+        chosen = next((t, r) for t, r in setup if t.params.get("learning_rate") == lr and {
+            k: v for k, v in t.params.items() if k != "learning_rate"} == encoding)
+        if teacher_lr != lr:
+            chosen = run([{**chosen[0].params, "teacher_learning_rate": teacher_lr}], "setup")[0]
+    else:  # the encodings trained the same student: without a teacher (MTL) it decides
+        chosen = _best([(t, r) for t, r in setup if t.params.get("learning_rate") == lr],
+                       lambda t: t.score(metric))
     del setup
     distillation = run(distillation_candidates(config, chosen[0].params), "distillation")
     best = _best([chosen] + distillation, lambda t: t.score(metric))

@@ -1,5 +1,6 @@
 """The gradient clip cannot carry a distillation term into the teacher's update:
-the teacher's gradients and the rest are clipped separately (JointModel.train_step)."""
+the teacher's gradients and the rest are clipped separately, and each side steps
+with its own optimizer and learning rate (JointModel.train_step)."""
 import numpy as np
 import pytest
 
@@ -38,6 +39,7 @@ def test_each_side_is_clipped_by_its_own_global_norm(batch):  # noqa: F811
                                      align_weight=1.0), REGULAR, PRIVILEGED)
     # Plain SGD on top of the clip: each side's update norm is lr x its clipped norm.
     model.optimizer = tf.keras.optimizers.SGD(learning_rate=1.0)
+    model.teacher_optimizer = tf.keras.optimizers.SGD(learning_rate=1.0)
     model.loss_terms(*batch)  # build every weight (mapping nets too) before the snapshot
     teacher = model.teacher_variables()
     refs = {v.ref() for v in teacher}
@@ -48,3 +50,21 @@ def test_each_side_is_clipped_by_its_own_global_norm(batch):  # noqa: F811
                                     if (v.ref() in refs) == side))
     assert norm(True) == pytest.approx(1e-3, rel=1e-3)
     assert norm(False) == pytest.approx(1e-3, rel=1e-3)
+
+
+@pytest.mark.parametrize("teacher_lr", [None, 0.1])
+def test_each_side_steps_at_its_own_learning_rate(batch, teacher_lr):  # noqa: F811
+    tf.keras.utils.set_random_seed(7)
+    model = build_model(small_config("ha_pfd_v2", share_embeddings=False, clipnorm=1e9,
+                                     weight_decay=0.0, learning_rate=1e-3,
+                                     teacher_learning_rate=teacher_lr), REGULAR, PRIVILEGED)
+    model.loss_terms(*batch)
+    refs = {v.ref() for v in model.teacher_variables()}
+    before = {v.ref(): v.numpy() for v in model.trainable_variables}
+    model.train_step(batch)
+    # Adam's first step moves every weight with a gradient by lr x sign(gradient).
+    step = lambda side: max(np.abs(v.numpy() - before[v.ref()]).max()  # noqa: E731
+                            for v in model.trainable_variables if (v.ref() in refs) == side)
+    assert step(True) == pytest.approx(teacher_lr or 1e-3, rel=1e-2)
+    assert step(False) == pytest.approx(1e-3, rel=1e-2)
+    assert model.optimizer.iterations.numpy() == model.teacher_optimizer.iterations.numpy() == 1

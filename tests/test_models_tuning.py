@@ -86,6 +86,34 @@ def test_setup_picks_the_student_learning_rate_and_the_teacher_encoding():
     assert outcome.best.params["lam"] == 1 and outcome.best.params["learning_rate"] == 0.025
 
 
+
+def test_setup_gives_the_teacher_its_own_learning_rate_when_it_prefers_another():
+    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=0",
+                     'tuning.grid={"learning_rate": [0.0025, 0.025], '
+                     '"privileged_encoding": [binary, quantiles]}')
+
+    def score(m):
+        student = {0.0025: 0.70, 0.025: 0.72}[m.learning_rate]
+        teacher = ({0.0025: 0.86, 0.025: 0.80}[m.teacher_learning_rate or m.learning_rate]
+                   + 0.01 * (m.privileged_encoding == "binary"))
+        return {"validation_student_auc": student, "validation_teacher_auc": teacher}
+
+    train, calls = _fake_train(score)
+    outcome = tuning.tune(config, train)
+    # The grid, then the pair: the student's rate, the teacher's rate and encoding.
+    assert len(calls) == 4 + 1 + 1  # + the configured weights at that point
+    pair = calls[4]
+    assert (pair.learning_rate, pair.teacher_learning_rate, pair.privileged_encoding) == (
+        0.025, 0.0025, "binary")
+    assert (pair.lam, pair.align_weight, pair.share_embeddings) == (0.0, 0.0, False)
+    assert outcome.best.params["teacher_learning_rate"] == 0.0025
+    assert {(m.learning_rate, m.teacher_learning_rate) for m in calls[5:]} == {(0.025, 0.0025)}
+    # Agreeing sides: no extra trial, one rate for both.
+    train, calls = _fake_train(lambda m: {"validation_student_auc": 0.7,
+                                          "validation_teacher_auc": 0.8})
+    assert "teacher_learning_rate" not in tuning.tune(config, train).best.params
+    assert len(calls) == 4 + 1
+
 def test_tune_keeps_the_no_distillation_point_when_distillation_loses_and_nan_never_wins():
     config = _config("model.strategy=kd", "model.lam=10", 'tuning.grid={"lam": [1]}')
     scores = {0.0: 0.72, 10.0: math.nan, 1.0: 0.70}
