@@ -1,7 +1,7 @@
 """Ranking and calibration metrics of paper §4.1: AUC, ECE, MCE, prediction vs label average.
 
 Two forms of the same definitions:
-- numpy functions (`auc`, `calibration_errors`, `summary`) for evaluation code;
+- numpy functions (`auc`, `expected_auc`, `calibration_errors`, `summary`) for evaluation code;
 - streaming Keras metrics (`auc_metric`, `ExpectedCalibrationError`,
   `MaxCalibrationError`, `PredictionMean`) for training. Their state is sums and
   counts, which Keras keeps as SUM-aggregated sync-on-read variables, so results
@@ -43,6 +43,26 @@ def auc(labels, probs) -> float:
     ranks = stats.rankdata(p)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
+
+
+def expected_auc(truth, probs) -> float:
+    """AUC against outcomes drawn from `truth`, in expectation: each row is a positive
+    with weight t and a negative with weight 1 - t, over all pairs of distinct rows
+    (tied scores count one half). With 0/1 `truth` it is `auc`; with a simulator's
+    true conversion probability it scores ranking on rows whose outcome was never
+    observed (unclicked impressions), free of the draw's noise."""
+    t, p = _flat(truth, probs)
+    pos, neg = t, 1.0 - t
+    self_pairs = float((pos * neg).sum())  # a row is never paired with itself
+    total = pos.sum() * neg.sum() - self_pairs
+    if t.size < 2 or total <= 0:
+        return float("nan")
+    scores, group = np.unique(p, return_inverse=True)
+    pos_g = np.bincount(group, pos, scores.size)
+    neg_g = np.bincount(group, neg, scores.size)
+    below = np.cumsum(neg_g) - neg_g  # negative weight of strictly lower scores
+    wins = float((pos_g * below).sum()) + 0.5 * (float((pos_g * neg_g).sum()) - self_pairs)
+    return wins / total
 
 def bin_index(probs: np.ndarray, num_bins: int) -> np.ndarray:
     return np.clip(np.floor(probs * num_bins).astype(np.int64), 0, num_bins - 1)

@@ -223,12 +223,13 @@ def summarize(p: Predictions, num_bins: int) -> dict[str, float]:
     label noise that keeps even a perfect model's label ECE above 0).
 
     Impression space: those CVR metrics count the clicked rows only (the rows a
-    click-space model is scored on); added are the impression count and, with a CTR
-    head, the AUC of the CTR on clicks and of p_CTR * p_CVR on click-and-convert
+    click-space model is scored on); added are the impression count, the CVR against
+    the true probability over every impression (`impression_metrics`) and, with a
+    CTR head, the AUC of the CTR on clicks and of p_CTR * p_CVR on click-and-convert
     (CTCVR, ESMM's impression-space metric)."""
     out = {}
     if p.clicks is not None:
-        out["impression_rows"] = int(p.clicks.size)
+        out.update(impression_metrics(p, num_bins))
         if p.ctr is not None:
             out.update(ctr_auc=model_metrics.auc(p.clicks, p.ctr),
                        ctcvr_auc=model_metrics.auc(p.labels * p.clicks, p.ctr * p.student))
@@ -242,16 +243,37 @@ def summarize(p: Predictions, num_bins: int) -> dict[str, float]:
         t = model_metrics.summary(y, p.teacher, num_bins)
         out.update(teacher_auc=t["auc"], teacher_pred_avg=t["pred_avg"],
                    teacher_pred_avg_gap=t["pred_avg_gap"])
-    if p.truth is not None:
-        known = ~np.isnan(p.truth)
-        if known.any():
-            truth = p.truth[known].astype(np.float64)
-            student = p.student[known].astype(np.float64)
-            ece, mce = model_metrics.calibration_errors(truth, student, num_bins)
-            out.update(truth_rows=int(known.sum()), truth_avg=float(truth.mean()),
-                       student_truth_mae=float(np.abs(student - truth).mean()),
-                       student_truth_ece=ece, student_truth_mce=mce)
+    out.update(_truth_metrics(p, num_bins, "truth_rows", "truth_avg", "student_truth_"))
     return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in out.items()}
+
+
+def impression_metrics(p: Predictions, num_bins: int) -> dict[str, float]:
+    """The student's CVR over every row of impression-space predictions (clicked or
+    not) against the true conversion probability: what ESMM, UKD and TAML set out
+    to estimate, and what no label can score, since an unclicked impression's
+    conversion is never observed. A click-space model is scored the same way on
+    the same impressions (`pfdx compare` predicts them with its own Transform)."""
+    out = {"impression_rows": int(p.labels.size),
+           "impression_pred_avg": float(p.student.astype(np.float64).mean())}
+    out.update(_truth_metrics(p, num_bins, "impression_truth_rows", "impression_truth_avg",
+                              "impression_truth_"))
+    return out
+
+
+def _truth_metrics(p: Predictions, num_bins: int, rows: str, avg: str,
+                   prefix: str) -> dict[str, float]:
+    """Gap of the student to the true probability where it is known: AUC against
+    outcomes drawn from it (`metrics.expected_auc`), mean |p - true|, and ECE / MCE
+    with the true probability in place of the label."""
+    if p.truth is None or not (known := ~np.isnan(p.truth)).any():
+        return {}
+    truth = p.truth[known].astype(np.float64)
+    student = p.student[known].astype(np.float64)
+    ece, mce = model_metrics.calibration_errors(truth, student, num_bins)
+    return {rows: int(known.sum()), avg: float(truth.mean()),
+            f"{prefix}auc": model_metrics.expected_auc(truth, student),
+            f"{prefix}mae": float(np.abs(student - truth).mean()),
+            f"{prefix}ece": ece, f"{prefix}mce": mce}
 
 
 def sampled_impressions(batches: tf.data.Dataset, m: ModelConfig) -> tf.data.Dataset:
@@ -331,7 +353,9 @@ class Fitter:
         with self.strategy.scope():
             return build_model(m, regular_vocab, privileged_vocab)
 
-    def _predict(self, config: PipelineConfig, model: JointModel, files) -> Predictions:
+    def predict(self, config: PipelineConfig, model: JointModel, files) -> Predictions:
+        """`model`'s probabilities over `files` (any examples the Transform's raw schema
+        parses: `pfdx compare` scores a click-space model on every impression)."""
         return predict(model, self._dataset(config, files, shuffle=False, keep_truth=True))
 
     def fit(self, config: PipelineConfig, name: str = "fit") -> Result:
@@ -343,7 +367,7 @@ class Fitter:
         history = model.fit(self._train(config, self.splits.train), epochs=m.epochs,
                             validation_data=self._dataset(config, self.splits.validation, False),
                             callbacks=[*self.callbacks(name), stopping], verbose=self.verbose)
-        validation = self._predict(config, model, self.splits.validation)
+        validation = self.predict(config, model, self.splits.validation)
         metrics = {"epochs_trained": len(history.epoch), "best_epoch": stopping.best_epoch + 1}
         if config.evaluation.calibration == "platt":
             clicked = validation.clicked()
@@ -352,7 +376,7 @@ class Fitter:
             metrics.update(calibration_scale=params[0], calibration_bias=params[1],
                            validation_uncalibrated_student_ece=summarize(
                                validation, bins)["student_ece"])
-            validation = self._predict(config, model, self.splits.validation)
+            validation = self.predict(config, model, self.splits.validation)
         metrics.update({f"validation_{k}": v for k, v in summarize(validation, bins).items()})
         return Result(model, None, metrics)
 
@@ -370,11 +394,11 @@ class Fitter:
         calibration_layer = model.student_model().calibration
         if config.evaluation.calibration == "platt":  # the eval split before calibration
             calibration_layer.assign(calibration.IDENTITY)
-            raw = summarize(self._predict(config, model, self.splits.eval), bins)
+            raw = summarize(self.predict(config, model, self.splits.eval), bins)
             metrics.update(uncalibrated_student_ece=raw["student_ece"],
                            uncalibrated_student_pred_avg=raw["student_pred_avg"])
         calibration_layer.assign(params)
-        predictions = self._predict(config, model, self.splits.eval)
+        predictions = self.predict(config, model, self.splits.eval)
         metrics.update(summarize(predictions, bins))
         return Result(model, predictions, metrics)
 

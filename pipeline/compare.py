@@ -45,9 +45,12 @@ What it does, in order (all under `--out`, default `<output_root>/compare`):
    paper's columns, plus the gap to the log's true CVR when it has one),
    `runs.csv`, `tuning.csv`, `compare.json` and `reliability.png`. The CVR columns
    count the clicked test rows for every strategy (an impression-space model is
-   scored on the same rows as a click-space one); impression-space runs add
-   `impression_rows`, and with a CTR head `ctr_auc` and `ctcvr_auc` (AUC of
-   p_CTR * p_CVR on click-and-convert over every test impression).
+   scored on the same rows as a click-space one). When impression windows exist,
+   every run is also scored over every test impression against the log's true CVR
+   (`impression_truth_*`: the impression space's own test window, predicted by a
+   click-space model through its own Transform), which is what ESMM, UKD and TAML
+   aim at and no label can score; impression-space runs with a CTR head add
+   `ctr_auc` and `ctcvr_auc` (AUC of p_CTR * p_CVR on click-and-convert).
 
 The default strategy list is the click-space strategies only: the impression-space
 ones train on every impression (~25x the clicked rows on the simulated log, whose
@@ -67,8 +70,8 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from pfdx.components import splits
-from pfdx.config import (IMPRESSION_SPACE_STRATEGIES, ConfigError, EvaluationConfig,
-                         PipelineConfig, from_dict)
+from pfdx.config import (IMPRESSION_SPACE_STRATEGIES, STRATEGY_NAMES, ConfigError,
+                         EvaluationConfig, PipelineConfig, from_dict)
 from pfdx.models import champion
 
 PREDICTIONS_DIR = "predictions"
@@ -85,8 +88,10 @@ UKD_TEACHER, UKD = "ukd_teacher", "ukd"
 METRICS = ("student_auc", "teacher_auc", "label_avg", "student_pred_avg",
            "student_pred_avg_gap", "teacher_pred_avg", "teacher_pred_avg_gap",
            "student_ece", "student_mce", "truth_avg", "student_truth_mae",
-           "student_truth_ece", "student_truth_mce", "impression_rows", "ctr_auc",
-           "ctcvr_auc", "seconds")
+           "student_truth_ece", "student_truth_mce", "student_truth_auc", "impression_rows",
+           "impression_pred_avg", "impression_truth_avg", "impression_truth_auc",
+           "impression_truth_mae", "impression_truth_ece", "impression_truth_mce",
+           "ctr_auc", "ctcvr_auc", "seconds")
 
 
 # CLI -------------------------------------------------------------------------
@@ -101,11 +106,12 @@ def add_cli_parser(subparsers: argparse._SubParsersAction,
                    help="the raw impression log in data.format: a folder (files matching "
                         "data.file_pattern), a file or a glob")
     p.add_argument("--out", help="output folder (default: <runner.output_root>/compare)")
+    click_space = [n for n in STRATEGY_NAMES if n not in IMPRESSION_SPACE_STRATEGIES]
     p.add_argument("--strategies", help="comma-separated strategy names (sets "
-                   "compare.strategies; default: every click-space strategy of "
-                   "models/strategies.py). The impression-space ones (taml, ukd_teacher, "
-                   "ukd) train on every impression, much slower, so only when named; ukd "
-                   "brings its ukd_teacher")
+                   "compare.strategies; default: every click-space strategy: "
+                   f"{', '.join(click_space)}). The impression-space ones "
+                   f"({', '.join(IMPRESSION_SPACE_STRATEGIES)}) train on every impression, "
+                   "much slower, so only when named; ukd brings its ukd_teacher")
     p.add_argument("--seeds", type=int, help="runs per strategy (sets compare.seeds)")
     p.add_argument("--grid", action="append", default=[], metavar="[STRATEGY:]FIELD=V1,V2",
                    help="the per-run tuning grid, e.g. --grid lam=1,10 or --grid "
@@ -494,9 +500,12 @@ def _progress(prefix: str, metrics: dict[str, float], seconds: float) -> str:
     if "student_truth_mae" in metrics:
         line += (f"  |p-true| {_fmt(metrics['student_truth_mae'])}  "
                  f"ECE(true) {_fmt(metrics['student_truth_ece'])}")
-    if "impression_rows" in metrics:
-        line += (f"  impressions {metrics['impression_rows']}  CTR AUC "
-                 f"{_fmt(metrics.get('ctr_auc'))}  CTCVR AUC {_fmt(metrics.get('ctcvr_auc'))}")
+    if "impression_truth_auc" in metrics:
+        line += (f"  impressions {metrics['impression_rows']}: AUC(true) "
+                 f"{_fmt(metrics['impression_truth_auc'])} ECE(true) "
+                 f"{_fmt(metrics['impression_truth_ece'])}")
+    if "ctr_auc" in metrics:
+        line += f"  CTR AUC {_fmt(metrics['ctr_auc'])}  CTCVR AUC {_fmt(metrics['ctcvr_auc'])}"
     return line
 
 
@@ -506,12 +515,15 @@ def run(config: PipelineConfig, data: str, out: str,
     import numpy as np
     import tensorflow as tf
 
-    from pfdx.models import tuning
+    from pfdx.models import training, tuning
     from pfdx.models.strategies import READS_PRIVILEGED
 
     start = time.perf_counter()
+    bins = config.evaluation.calibration_bins
     names = strategies(config)
     work = os.path.join(out, WORK_DIR)
+    if tf.io.gfile.exists(work):  # an earlier, perhaps crashed, run's windows and Transform
+        tf.io.gfile.rmtree(work)
     tf.io.gfile.makedirs(os.path.join(out, PREDICTIONS_DIR))
     spaces = list(dict.fromkeys(space_of(n) for n in names))
 
@@ -565,6 +577,9 @@ def run(config: PipelineConfig, data: str, out: str,
         result = fit.finish(run_config.with_model(**chosen[name]), fitted)
         seconds += time.perf_counter() - tic
         del fitted
+        if space == CLICK and IMPRESSION in windows:  # the same impressions as the others
+            result.metrics.update(training.impression_metrics(fit.predict(
+                run_config, result.model, [windows[IMPRESSION][TEST].pattern]), bins))
         path = os.path.join(out, PREDICTIONS_DIR, f"{name}-seed{seed}.npz")
         result.predictions.save(path)
         runs.append({"strategy": name, "seed": seed, "params": chosen[name], "seconds": seconds,
@@ -576,11 +591,18 @@ def run(config: PipelineConfig, data: str, out: str,
         log(_progress(f"[{i:>{len(str(len(order)))}}/{len(order)}] {name:<15} seed {seed}",
                       runs[-1], seconds) + f"  [{time.perf_counter() - start:.0f}s]")
 
+    from pfdx.models import metrics as model_metrics
+
     test = load_predictions(out, runs[0]).clicked()
     oracle = None
     if test.truth is not None and not np.isnan(test.truth).any():
-        from pfdx.models import metrics as model_metrics
-        oracle = model_metrics.summary(test.labels, test.truth, config.evaluation.calibration_bins)
+        oracle = dict(model_metrics.summary(test.labels, test.truth, bins),
+                      truth_auc=model_metrics.expected_auc(test.truth, test.truth))
+        every = next((load_predictions(out, r) for r in runs
+                      if space_of(r["strategy"]) == IMPRESSION), None)
+        if every is not None and not np.isnan(every.truth).any():
+            oracle.update(impression_truth_auc=model_metrics.expected_auc(every.truth, every.truth),
+                          impression_truth_avg=float(every.truth.mean()))
 
     table = aggregate(runs, names)
     summary = {
@@ -669,18 +691,46 @@ def _gate_cell(entry: dict[str, Any], baseline: dict[str, Any] | None,
     return "ships" if decision.shipped == champion.DISTILLED else "student alone ships"
 
 
+def impression_truth_table(table: list[dict[str, Any]], oracle: dict[str, Any] | None) -> list[str]:
+    """Markdown: each strategy's CVR against the true CVR on the clicked test rows and
+    over every test impression (empty when the runs were not scored on impressions)."""
+    if not any(e.get("impression_truth_auc_mean") is not None for e in table):
+        return []
+    lines = ["", "CVR against the true CVR (the simulator's `true_cvr`), on the clicked test "
+             "rows and over every test impression, clicked or not: AUC against outcomes "
+             "drawn from the true CVR (its expectation, `models/metrics.py` "
+             "`expected_auc`), mean prediction against mean true CVR, mean |p − true|, and "
+             "ECE / MCE with the true CVR in place of the label. Sample-selection bias "
+             "shows as the gap between the two: a model of clicked rows that ranks and "
+             "calibrates well there but not over all impressions.", "",
+             "| strategy | AUC vs true, clicked | AUC vs true, all impressions | pred avg, "
+             "all (true avg) | mean abs(p − true), all | ECE vs true, all | "
+             "MCE vs true, all |", "|" + " --- |" * 7]
+    for e in table:
+        lines.append("| " + " | ".join([
+            e["strategy"], _cell(e, "student_truth_auc"), _cell(e, "impression_truth_auc"),
+            f"{_cell(e, 'impression_pred_avg')} ({_fmt(e['impression_truth_avg_mean'])})",
+            _cell(e, "impression_truth_mae"), _cell(e, "impression_truth_ece"),
+            _cell(e, "impression_truth_mce")]) + " |")
+    if oracle is not None and "impression_truth_auc" in oracle:
+        lines.append(f"| true CVR (oracle) | {_fmt(oracle['truth_auc'])} | "
+                     f"{_fmt(oracle['impression_truth_auc'])} | "
+                     f"{_fmt(oracle['impression_truth_avg'])} | 0 | 0 | 0 |")
+    return lines
+
+
 def markdown(summary: dict[str, Any]) -> str:
     table, windows, oracle = summary["table"], summary["windows"], summary["oracle_true_cvr"]
     model = summary["config"]["model"]
     truth = any(e.get("student_truth_mae_mean") is not None for e in table)
-    impressions = any(e.get("impression_rows_mean") is not None for e in table)
+    impressions = any(space_of(e["strategy"]) == IMPRESSION for e in table)
     seeds = max(e["seeds"] for e in table)
     cols = ["strategy", "AUC", "teacher AUC", "label avg", "pred avg (gap)",
             "teacher pred avg (gap)", "ECE", "MCE"]
     if truth:
         cols += ["mean abs(p − true CVR)", "ECE vs true CVR", "MCE vs true CVR"]
     if impressions:
-        cols += ["test impressions", "CTR AUC", "CTCVR AUC"]
+        cols += ["CTR AUC", "CTCVR AUC"]
     cols += ["baseline gate", "params", "s / run"]
     baseline = next((e for e in table if e["strategy"] == champion.BASELINE), None)
     evaluation = from_dict(summary["config"]).evaluation  # the typed settings the gate reads
@@ -702,7 +752,7 @@ def markdown(summary: dict[str, Any]) -> str:
     if impressions:
         train = windows[window_name(TRAIN, IMPRESSION)]
         test = windows[window_name(TEST, IMPRESSION)]
-        names = [e["strategy"] for e in table if e.get("impression_rows_mean") is not None]
+        names = [e["strategy"] for e in table if space_of(e["strategy"]) == IMPRESSION]
         lines += [
             f"Impression-space strategies ({', '.join(names)}) "
             f"train on every impression of the same time range: {train['rows']} "
@@ -728,8 +778,7 @@ def markdown(summary: dict[str, Any]) -> str:
             cells += [_cell(e, "student_truth_mae"), _cell(e, "student_truth_ece"),
                       _cell(e, "student_truth_mce")]
         if impressions:
-            cells += [_fmt(e["impression_rows_mean"], 0), _cell(e, "ctr_auc"),
-                      _cell(e, "ctcvr_auc")]
+            cells += [_cell(e, "ctr_auc"), _cell(e, "ctcvr_auc")]
         cells += [_gate_cell(e, baseline, evaluation),
                   json.dumps(e["params"], sort_keys=True) if e["params"] else "-",
                   _fmt(e["seconds_mean"], 0)]
@@ -741,11 +790,12 @@ def markdown(summary: dict[str, Any]) -> str:
         if truth:
             cells += ["0", "0", "0"]
         if impressions:
-            cells += ["-", "-", "-"]
+            cells += ["-", "-"]
         lines.append("| " + " | ".join(cells + ["-", "-", "-"]) + " |")
         lines += ["", "The oracle row scores the simulator's hidden true CVR as if it were a "
                   "model: the best AUC any model can reach on this window, and the ECE / MCE "
                   "that label noise alone produces."]
+    lines += impression_truth_table(table, oracle)
     if summary["tuning"]:
         lines += ["", f"Per-run tuning: each strategy's values were chosen on the validation "
                   f"window by {summary['config']['tuning']['metric']} among the no-distillation "

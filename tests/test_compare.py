@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pfdx.config import ConfigError, load_config
+from sklearn.metrics import roc_auc_score
+
+from pfdx.config import STRATEGY_NAMES, ConfigError, load_config
 from pfdx.models import metrics
 from pfdx.models.training import Predictions
 from pfdx.pipeline import cli, compare
@@ -107,6 +109,7 @@ def test_table_numbers_are_the_models_own_evaluation(outcome):
             "student_ece_mean": ece, "student_mce_mean": mce,
             "student_truth_mae_mean": np.abs(student - truth).mean(),
             "student_truth_ece_mean": metrics.calibration_errors(truth, student, bins)[0],
+            "student_truth_auc_mean": _expected_auc_by_pairs(truth, student),
         }
         for column, value in expected.items():
             assert _num(row[column]) == pytest.approx(value, rel=1e-9, abs=1e-12), column
@@ -117,6 +120,16 @@ def test_table_numbers_are_the_models_own_evaluation(outcome):
                 metrics.auc(p.labels, p.teacher), rel=1e-9)
         assert row["student_auc_std"] == ""  # one seed: no spread
 
+
+
+def _expected_auc_by_pairs(truth, scores):
+    """AUC against outcomes drawn from `truth`: every ordered pair of distinct rows,
+    weighted t_i (1 - t_j), ties one half."""
+    t, s = np.asarray(truth, np.float64), np.asarray(scores, np.float64)
+    w = np.outer(t, 1.0 - t)
+    np.fill_diagonal(w, 0.0)
+    return float((w * ((s[:, None] > s[None, :]) + 0.5 * (s[:, None] == s[None, :]))).sum()
+                 / w.sum())
 
 @pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
 def test_test_window_is_the_last_fifth_of_clicked_time(outcome, frame):
@@ -220,18 +233,22 @@ def test_impression_strategies_run_next_to_click_space_ones(impressions, frame):
     table = {r["strategy"]: r for r in _rows(out / "compare.csv")}
     assert list(table) == ["ha_pfd_v2", "taml", "ukd_teacher", "ukd"]
     n_test = len(_test_impressions(frame))
-    assert table["ha_pfd_v2"]["impression_rows_mean"] == ""  # click space: no cell
-    assert table["ha_pfd_v2"]["ctcvr_auc_mean"] == ""
-    for name in ("taml", "ukd_teacher", "ukd"):
+    assert table["ha_pfd_v2"]["ctcvr_auc_mean"] == ""  # click space: no CTR head
+    for name in ("ha_pfd_v2", "taml", "ukd_teacher", "ukd"):
+        # every run, click space too, is scored over the same test impressions
         assert _num(table[name]["impression_rows_mean"]) == n_test
+        assert 0.0 < _num(table[name]["impression_truth_auc_mean"]) < 1.0
+        assert _num(table[name]["impression_truth_avg_mean"]) == pytest.approx(
+            _test_impressions(frame)[schema.TRUE_CVR].mean(), rel=1e-5)
         assert 0.0 < _num(table[name]["student_auc_mean"]) < 1.0
     assert table["ukd_teacher"]["ctr_auc_mean"] == ""  # no CTR head
     for name in ("taml", "ukd"):
         assert 0.0 < _num(table[name]["ctr_auc_mean"]) < 1.0
         assert 0.0 < _num(table[name]["ctcvr_auc_mean"]) < 1.0
     md = (out / "compare.md").read_text()
-    assert "| test impressions | CTR AUC | CTCVR AUC |" in md
-    assert f"| {n_test} | - | - |" in md  # ukd_teacher's row
+    assert "| CTR AUC | CTCVR AUC |" in md
+    assert "| AUC vs true, clicked | AUC vs true, all impressions |" in md
+    assert md.count("| true CVR (oracle) |") == 2
     summary = json.loads((out / "compare.json").read_text())
     windows = summary["windows"]
     assert windows["test_impressions"]["rows"] == n_test
@@ -240,7 +257,7 @@ def test_impression_strategies_run_next_to_click_space_ones(impressions, frame):
     assert windows["validation_impressions"]["clicks"] == windows["validation"]["rows"]
     assert windows["test_impressions"]["clicks"] == windows["test"]["rows"]
     assert windows["train_impressions"]["clicks"] == windows["train"]["rows"]
-    assert "impressions " + str(n_test) in stdout
+    assert f"impressions {n_test}: AUC(true)" in stdout
 
 
 @pytest.mark.e2e  # uses a full `pfdx compare` run (module fixture)
@@ -286,6 +303,18 @@ def test_ctr_and_ctcvr_auc_match_the_saved_predictions(impressions):
                                                       bins)[0],
             "label_avg": p.labels[on_click].mean(),
         }
+        # every impression against the true CVR: sklearn's weighted AUC counts each
+        # row against itself (a tie, 1/2); expected_auc leaves those pairs out
+        truth = p.truth.astype(np.float64)
+        n, pairs = truth.size, truth.sum() * (1.0 - truth).sum()
+        own = (truth * (1.0 - truth)).sum()
+        weighted = roc_auc_score(np.r_[np.ones(n), np.zeros(n)], np.r_[student, student],
+                                 sample_weight=np.r_[truth, 1.0 - truth])
+        expected.update(
+            impression_truth_auc=(weighted * pairs - 0.5 * own) / (pairs - own),
+            impression_truth_mae=np.abs(student - truth).mean(),
+            impression_truth_ece=metrics.calibration_errors(truth, student, bins)[0],
+            impression_pred_avg=student.mean())
         for column, value in expected.items():
             assert _num(runs[name][column]) == pytest.approx(value, rel=1e-6), (name, column)
         assert _num(runs[name]["impression_rows"]) == p.clicks.size
@@ -313,9 +342,10 @@ def test_click_space_results_do_not_change_with_impression_strategies(impression
     (out, _), (baseline_out, _) = impressions, outcome
     run = {r["strategy"]: r for r in _rows(out / "runs.csv")}["ha_pfd_v2"]
     baseline = {r["strategy"]: r for r in _rows(baseline_out / "runs.csv")}["ha_pfd_v2"]
-    for column in compare.METRICS:
-        if column != "seconds":
+    for column in compare.METRICS:  # the impression-space scores are added, not changed
+        if column != "seconds" and not column.startswith("impression_"):
             assert run[column] == baseline[column], column
+    assert baseline["impression_truth_auc"] == "" and run["impression_truth_auc"] != ""
     np.testing.assert_array_equal(Predictions.load(str(out / run["predictions"])).student,
                                   Predictions.load(str(baseline_out / baseline["predictions"])).student)
     selected = [json.loads((o / "compare.json").read_text())["selection"]["selected"]
@@ -341,3 +371,24 @@ def test_ukd_brings_its_teacher_right_before_it(named, expected):
 def test_default_strategies_are_the_click_space_ones():
     names = compare.strategies(load_config(None, []))
     assert names and not set(names) & {"taml", "ukd_teacher", "ukd"}
+
+
+def test_help_lists_every_strategy_name(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in STRATEGY_NAMES:
+        assert name in text, name
+
+
+def test_a_new_run_starts_from_an_empty_work_folder(tmp_path):
+    # A crashed run leaves TFT's temporary folder behind; its next run must not
+    # trip over it ("Directory not empty" from WriteTransformFn).
+    stale = tmp_path / "out" / compare.WORK_DIR / "train" / "transform" / "transform_tmp"
+    stale.mkdir(parents=True)
+    (stale / "half-written").write_text("x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="--data: no file matches"):
+        compare.run(load_config(None, []), str(tmp_path / "empty"), str(tmp_path / "out"),
+                    log=lambda _: None)
+    assert not (tmp_path / "out" / compare.WORK_DIR).exists()

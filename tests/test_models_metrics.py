@@ -54,6 +54,33 @@ def test_auc_matches_sklearn_with_ties(scored):
     assert np.isnan(metrics.auc(np.ones(3), [0.1, 0.2, 0.3]))
 
 
+
+def _expected_auc_by_pairs(truth, scores):
+    """Every ordered pair of distinct rows, weighted t_i (1 - t_j)."""
+    t, s = np.asarray(truth, np.float64), np.asarray(scores, np.float64)
+    w = np.outer(t, 1.0 - t)
+    np.fill_diagonal(w, 0.0)
+    win = (s[:, None] > s[None, :]) + 0.5 * (s[:, None] == s[None, :])
+    return (w * win).sum() / w.sum()
+
+
+def test_expected_auc_matches_pairwise_reference_with_ties():
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(0.0, 1.0, 300)
+    scores = np.round(truth + rng.normal(0.0, 0.3, 300), 1)  # many ties
+    assert metrics.expected_auc(truth, scores) == pytest.approx(
+        _expected_auc_by_pairs(truth, scores), rel=1e-12)
+
+
+def test_expected_auc_of_labels_is_auc_and_truth_ranks_best(scored):
+    labels, probs = scored
+    assert metrics.expected_auc(labels, probs) == pytest.approx(roc_auc_score(labels, probs))
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(0.0, 0.3, 2000)
+    noisy = truth + rng.normal(0.0, 0.05, 2000)
+    assert metrics.expected_auc(truth, truth) > metrics.expected_auc(truth, noisy) > 0.5
+    assert metrics.expected_auc(truth, -truth) < 0.5
+
 def test_summary_reports_averages_and_gap():
     s = metrics.summary([0, 1, 1, 0], [0.1, 0.4, 0.8, 0.3])
     assert s["pred_avg"] == pytest.approx(0.4) and s["label_avg"] == pytest.approx(0.5)
