@@ -17,10 +17,12 @@ installable from PyPI):
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from typing import Any, Iterable, Mapping
 
 from pfdx.serving.export import EXAMPLES_INPUT, OUTPUT_KEY, RAW_SIGNATURE
+from pfdx.serving.parsing import NUMBER
 
 
 class ServingError(RuntimeError):
@@ -28,12 +30,22 @@ class ServingError(RuntimeError):
 
 
 def instances_from_examples(serialized_examples: Iterable[bytes],
-                            regular_features: Iterable[str]) -> list[dict[str, Any]]:
+                            regular_features: Iterable[str],
+                            categorical: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """REST "instances" (feature -> value) from logged tf.Examples: replays a log
-    against a server. Missing features are left out, as an ad server would omit them."""
+    against a server. Missing features are left out, as an ad server would omit them.
+
+    `predict_raw` takes strings for categoricals and floats for numerics, and TF
+    Serving's JSON decoder wants a JSON string for a string input. With
+    `categorical` (the regular categorical names) each value is converted the way
+    `serving_default` converts a tf.Example feature (`parsing.py`): a categorical's
+    int 3 or float 3.0 -> "3", a numeric's int or text -> float ("" is missing). Without
+    it the values are passed as the examples hold them (ExampleGen's examples already
+    hold the canonical types)."""
     import tensorflow as tf
 
     names = tuple(regular_features)
+    text = None if categorical is None else frozenset(categorical)
     instances = []
     for serialized in serialized_examples:
         feature = tf.train.Example.FromString(serialized).features.feature
@@ -43,10 +55,36 @@ def instances_from_examples(serialized_examples: Iterable[bytes],
                 continue
             f = feature[name]
             kind = f.WhichOneof("kind")
+            if kind is None:
+                continue  # no list set: absent, as parse_example reads it
             value = getattr(f, kind).value[0]
-            row[name] = value.decode("utf-8") if kind == "bytes_list" else value
+            if kind == "bytes_list":
+                value = value.decode("utf-8")
+            if text is not None:
+                value = _canonical(name, value, name in text)
+                if value is None:
+                    continue
+            row[name] = value
         instances.append(row)
     return instances
+
+
+def _canonical(name: str, value: Any, categorical: bool) -> Any:
+    """`value` in `predict_raw`'s type (str for a categorical, float for a numeric);
+    None for empty numeric text (a missing value)."""
+    if categorical:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"feature {name!r}: the float {value!r} in a categorical "
+                                 "feature has no single text form; send its text")
+            value = int(value)
+        return str(value)
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        if not re.fullmatch(NUMBER, value):
+            raise ValueError(f"feature {name!r}: {value!r} is not a number")
+    return float(value)
 
 
 def rest_request_body(instances: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -2,10 +2,17 @@
 
 Signatures (inputs are regular features only; the TFT graph is applied inside):
 - ``serving_default``: ``examples`` = serialized tf.Example -> ``cvr`` probability
-  (and ``ctr`` for a TAML / UKD student exported with `model.serve_ctr`);
+  (and ``ctr`` for a TAML / UKD student exported with `model.serve_ctr`). Each
+  feature may come in any tf.Example type, as the log held it (an int64 `weekday`,
+  an int64 `user_past_clicks`, a numeric as text): `serving/parsing.py` casts it to
+  the raw schema's type (text for categoricals, float for numerics) before the TFT
+  graph, so a row replayed from a CSV, Parquet or TFRecord log is served as the
+  canonical example ExampleGen stores. An absent feature is "" / 0, as before.
 - ``predict_raw``: one named tensor per regular feature (strings for categorical,
   floats for numeric) -> the same outputs; the shape TF Serving's REST "instances"
-  JSON takes.
+  JSON takes. Its input types are fixed, so a JSON client sends categoricals as
+  strings (`client.instances_from_examples(..., categorical=...)` converts a logged
+  row the way `serving_default` does).
 The student Keras model holds the regular-feature embeddings and the student tower
 only; nothing of the teacher, the privileged embeddings or the mapping nets is
 tracked by the exported module.
@@ -23,6 +30,8 @@ import pfdx  # noqa: F401
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from pfdx.serving import parsing
+
 OUTPUT_KEY = "cvr"
 # Beside the model in the Trainer's model_run dir: rows, their in-training student
 # predictions and what the exported SavedModel answered for them.
@@ -35,8 +44,10 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 def serving_feature_spec(tf_transform_output: tft.TFTransformOutput,
                          regular_features: Iterable[str]) -> dict[str, tf.io.FixedLenFeature]:
-    """Parsing spec of the regular raw features; a missing value parses as a default
-    (empty string / 0), as an ad server may omit a field."""
+    """Parsing spec of the regular raw features in the raw schema's (canonical) types;
+    a missing value parses as a default (empty string / 0), as an ad server may omit
+    a field. `serving_default` parses with `parsing.parse_examples` on these dtypes,
+    which gives the same tensors for canonically typed examples."""
     raw = tf_transform_output.raw_feature_spec()
     spec = {}
     for name in regular_features:
@@ -64,7 +75,8 @@ class StudentServingModule(tf.Module):
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
         def serve_examples(examples):
-            return self._predict(tf.io.parse_example(examples, self._spec))
+            return self._predict(parsing.parse_examples(
+                examples, {name: f.dtype for name, f in self._spec.items()}))
 
         raw_specs = {name: tf.TensorSpec([None], f.dtype, name=name)
                      for name, f in self._spec.items()}
