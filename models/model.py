@@ -224,6 +224,13 @@ class JointModel(tfrs.Model):
         self.teacher_optimizer = teacher_optimizer or self.optimizer.__class__.from_config(
             self.optimizer.get_config())
 
+    @property
+    def teacher_stands_alone(self) -> bool:
+        """A teacher whose prediction reads only `teacher_variables` (its own
+        regular tables): its weights can be kept from another epoch than the
+        student's (models/best_epochs.py)."""
+        return self.has_teacher and self.teacher_regular_embeddings is not None
+
     def teacher_variables(self) -> list[tf.Variable]:
         """What only the teacher's task loss trains: its tower and its own tables."""
         if not self.has_teacher:

@@ -33,14 +33,16 @@ from tfx_bsl.public import tfxio
 
 from pfdx.config import ModelConfig, PipelineConfig
 from pfdx.features import transform
-from pfdx.models import calibration, impressions
+from pfdx.models import best_epochs, calibration, impressions
 from pfdx.models import metrics as model_metrics
 from pfdx.models.heads import CTR
 from pfdx.models.model import JointModel, build_model
 from pfdx.models.strategies import CLICK, LABEL, PSEUDO_LABEL
 
-# Early stopping watches the served student's ranking on the validation split.
+# Early stopping watches the served student's ranking on the validation split; the
+# teacher keeps the weights of its own best epoch by its ranking there.
 VALIDATION_METRIC = "student_auc"
+TEACHER_METRIC = "teacher_auc"
 
 # (file patterns, options, raw schema) -> batches of raw feature dicts.
 DatasetFactory = Callable[[list[str], tfxio.TensorFlowDatasetOptions, schema_pb2.Schema],
@@ -364,11 +366,18 @@ class Fitter:
         stopping = tf.keras.callbacks.EarlyStopping(
             monitor=f"val_{VALIDATION_METRIC}", mode="max", patience=m.early_stopping_patience,
             restore_best_weights=True)
+        # A teacher with its own tables keeps its own best epoch (models/best_epochs.py),
+        # after the student's restore.
+        teacher = [best_epochs.KeepWeights(best_epochs.teacher_side, monitor=f"val_{TEACHER_METRIC}")
+                   ] if model.teacher_stands_alone else []
         history = model.fit(self._train(config, self.splits.train), epochs=m.epochs,
                             validation_data=self._dataset(config, self.splits.validation, False),
-                            callbacks=[*self.callbacks(name), stopping], verbose=self.verbose)
+                            callbacks=[*self.callbacks(name), stopping, *teacher],
+                            verbose=self.verbose)
         validation = self.predict(config, model, self.splits.validation)
         metrics = {"epochs_trained": len(history.epoch), "best_epoch": stopping.best_epoch + 1}
+        if teacher and teacher[0].best_epoch is not None:
+            metrics["teacher_best_epoch"] = teacher[0].best_epoch
         if config.evaluation.calibration == "platt":
             clicked = validation.clicked()
             params = calibration.fit_platt(_logit(clicked.student), clicked.labels)
@@ -387,10 +396,16 @@ class Fitter:
         if config.model.refit:
             model = self._build(config)
             epochs = int(fitted.metrics["best_epoch"])
+            teacher_epochs = int(fitted.metrics.get("teacher_best_epoch", epochs))
+            # Each side for its own best epoch count: the longer run, each side's
+            # weights kept after its own count.
+            keep = [] if teacher_epochs == epochs else [
+                best_epochs.KeepWeights(best_epochs.student_side, epoch=epochs),
+                best_epochs.KeepWeights(best_epochs.teacher_side, epoch=teacher_epochs)]
             model.fit(self._train(config, [*self.splits.train, *self.splits.validation]),
-                      epochs=epochs, callbacks=list(self.callbacks(f"{name}-refit")),
-                      verbose=self.verbose)
-            metrics["refit_epochs"] = epochs
+                      epochs=max(epochs, teacher_epochs),
+                      callbacks=[*self.callbacks(f"{name}-refit"), *keep], verbose=self.verbose)
+            metrics.update(refit_epochs=epochs, refit_teacher_epochs=teacher_epochs)
         calibration_layer = model.student_model().calibration
         if config.evaluation.calibration == "platt":  # the eval split before calibration
             calibration_layer.assign(calibration.IDENTITY)

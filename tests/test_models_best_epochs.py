@@ -1,0 +1,72 @@
+"""Each side keeps its own best epoch (models/best_epochs.py): after early stopping on
+the student, the teacher holds the weights of the epoch its own validation AUC was
+best, the student those of its best epoch."""
+import numpy as np
+import pytest
+
+import pfdx  # noqa: F401
+import tensorflow as tf
+
+from pfdx.models import best_epochs
+from pfdx.models.model import build_model
+from tests.test_models_gradients import PRIVILEGED, REGULAR, small_config
+
+EPOCHS = 6
+
+
+def _data(seed, n=256):
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, 30, n)
+    label = (rng.random(n) < 0.2 + 0.6 * (user % 2)).astype(np.int64)  # learnable
+    features = {"user_id": np.array([f"u{i}" for i in user]),
+                "bid": rng.integers(0, 9, [n, 1]),
+                "privileged__page_jump": (label + rng.integers(0, 2, n)).astype(np.int64),
+                "privileged__duration": rng.integers(0, 3, n)}
+    return tf.data.Dataset.from_tensor_slices((features, label)).batch(32)
+
+
+def test_after_fit_each_side_holds_its_own_best_epoch():
+    tf.keras.utils.set_random_seed(3)
+    # A large step makes the validation AUCs move from epoch to epoch.
+    model = build_model(small_config("ha_pfd_v2", share_embeddings=False, lam=0.0,
+                                     align_weight=0.0, learning_rate=0.05),
+                        REGULAR, PRIVILEGED)
+    assert model.teacher_stands_alone
+    stopping = tf.keras.callbacks.EarlyStopping(monitor="val_student_auc", mode="max",
+                                                patience=EPOCHS, restore_best_weights=True)
+    keep = best_epochs.KeepWeights(best_epochs.teacher_side, monitor="val_teacher_auc")
+    validation = _data(1)
+    history = model.fit(_data(0), epochs=EPOCHS, validation_data=validation,
+                        callbacks=[stopping, keep], verbose=0).history
+    teacher, student = history["val_teacher_auc"], history["val_student_auc"]
+    assert keep.best_epoch == int(np.argmax(teacher)) + 1
+    assert keep.best_epoch != stopping.best_epoch + 1  # else the test shows nothing
+    after = model.evaluate(validation, return_dict=True, verbose=0)
+    assert after["teacher_auc"] == pytest.approx(max(teacher), abs=1e-6)
+    assert after["student_auc"] == pytest.approx(student[stopping.best_epoch], abs=1e-6)
+
+
+def test_a_given_epoch_is_kept_and_the_other_side_is_untouched():
+    tf.keras.utils.set_random_seed(3)
+    model = build_model(small_config("ha_pfd_v2", share_embeddings=False), REGULAR, PRIVILEGED)
+    snapshots = []
+    record = tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.append(
+        [v.numpy() for v in best_epochs.teacher_side(model)]))
+    keep = best_epochs.KeepWeights(best_epochs.teacher_side, epoch=2)
+    model.fit(_data(0), epochs=3, callbacks=[record, keep], verbose=0)
+    student_last = [v.numpy() for v in best_epochs.student_side(model)]
+    for kept, epoch_two in zip(best_epochs.teacher_side(model), snapshots[1]):
+        np.testing.assert_array_equal(kept.numpy(), epoch_two)
+    assert any(not np.array_equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))
+    # The student side is the last epoch's, and shares no variable with the teacher.
+    assert {v.ref() for v in best_epochs.student_side(model)}.isdisjoint(
+        {v.ref() for v in best_epochs.teacher_side(model)})
+    assert student_last and all(np.isfinite(w).all() for w in student_last)
+
+
+def test_a_teacher_on_shared_tables_cannot_stand_alone():
+    model = build_model(small_config("ha_pfd_v2", share_embeddings=True), REGULAR, PRIVILEGED)
+    assert not model.teacher_stands_alone
+    assert not build_model(small_config("none"), REGULAR, PRIVILEGED).teacher_stands_alone
+    with pytest.raises(ValueError, match="exactly one"):
+        best_epochs.KeepWeights(best_epochs.teacher_side)
