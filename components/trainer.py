@@ -29,14 +29,45 @@ PSEUDO_LABEL_COLUMN_KEY = "pseudo_label_column"
 TRAINING_METRICS_FILE = "training_metrics.json"
 
 
+# What training reads of the pipeline config, section -> fields (None: all of it):
+# the columns and the example space (`model.strategy`) of models/training.py, the
+# model, per-run tuning (models/tuning.py), the calibration and its bins (fitted and
+# scored on the validation split), and the baseline gate's tolerances
+# (models/champion.py: the gate picks which of the two trained students this Trainer
+# exports, so it stays here). Only these are the Trainer's exec properties: editing
+# anything else -- the Evaluator's thresholds and slices, runner.*, kubeflow.*,
+# compare.* -- leaves the Trainer cached (and its BackupAndRestore fingerprint,
+# components/resume.py, unchanged). Settings that change what the Trainer reads
+# arrive through its input artifacts instead (data.* -> the examples, selection.* ->
+# the Transform graph). A field training starts to read must be added here: in the
+# Trainer every other field holds its default.
+TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {
+    "data": ("columns",),
+    "model": None,
+    "tuning": None,
+    "evaluation": ("calibration", "calibration_bins", "baseline_auc_tolerance",
+                   "baseline_ece_tolerance"),
+}
+
+
+def training_config(config: PipelineConfig) -> dict[str, Any]:
+    """The part of `config` training reads (TRAINING_FIELDS), as plain data."""
+    tree = config.to_dict()
+    return {section: tree[section] if fields is None else {f: tree[section][f] for f in fields}
+            for section, fields in TRAINING_FIELDS.items()}
+
+
 def trainer_custom_config(config: PipelineConfig,
                           pseudo_label_column: str | None = None) -> dict[str, Any]:
-    """The config, and for UKD's student the raw column holding its teacher's CVR."""
-    return {PIPELINE_CONFIG_KEY: config.to_dict(), PSEUDO_LABEL_COLUMN_KEY: pseudo_label_column}
+    """What training reads of the config, and for UKD's student the raw column
+    holding its teacher's CVR."""
+    return {PIPELINE_CONFIG_KEY: training_config(config),
+            PSEUDO_LABEL_COLUMN_KEY: pseudo_label_column}
 
 
 def _config(fn_args: tfx.components.FnArgs) -> PipelineConfig:
-    """The pipeline config, with per-run hyperparameter overrides applied on top."""
+    """The training part of the pipeline config (defaults elsewhere), with per-run
+    hyperparameter overrides applied on top."""
     compiled = from_dict(fn_args.custom_config[PIPELINE_CONFIG_KEY])
     overrides = [f"model.{k}={json.dumps(v)}" for k, v in (fn_args.hyperparameters or {}).items()]
     config = from_dict(fn_args.custom_config[PIPELINE_CONFIG_KEY], overrides)
