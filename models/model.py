@@ -37,6 +37,7 @@ from pfdx.models.calibration import PlattCalibration
 from pfdx.models.distributed import global_batch_size
 from pfdx.models.heads import CTR, HeadOutputs
 from pfdx.models.layers import FeatureEmbeddings, Tower
+from pfdx.models.optimizers import LazyAdam
 from pfdx.models.strategies import CLICK, LABEL, Outputs, make_strategy
 
 
@@ -293,10 +294,10 @@ def split_labels(labels) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
 def make_optimizer(config: ModelConfig, learning_rate: float | None = None
                    ) -> tf.keras.optimizers.Optimizer:
     """Appendix A: Adam, lr 0.0025, weight decay 0.001 (`learning_rate`: another rate,
-    e.g. the teacher's). Its gradient clip (600) is applied by `JointModel.train_step`,
-    per side."""
-    return tf.keras.optimizers.Adam(learning_rate=learning_rate or config.learning_rate,
-                                    weight_decay=config.weight_decay)
+    e.g. the teacher's), row-sparse on the embedding tables (models/optimizers.py).
+    Its gradient clip (600) is applied by `JointModel.train_step`, per side."""
+    return LazyAdam(learning_rate=learning_rate or config.learning_rate,
+                    weight_decay=config.weight_decay)
 
 
 def build_model(config: ModelConfig, regular_vocab: Mapping[str, int],

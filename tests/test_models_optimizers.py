@@ -1,0 +1,66 @@
+"""LazyAdam (models/optimizers.py) against a numpy Adam with decoupled weight decay:
+dense variables as Keras' Adam, embedding rows in a batch as Adam on those rows
+(duplicate ids summed), rows outside it untouched, moments included."""
+import numpy as np
+import pytest
+
+import pfdx  # noqa: F401
+import tensorflow as tf
+
+from pfdx.models.optimizers import LazyAdam
+
+LR, WD, B1, B2, EPS = 0.01, 0.1, 0.9, 0.999, 1e-7
+
+
+def _adam(w, m, v, g, t):
+    """One numpy step of Adam with decoupled weight decay (Keras' order: decay, then
+    the moment update), at step t (1-based); returns (w, m, v)."""
+    w = w - LR * WD * w
+    m = B1 * m + (1 - B1) * g
+    v = B2 * v + (1 - B2) * g * g
+    alpha = LR * np.sqrt(1 - B2 ** t) / (1 - B1 ** t)
+    return w - alpha * m / (np.sqrt(v) + EPS), m, v
+
+
+def test_matches_numpy_adam_on_dense_and_on_the_batchs_rows():
+    rng = np.random.default_rng(0)
+    table0, dense0 = rng.normal(size=(6, 3)), rng.normal(size=(4,))
+    table = tf.Variable(table0, dtype=tf.float64)
+    dense = tf.Variable(dense0, dtype=tf.float64)
+    optimizer = LazyAdam(learning_rate=LR, weight_decay=WD, beta_1=B1, beta_2=B2, epsilon=EPS)
+    w_t, m_t, v_t = table0.copy(), np.zeros_like(table0), np.zeros_like(table0)
+    w_d, m_d, v_d = dense0.copy(), np.zeros_like(dense0), np.zeros_like(dense0)
+    steps = [np.array([1, 4, 1]), np.array([4, 2])]  # row 1 twice in step 1; 0, 3, 5 never
+    for t, ids in enumerate(steps, start=1):
+        values = rng.normal(size=(ids.size, 3))
+        g_dense = rng.normal(size=(4,))
+        optimizer.apply_gradients([
+            (tf.IndexedSlices(tf.constant(values), tf.constant(ids)), table),
+            (tf.constant(g_dense), dense)])
+        rows = np.unique(ids)
+        g = np.zeros_like(table0)
+        np.add.at(g, ids, values)
+        w_t[rows], m_t[rows], v_t[rows] = _adam(w_t[rows], m_t[rows], v_t[rows], g[rows], t)
+        w_d, m_d, v_d = _adam(w_d, m_d, v_d, g_dense, t)
+        np.testing.assert_allclose(table.numpy(), w_t, rtol=1e-6)  # the optimizer keeps lr in float32
+        np.testing.assert_allclose(dense.numpy(), w_d, rtol=1e-6)  # the optimizer keeps lr in float32
+    untouched = [0, 3, 5]
+    np.testing.assert_array_equal(table.numpy()[untouched], table0[untouched])
+
+
+def test_dense_updates_equal_keras_adam():
+    rng = np.random.default_rng(1)
+    start = rng.normal(size=(5,))
+    a, b = tf.Variable(start), tf.Variable(start)
+    lazy = LazyAdam(learning_rate=LR, weight_decay=WD)
+    keras = tf.keras.optimizers.Adam(learning_rate=LR, weight_decay=WD)
+    for _ in range(3):
+        g = tf.constant(rng.normal(size=(5,)))
+        lazy.apply_gradients([(g, a)])
+        keras.apply_gradients([(g, b)])
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12)
+
+
+def test_amsgrad_is_refused():
+    with pytest.raises(ValueError, match="amsgrad"):
+        LazyAdam(amsgrad=True)
