@@ -7,12 +7,19 @@ Signatures (inputs are regular features only; the TFT graph is applied inside):
   an int64 `user_past_clicks`, a numeric as text): `serving/parsing.py` casts it to
   the raw schema's type (text for categoricals, float for numerics) before the TFT
   graph, so a row replayed from a CSV, Parquet or TFRecord log is served as the
-  canonical example ExampleGen stores. An absent feature is "" / 0, as before.
+  canonical example ExampleGen stores. Each feature reaches the TFT graph in its
+  raw-schema kind (`serving_feature_spec`): an absent feature the raw schema declares
+  variable-length (one that may be absent in training) is a missing value, which the
+  preprocessing_fn maps as in training (a numeric to its own bucket); an absent
+  fixed-length one is its default ("" / 0).
 - ``predict_raw``: one named tensor per regular feature (strings for categorical,
   floats for numeric) -> the same outputs; the shape TF Serving's REST "instances"
   JSON takes. Its input types are fixed, so a JSON client sends categoricals as
   strings (`client.instances_from_examples(..., categorical=...)` converts a logged
-  row the way `serving_default` does).
+  row the way `serving_default` does). A NaN numeric (JSON `NaN`, which TF Serving
+  reads) is a missing value, served as an absent feature in `serving_default`; a
+  missing categorical is "", which the preprocessing_fn hashes as it hashes a
+  missing value.
 The student Keras model holds the regular-feature embeddings and the student tower
 only; nothing of the teacher, the privileged embeddings or the mapping nets is
 tracked by the exported module.
@@ -43,17 +50,31 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
 def serving_feature_spec(tf_transform_output: tft.TFTransformOutput,
-                         regular_features: Iterable[str]) -> dict[str, tf.io.FixedLenFeature]:
-    """Parsing spec of the regular raw features in the raw schema's (canonical) types;
-    a missing value parses as a default (empty string / 0), as an ad server may omit
-    a field. `serving_default` parses with `parsing.parse_examples` on these dtypes,
-    which gives the same tensors for canonically typed examples."""
+                         regular_features: Iterable[str]
+                         ) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
+    """Parsing spec of the regular raw features: the raw schema's own spec, so the TFT
+    graph gets at serving the tensor kinds it gets in training and maps a missing
+    value as training does. A feature that may be absent (a VarLenFeature: SchemaGen's
+    for a feature some examples lack, every one in `pfdx compare`'s raw schema) is a
+    SparseTensor with no entry for a missing value; a fixed-length one (present in
+    every training example) parses a missing value as its default, or "" / 0 when it
+    has none (as an ad server may omit a field). `serving_default` parses with
+    `parsing.parse_examples` on these specs, which gives what `tf.io.parse_example`
+    gives for canonically typed examples."""
     raw = tf_transform_output.raw_feature_spec()
-    spec = {}
-    for name in regular_features:
-        dtype = raw[name].dtype
-        spec[name] = tf.io.FixedLenFeature([1], dtype, default_value="" if dtype == tf.string else 0)
-    return spec
+    return {name: parsing.column_spec(name, raw[name]) for name in regular_features}
+
+
+def raw_to_spec(values: tf.Tensor, spec: tf.io.FixedLenFeature | tf.io.VarLenFeature
+                ) -> tf.Tensor | tf.SparseTensor:
+    """`predict_raw`'s [B] values of one feature in the TFT graph's input kind (`spec`);
+    a NaN in a numeric is an absent value (no entry / the default), as an absent
+    feature of a tf.Example in `serving_default`; text is a value as is."""
+    if spec.dtype == tf.string:
+        present = tf.ones_like(values, tf.bool)
+    else:
+        present = tf.logical_not(tf.math.is_nan(values))
+    return parsing.to_spec(values, present, spec)
 
 
 class StudentServingModule(tf.Module):
@@ -75,15 +96,14 @@ class StudentServingModule(tf.Module):
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
         def serve_examples(examples):
-            return self._predict(parsing.parse_examples(
-                examples, {name: f.dtype for name, f in self._spec.items()}))
+            return self._predict(parsing.parse_examples(examples, self._spec))
 
         raw_specs = {name: tf.TensorSpec([None], f.dtype, name=name)
                      for name, f in self._spec.items()}
 
         @tf.function(input_signature=[raw_specs])
         def serve_raw(features):
-            return self._predict({k: tf.reshape(v, [-1, 1]) for k, v in features.items()})
+            return self._predict({k: raw_to_spec(v, self._spec[k]) for k, v in features.items()})
 
         return {"serving_default": serve_examples.get_concrete_function(),
                 RAW_SIGNATURE: serve_raw.get_concrete_function()}

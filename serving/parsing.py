@@ -24,12 +24,23 @@ One limit: ExampleGen keeps a CSV cell's text as it is, so a categorical column 
 a CSV writer spelled "12.0" trained as "12.0", while a float 12.0 is served as "12"
 (the Parquet / TFRecord spelling). Send such a column as text.
 
-Missing values behave as with `parse_example` and a `FixedLenFeature([1])` with a
-default, as before: an absent feature, or one with no list set, is the default
-("" / 0); a feature with zero or several values is refused, and so are bytes that
-are not a tf.Example (parse_example's InvalidArgumentError, as before). Features the
-model does not take (privileged signals, ids, labels) are ignored whatever their type.
-Every refusal is an InvalidArgumentError naming the feature and the value.
+Each column comes out in the tensor kind of its raw-schema feature spec, so that the
+TFT graph sees at serving what it sees in training (`tf.io.parse_example` / tfxio on
+the raw schema) and handles a missing value the same way:
+  `VarLenFeature` (SchemaGen's feature that may be absent; every regular feature in
+      `pfdx compare`'s raw schema): a SparseTensor [B, 0 or 1] as parse_example
+      gives; an absent feature, one with no list set, one with an empty list, or
+      empty text in a numeric has no entry, i.e. it is a missing value, which the
+      preprocessing_fn maps to its own id (a numeric's extra bucket);
+  `FixedLenFeature` of shape [1] or [] (a feature present in every training example),
+      or a bare dtype (= FixedLenFeature([1])): a dense tensor of that shape; an absent
+      feature, one with no list set, or empty text in a numeric is the spec's default
+      value, or "" / 0 when it has none (as before: training had no such row).
+A feature with several values is refused, and so is one with zero values in a
+FixedLenFeature, and so are bytes that are not a tf.Example (parse_example's
+InvalidArgumentError, as before). Features the model does not take (privileged
+signals, ids, labels) are ignored whatever their type. Every refusal is an
+InvalidArgumentError naming the feature and the value.
 
 How: `tf.io.decode_proto` walks the message - `tensorflow.Example` -> `tensorflow.Features`
 (its `feature` map is a repeated `tensorflow.Features.FeatureEntry` of key / value) ->
@@ -46,7 +57,8 @@ regular features, 2 busy shared cores): +0.16 ms per request at batch 1 (p50 0.3
 0.51 ms) and +13 us per example at batch 512 (3.3 -> 9.9 ms per batch): decode_proto
 decodes five nested message levels where the fast Example parser makes one pass.
 Conversions run only on the entries that need one, so a canonically typed request
-pays for the decoding alone.
+pays for the decoding alone. Feeding each column in its raw-schema kind (a
+SparseTensor for a VarLenFeature) costs within the noise of that measurement.
 
 Why here and not at ExampleGen: the other route - keep each column's logged type in
 the raw schema and cast inside the TFT graph - needs ExampleGen, the schema, the
@@ -58,7 +70,7 @@ training and accepts any of the three tf.Example types from any client.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Union
 
 import tensorflow as tf
 
@@ -68,6 +80,46 @@ NUMBER = r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*"
 SUPPORTED = (tf.string, tf.float32)
 _INT64_BOUND = 2.0 ** 63
 _NO_SUCH_FEATURE = "\x00pfdx: a key no tf.Example holds"
+
+Spec = Union[tf.dtypes.DType, tf.io.FixedLenFeature, tf.io.VarLenFeature]
+Parsed = Union[tf.Tensor, tf.SparseTensor]
+
+
+def column_spec(name: str, spec: Spec) -> tf.io.FixedLenFeature | tf.io.VarLenFeature:
+    """`spec` as a parsing spec this parser produces (a dtype = FixedLenFeature([1]) with
+    the "" / 0 default); ValueError for a dtype or a kind it does not produce."""
+    if isinstance(spec, tf.dtypes.DType):
+        spec = tf.io.FixedLenFeature([1], spec)
+    if not isinstance(spec, (tf.io.FixedLenFeature, tf.io.VarLenFeature)):
+        raise ValueError(f"feature {name!r}: serving parses FixedLenFeature ([] or [1]) and "
+                         f"VarLenFeature specs, not {spec!r}")
+    if spec.dtype not in SUPPORTED:
+        raise ValueError(f"feature {name!r}: serving parses {[d.name for d in SUPPORTED]}, "
+                         f"not {spec.dtype.name}")
+    if isinstance(spec, tf.io.FixedLenFeature):
+        if list(spec.shape) not in ([], [1]):
+            raise ValueError(f"feature {name!r}: serving parses one value per feature, not a "
+                             f"FixedLenFeature of shape {list(spec.shape)}")
+        default = spec.default_value
+        if default is None:
+            default = "" if spec.dtype == tf.string else 0.0
+        elif isinstance(default, (list, tuple)):
+            (default,) = default
+        spec = tf.io.FixedLenFeature(spec.shape, spec.dtype, default)
+    return spec
+
+
+def to_spec(values: tf.Tensor, present: tf.Tensor, spec) -> Parsed:
+    """[B] `values` (where `present`) in the tensor kind of `spec` (`column_spec`'s):
+    what parse_example gives for that spec when the rows hold those values."""
+    if isinstance(spec, tf.io.VarLenFeature):
+        rows = tf.where(present)  # [n, 1]
+        return tf.SparseTensor(
+            tf.concat([rows, tf.zeros_like(rows)], 1), tf.gather_nd(values, rows),
+            tf.stack([tf.shape(present, out_type=tf.int64)[0],
+                      tf.cast(tf.reduce_any(present), tf.int64)]))
+    dense = tf.where(present, values, tf.constant(spec.default_value, values.dtype))
+    return tf.reshape(dense, [-1] + list(spec.shape))
 
 
 def _decode(serialized: tf.Tensor, message: str, fields: list[str], types: list[tf.DType]):
@@ -113,14 +165,14 @@ def _check(bad: tf.Tensor, message: str, keys: tf.Tensor, values: tf.Tensor) -> 
          "value(s):", tf.boolean_mask(values, bad)], summarize=8)
 
 
-def parse_examples(serialized: tf.Tensor, columns: Mapping[str, tf.DType]) -> dict[str, tf.Tensor]:
-    """Serialized tf.Examples [B] -> {column: [B, 1] tensor of its dtype} for each of
-    `columns` (dtype tf.string or tf.float32), whatever type each feature was sent in."""
+def parse_examples(serialized: tf.Tensor, columns: Mapping[str, Spec]) -> dict[str, Parsed]:
+    """Serialized tf.Examples [B] -> {column: its values} for each of `columns`, whatever
+    type each feature was sent in. A column's spec is a FixedLenFeature ([] or [1]) or a
+    VarLenFeature of tf.string or tf.float32 (the raw schema's), or a bare dtype
+    (FixedLenFeature([1])); it comes out as `tf.io.parse_example` gives that spec."""
+    specs = {name: column_spec(name, spec) for name, spec in columns.items()}
+    columns = {name: spec.dtype for name, spec in specs.items()}
     names = list(columns)
-    for name, dtype in columns.items():
-        if dtype not in SUPPORTED:
-            raise ValueError(f"feature {name!r}: serving parses {[d.name for d in SUPPORTED]}, "
-                             f"not {dtype.name}")
     n_columns = len(names)
     serialized = tf.reshape(serialized, [-1])
     # Bytes that are not a tf.Example fail as before, with parse_example's
@@ -158,8 +210,12 @@ def parse_examples(serialized: tf.Tensor, columns: Mapping[str, tf.DType]) -> di
     text, number, integer = texts[:, 0], floats[:, 0], ints[:, 0]
     is_text, is_float, is_int = n_text[:, 0] > 0, n_float[:, 0] > 0, n_int[:, 0] > 0
     n_values = n_text[:, 0] + n_float[:, 0] + n_int[:, 0]
-    # A Feature with no list set is absent (parse_example's default applies).
+    # A Feature with no list set is absent (parse_example's default applies); an empty
+    # list in a VarLenFeature is a missing value too (parse_example gives no entry).
     wanted = tf.reduce_any(kinds > 0, axis=1) & (row < batch)
+    empty = n_values == 0
+    empty &= tf.gather(tf.constant([isinstance(specs[n], tf.io.VarLenFeature) for n in names]),
+                       column)
     to_text = tf.gather(tf.constant([columns[n] == tf.string for n in names]), column) & wanted
     to_number = wanted & ~to_text
 
@@ -173,10 +229,12 @@ def parse_examples(serialized: tf.Tensor, columns: Mapping[str, tf.DType]) -> di
                        lambda x: tf.strings.regex_full_match(x, NUMBER))
     as_number = _convert(from_text & spelled, as_number, text,
                          lambda x: tf.cast(tf.strings.to_number(x, tf.float64), tf.float32))
-    # ("" stays 0, the default.)
+    # Empty text in a numeric is a missing value: the default, or no entry.
+    valued = ~(to_number & is_text & (tf.strings.length(text) == 0)) & ~empty
 
     checks = [
-        _check(wanted & (n_values != 1), "one value per feature is expected, got this many",
+        _check(wanted & ~empty & (n_values != 1),
+               "one value per feature is expected, got this many",
                keys, n_values),
         _check(from_text & ~spelled, "text that is not a number in a numeric feature", keys, text),
         _check(to_text & is_float & ((tf.math.floor(number) != number)
@@ -194,5 +252,7 @@ def parse_examples(serialized: tf.Tensor, columns: Mapping[str, tf.DType]) -> di
     with tf.control_dependencies(checks):
         text_out = tf.gather(tf.concat([as_text, [""]], 0), pick)
         number_out = tf.gather(tf.concat([as_number, [0.0]], 0), pick)
-    return {name: (text_out if columns[name] == tf.string else number_out)[:, k:k + 1]
+        present = tf.gather(tf.concat([valued, [False]], 0), pick)
+    return {name: to_spec((text_out if columns[name] == tf.string else number_out)[:, k],
+                          present[:, k], specs[name])
             for k, name in enumerate(names)}

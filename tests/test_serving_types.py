@@ -50,10 +50,11 @@ def kinds(serialized: bytes) -> dict[str, str]:
             for k, f in tf.train.Example.FromString(serialized).features.feature.items()}
 
 
-def fit_transform(config, examples: list[bytes], out_dir: str):
+def fit_transform(config, examples: list[bytes], out_dir: str, variable_length=()):
     """The TFT analysis of `features/transform.py` on `examples` (regular features and
     the label; nothing privileged is served), with the raw schema SchemaGen infers
-    from ExampleGen's examples of the simulated log."""
+    from ExampleGen's examples of the simulated log; the `variable_length` features
+    as SchemaGen declares one that some examples lack (a VarLenFeature)."""
     import apache_beam as beam
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
@@ -66,13 +67,15 @@ def fit_transform(config, examples: list[bytes], out_dir: str):
     spec = {roles.label: tf.io.FixedLenFeature([1], tf.int64)}
     spec.update((n, tf.io.FixedLenFeature([1], tf.string)) for n in roles.regular_categorical)
     spec.update((n, tf.io.FixedLenFeature([1], tf.float32)) for n in roles.regular_numeric)
+    spec.update((n, tf.io.VarLenFeature(spec[n].dtype)) for n in variable_length)
     schema = schema_utils.schema_from_feature_spec(spec)
     custom_config = dict(transform.regular_config(config), privileged={})
     instances = []
     for serialized in examples:
         feature = tf.train.Example.FromString(serialized).features.feature
         instance = {n: list(getattr(feature[n], feature[n].WhichOneof("kind")).value)
-                    for n in spec}
+                    for n in spec if n in feature}
+        instance.update((n, []) for n in variable_length if n not in feature)
         instances.append(instance)
     with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp"),
                                                         force_tf_compat_v1=False):
