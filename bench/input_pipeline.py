@@ -1,0 +1,147 @@
+"""Share of the Trainer's step time spent waiting for input (issue 16, item 5).
+
+    python bench/input_pipeline.py [--config pipeline/configs/simulated.yaml]
+        [--set key=value ...] [--work DIR] [--epochs 3]
+
+Runs the pipeline's DAG up to the Transform (LocalDagRunner; cached on a re-run
+with the same --work), then reads the train split exactly as the Trainer does: TFX's
+`data_accessor.tf_dataset_factory` for the Examples artifact (tfx-bsl: interleaved
+gzip TFRecord reads, whole-split shuffle, batch, `parse_example_dataset`) and
+`models/training.py transformed_dataset` (the TFT layer mapped with AUTOTUNE,
+prefetch). It reports, for the configured strategy's model (`Fitter._build`):
+
+- input alone: batches/s of the dataset iterated without training, and the first
+  batch's wait (the whole-split shuffle buffer fills at the start of every epoch);
+- training on it vs training on the same batches held in memory (`Dataset.cache`
+  filled beforehand), both with Keras' `fit` as the Trainer runs it, best of
+  `--rounds`: the input share of step time is 1 - memory / streaming. The fit is
+  timed around the call, so an epoch's start (the iterator, its shuffle-buffer fill)
+  counts; the validation pass the Trainer adds per epoch does not run here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pfdx  # noqa: E402,F401
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+from ml_metadata import metadata_store  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+from tfx.components.util import tfxio_utils  # noqa: E402
+from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
+
+from pfdx.components import splits  # noqa: E402
+from pfdx.config import load_config  # noqa: E402
+from pfdx.models import training  # noqa: E402
+from pfdx.pipeline import dag, local_runner  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAST = "PrivilegedTransform"
+
+
+def run_to_transform(config) -> None:
+    """The DAG of `dag.create_components` up to and including the Transform."""
+    components = dag.create_components(config, local_runner.ensure_input(config),
+                                       config.serving_dir)
+    keep = components[:[c.id for c in components].index(LAST) + 1]
+    for c in keep:
+        for d in list(c.downstream_nodes):
+            if d not in keep:
+                c.remove_downstream_node(d)
+    os.makedirs(config.resolve("."), exist_ok=True)
+    with local_runner.run_temp_dir(config.resolve(".")):
+        tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+            pipeline_name=config.runner.pipeline_name, pipeline_root=config.pipeline_root,
+            components=keep, enable_cache=True,
+            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                config.metadata_path),
+            beam_pipeline_args=local_runner.beam_args(config)))
+
+
+def latest(config, artifact_type):
+    store = metadata_store.MetadataStore(
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
+    mlmd = max(store.get_artifacts_by_type(artifact_type.TYPE_NAME), key=lambda a: a.id)
+    artifact = artifact_type()
+    artifact.set_mlmd_artifact(mlmd)
+    return artifact
+
+
+def epoch_seconds(model, dataset, epochs: int) -> float:
+    """Wall seconds per epoch of `model.fit`, timed around the call: an epoch's
+    iterator (and its shuffle-buffer fill) starts before Keras' epoch callbacks."""
+    start = time.perf_counter()
+    model.fit(dataset, epochs=epochs, verbose=0)
+    return (time.perf_counter() - start) / epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.path.join(REPO, "pipeline/configs/simulated.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--work", default=None, help="output root of the DAG run "
+                        "(default: a fresh temporary folder)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed fit")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reuse", action="store_true",
+                        help="read the last run's artifacts in --work; do not run the DAG")
+    args = parser.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="pfdx-input-bench-")
+    config = load_config(args.config, [f"runner.output_root={work}", *args.overrides])
+
+    if not args.reuse:
+        start = time.perf_counter()
+        run_to_transform(config)
+        print(f"DAG up to the Transform: {time.perf_counter() - start:.0f}s ({work})")
+    examples = latest(config, standard_artifacts.Examples)
+    graph = latest(config, standard_artifacts.TransformGraph)
+    tft_output = tft.TFTransformOutput(graph.uri)
+    factory = tfxio_utils.get_tf_dataset_factory_from_artifact([examples], [])
+    train = [os.path.join(artifact_utils.get_split_uri([examples], splits.TRAIN), "*")]
+    rows = training.count_records(train)
+    m = config.model
+    print(f"train split: {rows} rows, batch {m.batch_size}, strategy {m.strategy}, "
+          f"{m.hash_buckets} hash buckets, {os.cpu_count()} CPU cores")
+
+    def stream():
+        return training.transformed_dataset(factory, train, tft_output, config, shuffle=True)
+
+    # Input alone.
+    for _ in range(args.rounds):
+        dataset = stream()
+        t0 = time.perf_counter()
+        it = iter(dataset)
+        next(it)
+        first = time.perf_counter() - t0
+        n = 1 + sum(1 for _ in it)
+        total = time.perf_counter() - t0
+        print(f"input alone: {n} batches in {total:.2f}s: first batch {1000 * first:.0f} ms, "
+              f"then {1000 * (total - first) / max(n - 1, 1):.1f} ms/batch "
+              f"({rows / total:.0f} examples/s)")
+
+    fitter = training.Fitter(tft_output, factory, training.Splits(train, [], []))
+    model = fitter._build(config)
+    epoch_seconds(model, stream(), 1)  # trace every batch shape
+    cached = stream().cache()
+    for _ in cached:  # fill the cache
+        pass
+    streaming, memory = [], []
+    for _ in range(args.rounds):  # alternating, best of each: the cores are shared
+        streaming.append(epoch_seconds(model, stream(), args.epochs))
+        memory.append(epoch_seconds(model, cached, args.epochs))
+    steps = -(-rows // m.batch_size)
+    s, mem = min(streaming), min(memory)
+    print(f"fit, streaming input: {1000 * s / steps:.1f} ms/step ({rows / s:.0f} examples/s); "
+          f"batches in memory: {1000 * mem / steps:.1f} ms/step ({rows / mem:.0f} examples/s)")
+    print(f"share of step time waiting for input: {max(0.0, 1 - mem / s):.1%} "
+          f"(epochs of {steps} steps; streaming {[round(t, 2) for t in streaming]} s, "
+          f"memory {[round(t, 2) for t in memory]} s)")
+
+
+if __name__ == "__main__":
+    main()
