@@ -11,6 +11,7 @@ import collections.abc
 import dataclasses
 import json
 import os
+import re
 import typing
 from typing import Any, Mapping
 
@@ -67,6 +68,72 @@ class ColumnRoles:
             raise ConfigError("data.columns: at least one regular feature is required")
 
 
+# TFX's span placeholders in a file pattern (tfx/components/example_gen/utils.py):
+# {SPAN} or {SPAN:width}, or the date specs {YYYY} {MM} {DD} (span = days since
+# 1970-01-01), and optionally {VERSION}. The config cannot import TFX (TensorFlow).
+_SPAN_SPEC = re.compile(r"{SPAN(:[^}]*)?}")
+_VERSION_SPEC = re.compile(r"{VERSION(:[^}]*)?}")
+_DATE_SPECS = ("{YYYY}", "{MM}", "{DD}")
+EVAL_SPLITS = ("tail", "newest_span")
+
+
+def span_specs(pattern: str) -> str | None:
+    """'span' or 'date' when `pattern` holds TFX span placeholders, else None."""
+    if _SPAN_SPEC.search(pattern):
+        return "span"
+    return "date" if any(spec in pattern for spec in _DATE_SPECS) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanConfig:
+    """Which spans of a `data.file_pattern` with span placeholders a run reads
+    (docs/continuous-training.md). Without a placeholder: the whole folder, as always."""
+
+    # The newest `num_spans` span numbers (TFX's RollingRange): 1 = the latest span only;
+    # N = the latest span L and the spans L-N+1 .. L-1 that exist.
+    num_spans: int = 1
+    # The eval split: "tail" = the last data.eval_fraction of the newest span's time
+    # range (with one span: the split of a run without spans); "newest_span" = all of
+    # the newest span (needs num_spans >= 2: the older spans train and validate).
+    eval_split: str = "tail"
+
+    def validate(self, file_pattern: str) -> None:
+        if self.num_spans < 1:
+            raise ConfigError(f"data.spans.num_spans: {self.num_spans} is below 1")
+        if self.eval_split not in EVAL_SPLITS:
+            raise ConfigError(f"data.spans.eval_split: {self.eval_split!r} is not one of "
+                              f"{', '.join(EVAL_SPLITS)}")
+        kind = span_specs(file_pattern)
+        if kind is None and self != SpanConfig():
+            key = "num_spans" if self.num_spans != 1 else "eval_split"
+            raise ConfigError(f"data.spans.{key}: set, but data.file_pattern {file_pattern!r} has no "
+                              "span placeholder ({SPAN} or {YYYY}-{MM}-{DD}), so the whole "
+                              "folder is read; e.g. data.file_pattern: 'day={SPAN}/*.csv'")
+        if self.eval_split == "newest_span" and self.num_spans < 2:
+            raise ConfigError("data.spans.eval_split: 'newest_span' makes the newest span "
+                              "the eval split; it needs data.spans.num_spans >= 2 (older "
+                              f"spans to train on), got {self.num_spans}")
+        where = f"data.file_pattern: {file_pattern!r}"
+        if kind == "span":
+            if len(_SPAN_SPEC.findall(file_pattern)) > 1:
+                raise ConfigError(f"{where}: only one {{SPAN}} is allowed")
+            if any(spec in file_pattern for spec in _DATE_SPECS):
+                raise ConfigError(f"{where}: {{SPAN}} and the date specs {{YYYY}} {{MM}} "
+                                  "{DD} exclude each other")
+            width = _SPAN_SPEC.search(file_pattern).group(1)
+            if width and not (width[1:].isdigit() and int(width[1:]) > 0):
+                raise ConfigError(f"{where}: the width of {{SPAN:width}} is not a "
+                                  "positive integer")
+        if kind == "date" and any(file_pattern.count(s) != 1 for s in _DATE_SPECS):
+            raise ConfigError(f"{where}: each of {{YYYY}}, {{MM}}, {{DD}} must appear "
+                              "exactly once")
+        versions = _VERSION_SPEC.findall(file_pattern)
+        if versions and kind is None:
+            raise ConfigError(f"{where}: {{VERSION}} needs a {{SPAN}} or date placeholder")
+        if len(versions) > 1:
+            raise ConfigError(f"{where}: only one {{VERSION}} is allowed")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     # None: the pipeline simulates `simulated_rows` rows into <output_root>/data.
@@ -105,6 +172,9 @@ class DataConfig:
     # (TFX ImportSchemaGen). TFX caches the import by path: give an edited schema a
     # new file name. None: infer the schema from each run's statistics.
     schema_path: str | None = None
+    # Daily (or other) spans in `file_pattern`, e.g. "day={YYYY}-{MM}-{DD}/*.csv":
+    # which spans a run reads and where its eval split is (SpanConfig).
+    spans: SpanConfig = SpanConfig()
 
     def validate(self) -> None:
         if self.format not in ("csv", "parquet", "tfrecord"):
@@ -129,6 +199,7 @@ class DataConfig:
                               "supported; name each folder level, e.g. '*/*.csv'")
         if len(self.separator) != 1:
             raise ConfigError(f"data.separator: {self.separator!r} is not one character")
+        self.spans.validate(self.file_pattern)
         for key, low in (("min_split_rows", 1), ("min_split_positives", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"data.{key}: {getattr(self, key)} is below {low}")
