@@ -1,11 +1,15 @@
 """Examples/s of one joint training step: student-only (`none`) vs HA-PFD V2.
 
-    python bench/train_step.py [--batch 512] [--steps 20] [--rounds 5] [--hash-buckets N]
+    python bench/train_step.py [--batch 512] [--steps 20] [--rounds 5]
+        [--hash-buckets 1000 100000 1000000] [--round-seconds 2]
 
 Runs Keras' own train function (forward, loss, metrics, Adam with weight decay and
 clipping) on one in-memory batch shaped like the Transform's output: the simulated
 log's regular features as int64 ids (categoricals in `hash_buckets` bins, numerics
 in `numeric_buckets + 1`) and the paper's 10 privileged features (ids 0, 1, missing).
+One row per table size (`--hash-buckets`, rows per categorical table; issue 16: 1k,
+100k, 1M), each timed on its own models; a round is at most `--steps` steps and
+about `--round-seconds` long (a 1M-row step can take a second).
 Target: the HA-PFD V2 step costs at most 2.5x the student-only step.
 """
 from __future__ import annotations
@@ -64,37 +68,60 @@ def seconds(step, steps: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=20, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--hash-buckets", type=int, default=ModelConfig.hash_buckets)
-    args = parser.parse_args()
-    base = dataclasses.replace(ModelConfig(), hash_buckets=args.hash_buckets)
-    print(f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
-          f"{len(schema.REGULAR_CATEGORICAL)} hashed features x {args.hash_buckets} buckets, "
-          f"{len(PRIVILEGED)} privileged features, {os.cpu_count()} CPU cores")
+def measure(base: ModelConfig, batch_size: int, max_steps: int, rounds: int,
+            round_seconds: float) -> tuple[dict[str, tuple[float, float]], int]:
+    """(strategy -> best (wall, CPU) seconds per step at `base`'s table size, steps
+    per round)."""
     strategies = ("none", "ha_pfd_v2")
     steps = {}
     for strategy in strategies:
         tf.keras.utils.set_random_seed(0)
-        steps[strategy] = train_step(dataclasses.replace(base, strategy=strategy), args.batch)
+        steps[strategy] = train_step(dataclasses.replace(base, strategy=strategy), batch_size)
+    # Steps per round: about `round_seconds` of the slower strategy, 3 to `max_steps`.
+    slowest = max(seconds(step, 3)[0] for step in steps.values())
+    n = max(3, min(max_steps, int(round_seconds / slowest)))
     # Alternating rounds, best of each: the CPU is shared, and load that lands on
     # one strategy's round must not pass for its cost.
     times = {s: [] for s in strategies}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for strategy in strategies:
-            times[strategy].append(seconds(steps[strategy], args.steps))
-    wall = {s: min(w for w, _ in t) for s, t in times.items()}
-    cpu = {s: min(c for _, c in t) for s, t in times.items()}
-    for strategy in strategies:
-        print(f"{strategy:>10}: {args.batch / wall[strategy]:9.0f} examples/s "
-              f"({1000 * wall[strategy]:.1f} ms/step wall, {1000 * cpu[strategy]:.1f} ms CPU)")
-    for label, t in (("wall", wall), ("CPU", cpu)):
-        ratio = t["ha_pfd_v2"] / t["none"]
-        print(f"ha_pfd_v2 step / student-only step ({label}): {ratio:.2f}x "
-              f"(target <= {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'NOT met'})")
+            times[strategy].append(seconds(steps[strategy], n))
+    del steps
+    tf.keras.backend.clear_session()
+    return {s: (min(w for w, _ in t), min(c for _, c in t)) for s, t in times.items()}, n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=20, help="at most this many steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--round-seconds", type=float, default=2.0)
+    parser.add_argument("--hash-buckets", type=int, nargs="+", default=[1_000, 100_000, 1_000_000],
+                        help="rows per categorical table, one measurement each")
+    args = parser.parse_args()
+    print(f"batch {args.batch}, {args.rounds} rounds of up to {args.steps} steps, "
+          f"{len(schema.REGULAR_CATEGORICAL)} hashed features, {len(PRIVILEGED)} privileged "
+          f"features, {os.cpu_count()} CPU cores")
+    table = []
+    for buckets in args.hash_buckets:
+        base = dataclasses.replace(ModelConfig(), hash_buckets=buckets)
+        result, n = measure(base, args.batch, args.steps, args.rounds, args.round_seconds)
+        print(f"{buckets} rows per table ({n} steps per round):")
+        for strategy, (wall, cpu) in result.items():
+            print(f"  {strategy:>10}: {args.batch / wall:9.0f} examples/s "
+                  f"({1000 * wall:.1f} ms/step wall, {1000 * cpu:.1f} ms CPU)")
+        ratio = {label: result["ha_pfd_v2"][i] / result["none"][i]
+                 for i, label in enumerate(("wall", "CPU"))}
+        for label, r in ratio.items():
+            print(f"  ha_pfd_v2 step / student-only step ({label}): {r:.2f}x "
+                  f"(target <= {TARGET_RATIO}x: {'met' if r <= TARGET_RATIO else 'NOT met'})")
+        table.append((buckets, result))
+    print("\n| rows per table | none | ha_pfd_v2 |\n|---|---|---|")
+    for buckets, result in table:
+        cells = [f"{args.batch / w / 1000:.1f}k ex/s ({1000 * w:.1f} ms)"
+                 for w, _ in (result["none"], result["ha_pfd_v2"])]
+        print(f"| {buckets:,} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":
