@@ -91,7 +91,15 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="read the last run's artifacts in --work; do not run the DAG")
     args = parser.parse_args()
-    work = args.work or tempfile.mkdtemp(prefix="pfdx-input-bench-")
+    if args.work is None:  # a fresh folder, removed at the end
+        with tempfile.TemporaryDirectory(prefix="pfdx-input-bench-") as work:
+            measure(args, work)
+    else:
+        measure(args, args.work)
+
+
+def measure(args: argparse.Namespace, work: str) -> None:
+    """The figures of the module docstring for the DAG run under `work`."""
     config = load_config(args.config, [f"runner.output_root={work}", *args.overrides])
 
     if not args.reuse:

@@ -3,7 +3,8 @@
 A re-run of a pipeline is a new Trainer execution with a new `model_run_dir`, so a
 backup kept there is never found again. The backup lives instead beside the
 Trainer's outputs (`<pipeline_root>/<Trainer id>/backup/<fingerprint>/`), keyed by
-a fingerprint of everything the training depends on: the pipeline config, the
+a fingerprint of everything the training depends on: what training reads of the
+pipeline config (components/trainer.py `training_config`), the
 run's hyperparameters, the train/eval files (artifact URIs) and the Transform
 graph. The same inputs find the backup of the killed execution and continue from
 its last completed epoch; other inputs start afresh. Keras deletes the backup when
