@@ -15,7 +15,15 @@ cache) and Examples artifact, and adds what CVR training needs:
   than `data.max_quarantined_fraction` of them is quarantined (a drifted or
   misread log): the message names the first dead-letter rows (file, row, field);
   and when the label has one class or a split is (nearly) empty (`check_splits`);
-- Spark / Hadoop side files skipped and counted, folders in the input counted.
+- Spark / Hadoop side files skipped and counted, folders in the input counted;
+- spans (docs/continuous-training.md): with TFX's span placeholders in
+  `data.file_pattern` (`day={SPAN}/*.csv`, `day={YYYY}-{MM}-{DD}/*.csv`) TFX's driver
+  resolves the newest span (its `span` property and input fingerprint); a rolling
+  range of `num_spans` > 1 adds the older spans L-N+1 .. L-1 that exist (resolved with
+  TFX's `calculate_splits_fingerprint_span_and_version`, one static range each), whose
+  fingerprints this component's driver adds to the cache key; the eval split comes
+  from the newest span only (`components/splits.py`). The artifact records the spans
+  read (`spans`, `span_pattern`).
 `pfdx compare` applies the same rules (`check_rows`, `check_splits`).
 """
 from __future__ import annotations
@@ -31,11 +39,16 @@ import apache_beam as beam
 import tensorflow as tf
 from apache_beam.io import fileio
 from google.protobuf import any_pb2, json_format, struct_pb2
+from tfx.components.example_gen import driver as example_gen_driver
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx import types
 from tfx.dsl.components.base import executor_spec
-from tfx.proto import example_gen_pb2
-from tfx.types import artifact_utils, standard_component_specs
+from tfx.orchestration import data_types
+from tfx.proto import example_gen_pb2, range_config_pb2
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import proto_utils
 
 from pfdx.components import log_rows, splits as splits_lib
@@ -53,6 +66,49 @@ _REPORT_DIR_KEY = "_pfdx_report_dir"
 
 
 _SPACE_KEY = "space"
+# The exec property with the number of newest spans to read (data.spans.num_spans; a
+# run parameter on Kubeflow), and the executor's list of [span, pattern] it reads.
+NUM_SPANS_KEY = "num_spans"
+_OLDER_SPANS_KEY = "_pfdx_older_spans"
+# Custom properties of the Examples artifact besides TFX's `span`: the unresolved
+# pattern, and the spans read (comma-separated, oldest first).
+SPAN_PATTERN_PROPERTY, SPANS_PROPERTY = "span_pattern", "spans"
+
+
+def has_span(pattern: str) -> bool:
+    """Whether `pattern` holds TFX span placeholders ({SPAN}, {YYYY}-{MM}-{DD})."""
+    is_span, is_date, _ = example_gen_utils.verify_split_pattern_specs(
+        example_gen_pb2.Input.Split(name="logs", pattern=pattern))
+    return is_span or is_date
+
+
+def older_spans(input_base: str, pattern: str, newest: int,
+                num_spans: int) -> list[tuple[int, str, str]]:
+    """(span, resolved pattern, fingerprint) of each span newest-num_spans+1 .. newest-1
+    that has files matching `pattern`, oldest first: TFX's rolling range, which
+    ExampleGen's driver resolves for one span only. A span with no file is skipped
+    (a day without logs); TFX's own utility resolves each (date specs, {VERSION})."""
+    found = []
+    for span in range(max(0, newest - num_spans + 1), newest):
+        split = example_gen_pb2.Input.Split(name="logs", pattern=pattern)
+        only = range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
+            start_span_number=span, end_span_number=span))
+        try:
+            fingerprint, _, _ = example_gen_utils.calculate_splits_fingerprint_span_and_version(
+                input_base, [split], only)
+        except ValueError as e:
+            if "Cannot find matching" not in str(e):
+                raise
+            logging.warning("span %d of %s is in the range of data.spans.num_spans=%d but "
+                            "has no file; skipped", span, pattern, num_spans)
+            continue
+        found.append((span, split.pattern, fingerprint))  # the call resolved split.pattern
+    return found
+
+
+def _num_spans(exec_properties: Mapping[str, Any], data: Mapping[str, Any]) -> int:
+    value = exec_properties.get(NUM_SPANS_KEY)
+    return int(value if value is not None else data.get("spans", {}).get("num_spans", 1))
 
 
 def make_custom_config(data_config: dict[str, Any],
@@ -142,16 +198,23 @@ class Executor(BaseExampleGenExecutor):
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
                                   input_config)
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        # The newest span's pattern (TFX's driver resolved it), or the whole folder's.
         file_pattern = input_config.splits[0].pattern
+        parse = _ParseFile(schema, data["format"], data["separator"])
         parsed = (pipeline
                   | "MatchLogs" >> fileio.MatchFiles(os.path.join(input_base, file_pattern))
                   | "ReadMatches" >> fileio.ReadMatches()
                   | "Reshuffle" >> beam.Reshuffle()  # spread files over workers
-                  | "ParseRows" >> beam.ParDo(_ParseFile(schema, data["format"], data["separator"]))
-                  .with_outputs("dead", "count", main="used"))
+                  | "ParseRows" >> beam.ParDo(parse).with_outputs("dead", "count", main="used"))
 
         report_dir = exec_properties[_REPORT_DIR_KEY]
         fractions = float(data["eval_fraction"]), float(data["validation_fraction"])
+        older = json.loads(exec_properties.get(_OLDER_SPANS_KEY) or "[]")
+        newest_span_eval = data.get("spans", {}).get("eval_split") == "newest_span"
+        if older:
+            return self._generate_spans(pipeline, parsed, older, input_base, parse, schema,
+                                        fractions, newest_span_eval, report_dir,
+                                        _subfolders(input_base, file_pattern))
         if schema.time is not None:
             bounds = (parsed.used | "Times" >> beam.Map(lambda r: r.time)
                       | "TimeRange" >> beam.CombineGlobally(_MinMax()))
@@ -166,32 +229,84 @@ class Executor(BaseExampleGenExecutor):
             parts = parsed.used | "SplitByHash" >> beam.Partition(
                 lambda r, n: splits_lib.split_by_hash(r.serialized, *fractions), len(SPLITS))
 
-        split_counts = [part | f"SplitCounts[{name}]" >> beam.FlatMap(_split_keys, name)
-                        for name, part in zip(SPLITS, parts)]
-        folders = [f"{SUBFOLDER}:{name}" for name in _subfolders(input_base, file_pattern)]
-        _ = ((parsed.count, *split_counts, pipeline | "Subfolders" >> beam.Create(folders))
-             | "AllCounts" >> beam.Flatten()
-             | "CountRows" >> beam.combiners.Count.PerElement()
-             | "ToDict" >> beam.combiners.ToDict()
-             | "CountsJson" >> beam.Map(lambda d: json.dumps(dict(sorted(d.items())), indent=2))
-             | "WriteCounts" >> beam.io.WriteToText(
-                 os.path.join(report_dir, COUNTS_FILE), shard_name_template=""))
-        _ = (parsed.dead
-             | "WriteDeadLetter" >> beam.io.WriteToText(
-                 os.path.join(report_dir, DEAD_LETTER_DIR, "rows"), file_name_suffix=".jsonl"))
-        return {name: part | f"Payload[{name}]" >> beam.Map(lambda r: r.serialized)
-                for name, part in zip(SPLITS, parts)}
+        return _write_reports(pipeline, parts, parsed.count, parsed.dead,
+                              _subfolders(input_base, file_pattern), report_dir)
+
+    def _generate_spans(self, pipeline, newest, older, input_base, parse, schema, fractions,
+                        newest_span_eval, report_dir,
+                        subfolders) -> dict[str, beam.PCollection]:
+        """Several spans: the newest span's rows (`newest`, parsed) and the older spans'
+        ([span, pattern] each); eval comes from the newest span only."""
+        patterns = [os.path.join(input_base, pattern) for _, pattern in older]
+        old = (pipeline
+               | "OlderSpans" >> beam.Create(patterns)
+               | "MatchOlderLogs" >> fileio.MatchAll()
+               | "ReadOlderMatches" >> fileio.ReadMatches()
+               | "ReshuffleOlder" >> beam.Reshuffle()
+               | "ParseOlderRows" >> beam.ParDo(parse).with_outputs("dead", "count", main="used"))
+        rows = ((newest.used | "TagNewest" >> beam.Map(lambda r: (True, r)),
+                 old.used | "TagOlder" >> beam.Map(lambda r: (False, r)))
+                | "AllSpans" >> beam.Flatten())
+        if schema.time is not None:
+            def time_range(name, pcoll):
+                return (pcoll | f"Times[{name}]" >> beam.Map(lambda r: r.time)
+                        | f"TimeRange[{name}]" >> beam.CombineGlobally(_MinMax()))
+
+            everything = time_range("all", rows | "Rows" >> beam.Values())
+            _ = (everything | "TimeRangeJson" >> beam.Map(json.dumps)
+                 | "WriteTimeRange" >> beam.io.WriteToText(
+                     os.path.join(report_dir, TIME_RANGE_FILE), shard_name_template=""))
+            newest_range = time_range("newest", newest.used)
+            older_range = time_range("older", old.used)
+
+            def cuts(all_range, newest_range, older_range):
+                # An empty side is (inf, -inf); check_splits reports the empty split.
+                return splits_lib.span_time_cuts(all_range, newest_range, older_range,
+                                                 *fractions, newest_span_eval)
+
+            cut = everything | "Cuts" >> beam.Map(
+                cuts, beam.pvalue.AsSingleton(newest_range), beam.pvalue.AsSingleton(older_range))
+            parts = rows | "SplitBySpanTime" >> beam.Partition(
+                lambda nr, n, c: splits_lib.split_by_span_time(nr[1].time, nr[0], c),
+                len(SPLITS), beam.pvalue.AsSingleton(cut))
+        else:
+            parts = rows | "SplitBySpanHash" >> beam.Partition(
+                lambda nr, n: splits_lib.split_by_span_hash(nr[1].serialized, nr[0], *fractions,
+                                                            newest_span_eval), len(SPLITS))
+        parts = [part | f"Untag[{name}]" >> beam.Values() for name, part in zip(SPLITS, parts)]
+        counts = (newest.count, old.count) | "SpanCounts" >> beam.Flatten()
+        dead = (newest.dead, old.dead) | "SpanDeadLetter" >> beam.Flatten()
+        return _write_reports(pipeline, parts, counts, dead, subfolders, report_dir)
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
         props = dict(exec_properties, **{_REPORT_DIR_KEY: examples.uri})
+        data = read_custom_config(exec_properties)
+        source = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        spans = []
+        if has_span(data["file_pattern"]):
+            newest = int(exec_properties[example_gen_utils.SPAN_PROPERTY_NAME])
+            older = older_spans(source, data["file_pattern"], newest,
+                                _num_spans(exec_properties, data))
+            props[_OLDER_SPANS_KEY] = json.dumps([[span, pattern] for span, pattern, _ in older])
+            spans = [span for span, _, _ in older] + [newest]
+            examples.set_string_custom_property(SPAN_PATTERN_PROPERTY, data["file_pattern"])
+            examples.set_string_custom_property(SPANS_PROPERTY, ",".join(map(str, spans)))
+            logging.info("reading span(s) %s of %s", spans, data["file_pattern"])
+            if data.get("spans", {}).get("eval_split") == "newest_span" and not older:
+                raise DataError(
+                    f"data.spans.eval_split='newest_span' needs an older span to train on, "
+                    f"but of data.file_pattern={data['file_pattern']!r} in {source} only the "
+                    f"newest span {newest} has files within data.spans.num_spans="
+                    f"{_num_spans(exec_properties, data)}")
+        self._do(input_dict, output_dict, props, examples, data, source)
+
+    def _do(self, input_dict, output_dict, props, examples, data, source) -> None:
         super().Do(input_dict, output_dict, props)
         counts = read_row_counts(examples.uri)
         for key, value in counts.items():
             examples.set_int_custom_property(f"rows_{key}", value)
-        data = read_custom_config(exec_properties)
-        source = exec_properties[standard_component_specs.INPUT_BASE_KEY]
         if counts["read"] == 0 and counts["empty_files"] == 0:
             raise ValueError(f"no file in {source} matches "
                              f"data.file_pattern={data['file_pattern']!r}{_not_read(counts)}")
@@ -200,6 +315,28 @@ class Executor(BaseExampleGenExecutor):
         check_rows(counts, data, data[_SPACE_KEY] == "impression", source,
                    lambda: _first_dead_rows(examples.uri))
         check_splits(counts, data, _read_time_range(examples.uri))
+
+
+def _write_reports(pipeline: beam.Pipeline, parts: list[beam.PCollection],
+                   count: beam.PCollection, dead: beam.PCollection, subfolders: list[str],
+                   report_dir: str) -> dict[str, beam.PCollection]:
+    """Writes row_counts.json (every count key, per-split rows and positives, folders
+    not read) and the dead letter; returns the serialized examples of each split."""
+    split_counts = [part | f"SplitCounts[{name}]" >> beam.FlatMap(_split_keys, name)
+                    for name, part in zip(SPLITS, parts)]
+    folders = [f"{SUBFOLDER}:{name}" for name in subfolders]
+    _ = ((count, *split_counts, pipeline | "Subfolders" >> beam.Create(folders))
+         | "AllCounts" >> beam.Flatten()
+         | "CountRows" >> beam.combiners.Count.PerElement()
+         | "ToDict" >> beam.combiners.ToDict()
+         | "CountsJson" >> beam.Map(lambda d: json.dumps(dict(sorted(d.items())), indent=2))
+         | "WriteCounts" >> beam.io.WriteToText(
+             os.path.join(report_dir, COUNTS_FILE), shard_name_template=""))
+    _ = (dead
+         | "WriteDeadLetter" >> beam.io.WriteToText(
+             os.path.join(report_dir, DEAD_LETTER_DIR, "rows"), file_name_suffix=".jsonl"))
+    return {name: part | f"Payload[{name}]" >> beam.Map(lambda r: r.serialized)
+            for name, part in zip(SPLITS, parts)}
 
 
 def _not_read(counts: Mapping[str, int]) -> str:
@@ -315,15 +452,55 @@ def read_row_counts(examples_uri: str) -> dict[str, int]:
     return dict(counts)
 
 
+class Driver(example_gen_driver.FileBasedDriver):
+    """TFX's FileBasedExampleGen driver (newest span, its fingerprint, its pattern), plus
+    the fingerprints of the older spans a rolling range reads, so that a changed older
+    span is a new input, not a cache hit. Local runs only: on Kubeflow TFX runs its own
+    ExampleGen driver (the fingerprint covers the newest span; docs/continuous-training.md)."""
+
+    def resolve_exec_properties(self, exec_properties, pipeline_info, component_info):
+        exec_properties = super().resolve_exec_properties(exec_properties, pipeline_info,
+                                                          component_info)
+        data = read_custom_config(exec_properties)
+        if has_span(data["file_pattern"]):
+            older = older_spans(exec_properties[standard_component_specs.INPUT_BASE_KEY],
+                                data["file_pattern"],
+                                int(exec_properties[example_gen_utils.SPAN_PROPERTY_NAME]),
+                                _num_spans(exec_properties, data))
+            key = example_gen_utils.FINGERPRINT_PROPERTY_NAME
+            exec_properties[key] = "\n".join(
+                [f"span {span}\n{fingerprint}" for span, _, fingerprint in older]
+                + [exec_properties[key]])
+        return exec_properties
+
+
+class ClickLogExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
+    """TFX's FileBasedExampleGen spec plus `num_spans`: an exec property, so that it
+    can be a run parameter on Kubeflow (a RuntimeParameter cannot sit in custom_config)."""
+
+    PARAMETERS = {**standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
+                  NUM_SPANS_KEY: ExecutionParameter(type=int, optional=True)}
+    INPUTS: dict = {}
+    OUTPUTS = {standard_component_specs.EXAMPLES_KEY:
+               ChannelParameter(type=standard_artifacts.Examples)}
+
+
 class ClickLogExampleGen(FileBasedExampleGen):
     """FileBasedExampleGen over impression logs; `data_config` is the config's `data`
-    section, `space` "click" or "impression" (`PipelineConfig.space`)."""
+    section, `space` "click" or "impression" (`PipelineConfig.space`), `num_spans` the
+    number of newest spans to read (default `data_config`'s spans.num_spans; a
+    RuntimeParameter on Kubeflow)."""
 
+    SPEC_CLASS = ClickLogExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+    DRIVER_CLASS = Driver
 
     def __init__(self, input_base: str, data_config: dict[str, Any], pattern: str = "*",
-                 space: str = "click"):
-        super().__init__(
+                 space: str = "click",
+                 num_spans: int | data_types.RuntimeParameter | None = None):
+        if num_spans is None:
+            num_spans = int(data_config.get("spans", {}).get("num_spans", 1))
+        spec = ClickLogExampleGenSpec(
             input_base=input_base,
             input_config=example_gen_pb2.Input(splits=[
                 example_gen_pb2.Input.Split(name="logs", pattern=pattern)]),
@@ -331,4 +508,14 @@ class ClickLogExampleGen(FileBasedExampleGen):
             output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
                 splits=[example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=1)
                         for name in SPLITS])),
-            custom_config=make_custom_config(data_config, space))
+            # The executor reads the unresolved pattern here (TFX's driver resolves the
+            # input config's to the newest span).
+            custom_config=make_custom_config(dict(data_config, file_pattern=pattern), space),
+            range_config=None,
+            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
+            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            num_spans=num_spans,
+            examples=types.Channel(type=standard_artifacts.Examples))
+        # FileBasedExampleGen.__init__ builds TFX's spec, without num_spans: skip to its base.
+        super(FileBasedExampleGen, self).__init__(spec=spec)
+

@@ -31,11 +31,20 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from pfdx.simulator import simulate
 
-    frame = simulate.simulate(args.rows, args.seed, args.scenario)
-    paths = simulate.write(frame, args.out, fmt=args.format, shards=args.shards)
+    if args.days is not None and args.days < 1:
+        raise ConfigError(f"--days: {args.days} is below 1")
+    if args.days is None:
+        frame = simulate.simulate(args.rows, args.seed, args.scenario)
+        paths = simulate.write(frame, args.out, fmt=args.format, shards=args.shards)
+        where = f"{len(paths)} file(s) in {args.out}"
+    else:
+        frame = simulate.simulate(args.rows, args.seed, args.scenario, days=args.days)
+        folders = simulate.write_days(frame, args.out, fmt=args.format, shards=args.shards)
+        where = (f"{len(folders)} day folder(s) {min(folders)} .. {max(folders)} in {args.out}; "
+                 f"read them with data.file_pattern: \"{simulate.DAY_PATTERNS[args.format]}\"")
     clicks = int(frame["click"].sum())
     print(f"wrote {len(frame)} impressions of scenario {args.scenario} ({clicks} clicks, "
-          f"{int(frame['conversion'].sum())} conversions) to {len(paths)} file(s) in {args.out}")
+          f"{int(frame['conversion'].sum())} conversions) to {where}")
     return 0
 
 
@@ -90,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=("csv", "parquet", "tfrecord"), default="csv")
     p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--days", type=int, default=None,
+                   help="spread the rows over N days from 2024-01-01 (UTC) and write one "
+                        "folder per day, day=YYYY-MM-DD/ (data.file_pattern "
+                        "\"day={YYYY}-{MM}-{DD}/*.csv\"); default: 14 days, one folder")
     p.add_argument("--scenario", choices=list(SCENARIOS), default="default",
                    help="the simulated regime (simulator/README.md)")
     p.set_defaults(func=_cmd_simulate)

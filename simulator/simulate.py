@@ -53,10 +53,14 @@ def _logistic_noise(u: np.ndarray) -> np.ndarray:
     return np.log1p(-u) - np.log(u)
 
 
-def simulate(rows: int, seed: int = 0, scenario: str | Scenario = "default") -> pd.DataFrame:
-    """`rows` ad impressions (all of them, clicked or not) as a DataFrame."""
+def simulate(rows: int, seed: int = 0, scenario: str | Scenario = "default",
+             days: int = _DAYS) -> pd.DataFrame:
+    """`rows` ad impressions (all of them, clicked or not) as a DataFrame, logged over
+    `days` days from 2024-01-01 00:00 UTC (the same users and ads every day)."""
     if rows <= 0:
         raise ValueError(f"rows must be positive, got {rows}")
+    if days <= 0:
+        raise ValueError(f"days must be positive, got {days}")
     sc = get_scenario(scenario) if isinstance(scenario, str) else scenario
     rng = np.random.default_rng(seed)
     n = rows
@@ -79,7 +83,7 @@ def simulate(rows: int, seed: int = 0, scenario: str | Scenario = "default") -> 
     user = _zipf_index(rng, n_users, n, sc.popularity_skew)
     ad = _zipf_index(rng, n_ads, n, sc.popularity_skew)
     creative_of_ad = rng.integers(0, 4, n)
-    event_time = np.sort(rng.integers(_START_TIME, _START_TIME + _DAYS * 86_400, n))
+    event_time = np.sort(rng.integers(_START_TIME, _START_TIME + days * 86_400, n))
     hour = (event_time // 3600) % 24
     weekday = ((event_time // 86_400) + 0) % 7  # 2024-01-01 was a Monday -> 0
     device = rng.choice(3, n, p=[0.62, 0.30, 0.08])
@@ -200,6 +204,31 @@ def write(df: pd.DataFrame, out_dir: str, fmt: str = "csv", shards: int = 1) -> 
             raise ValueError(f"unknown format {fmt!r}; expected csv, parquet or tfrecord")
         paths.append(path)
     return paths
+
+
+# `write_days`' layout: one Hive-style folder per UTC day, named by its date, which
+# is what TFX's date specs read: span = days since 1970-01-01 = event_time // 86400.
+DAY_FOLDER = "day={date}"
+DAY_PATTERNS = {"csv": "day={YYYY}-{MM}-{DD}/*.csv", "parquet": "day={YYYY}-{MM}-{DD}/*.parquet",
+                "tfrecord": "day={YYYY}-{MM}-{DD}/*.tfrecord"}
+
+
+def write_days(df: pd.DataFrame, out_dir: str, fmt: str = "csv",
+               shards: int = 1) -> dict[str, list[str]]:
+    """Write `df` as one folder per UTC day of its event time, `day=YYYY-MM-DD/`, each
+    with `shards` files of `fmt` (`write`): the rows of day k, and only they, in day
+    k's folder. Returns {folder name: paths}; read it with DAY_PATTERNS[fmt] as
+    data.file_pattern."""
+    import datetime
+    import os
+
+    day = df[S.EVENT_TIME].to_numpy() // 86_400
+    written = {}
+    for number in np.unique(day):
+        date = (datetime.date(1970, 1, 1) + datetime.timedelta(days=int(number))).isoformat()
+        folder = DAY_FOLDER.format(date=date)
+        written[folder] = write(df[day == number], os.path.join(out_dir, folder), fmt, shards)
+    return written
 
 
 def _write_tfrecord(df: pd.DataFrame, path: str) -> None:
