@@ -40,6 +40,7 @@ import tensorflow as tf
 from apache_beam.io import fileio
 from google.protobuf import any_pb2, json_format, struct_pb2
 from tfx.components.example_gen import driver as example_gen_driver
+from tfx.components.example_gen import input_processor
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
@@ -286,7 +287,7 @@ class Executor(BaseExampleGenExecutor):
         source = exec_properties[standard_component_specs.INPUT_BASE_KEY]
         spans = []
         if has_span(data["file_pattern"]):
-            newest = int(exec_properties[example_gen_utils.SPAN_PROPERTY_NAME])
+            newest = _resolved_newest_span(props, examples)
             older = older_spans(source, data["file_pattern"], newest,
                                 _num_spans(exec_properties, data))
             props[_OLDER_SPANS_KEY] = json.dumps([[span, pattern] for span, pattern, _ in older])
@@ -347,6 +348,26 @@ def _not_read(counts: Mapping[str, int]) -> str:
         if counts.get(SIDE_FILES) else "",
         f"; not read: the subfolder(s) {folders} of data.path (a data.file_pattern with "
         "a '/' reaches into them, e.g. '*/*.csv')" if folders else ""])
+
+
+def _resolved_newest_span(props: dict[str, Any], examples) -> int:
+    """The newest span that TFX's driver resolved (its `span` exec property and the
+    input config's pattern). Where no driver ran (an orchestrator that skips TFX's
+    ExampleGen driver hook), resolved here the same way, into `props`."""
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(props[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    if props.get(example_gen_utils.SPAN_PROPERTY_NAME) is not None and not has_span(
+            input_config.splits[0].pattern):
+        return int(props[example_gen_utils.SPAN_PROPERTY_NAME])
+    processor = input_processor.FileBasedInputProcessor(
+        props[standard_component_specs.INPUT_BASE_KEY], input_config.splits)
+    span, version = processor.resolve_span_and_version()
+    for split in input_config.splits:
+        split.pattern = processor.get_pattern_for_span_version(split.pattern, span, version)
+    props[standard_component_specs.INPUT_CONFIG_KEY] = proto_utils.proto_to_json(input_config)
+    props[example_gen_utils.SPAN_PROPERTY_NAME] = span
+    examples.set_int_custom_property(example_gen_utils.SPAN_PROPERTY_NAME, span)
+    return span
 
 
 class DataError(ValueError):

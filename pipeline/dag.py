@@ -28,11 +28,14 @@ PSEUDO_LABEL_COLUMN = "pfdx_teacher_cvr"
 UKD_TEACHER_TRAINER_ID = "UkdTeacherTrainer"
 
 
-def create_components(config: PipelineConfig, input_base: str, serving_dir: str) -> list:
-    """Components in DAG order; runners add only runner-specific settings."""
+def create_components(config: PipelineConfig, input_base: str, serving_dir: str,
+                      num_spans=None) -> list:
+    """Components in DAG order; runners add only runner-specific settings (`num_spans`:
+    a run parameter for data.spans.num_spans, on Kubeflow)."""
     example_gen = ClickLogExampleGen(input_base=input_base,
                                      data_config=config.to_dict()["data"],
-                                     pattern=config.data.file_pattern, space=config.space)
+                                     pattern=config.data.file_pattern, space=config.space,
+                                     num_spans=num_spans)
     examples = example_gen.outputs["examples"]
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
     if config.data.schema_path is None:

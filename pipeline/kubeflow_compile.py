@@ -4,7 +4,8 @@
 spec plus its default run values); scheduling it is `pfdx schedule`. The DAG is
 dag.py's; this module adds only what differs on a cluster:
 - the image every component runs in (this package baked in, see Dockerfile);
-- the run parameters (kubeflow_params): data path and hyperparameters per run;
+- the run parameters (kubeflow_params): data path, the number of spans read (when
+  data.file_pattern has span placeholders) and hyperparameters per run;
 - the Trainer's GPUs, through TFX's supported per-component `platform_config`
   (a ResourceSpec that the V2 compiler copies into the Trainer's container spec);
 - the Beam runner and its flags for every Beam-based component.
@@ -97,7 +98,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     _check(kf)
     beam_args = beam_pipeline_args(config)
     params = kubeflow_params.declare(config)
-    components = dag.create_components(config, params[kubeflow_params.DATA_PATH], serving_dir(kf))
+    components = dag.create_components(config, params[kubeflow_params.DATA_PATH], serving_dir(kf),
+                                       num_spans=params.get(kubeflow_params.NUM_SPANS))
     trainers = _trainers(components)
     if kf.trainer_gpus:
         for trainer in trainers:

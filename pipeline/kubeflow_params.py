@@ -3,6 +3,10 @@
 They are KFP runtime parameters (TFX `RuntimeParameter`): inputs of the compiled
 pipeline, set per run or per recurring run, defaulting to the compiled config.
 - `data_path` is ExampleGen's `input_base`: which logs this run trains on.
+- `num_spans`, declared only when `data.file_pattern` has a span placeholder
+  ({SPAN}, {YYYY}-{MM}-{DD}): how many newest spans ExampleGen reads
+  (`data.spans.num_spans`; ClickLogExampleGen's `num_spans` exec property). The
+  eval split's setting (`data.spans.eval_split`) and the pattern are compiled in.
 - The hyperparameters (the signature of `RunHyperparameters` below) reach the
   Trainer through the `hyperparameters` input TFX's Trainer already has: it loads
   the JSON file of that artifact into `fn_args.hyperparameters`, and the Trainer's
@@ -21,9 +25,10 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
 from tfx.types import standard_component_specs
 
-from pfdx.config import PipelineConfig
+from pfdx.config import PipelineConfig, span_specs
 
 DATA_PATH = "data_path"
+NUM_SPANS = "num_spans"
 HYPERPARAMETERS_FILE = "hyperparameters.json"
 STEP_ID = "run_hyperparameters"
 
@@ -47,6 +52,9 @@ def declare(config: PipelineConfig) -> dict[str, tfx.dsl.experimental.RuntimePar
     """Every run parameter, by name, defaulting to `config`'s value."""
     params = {DATA_PATH: tfx.dsl.experimental.RuntimeParameter(
         name=DATA_PATH, ptype=str, default=config.kubeflow.data_path)}
+    if span_specs(config.data.file_pattern):
+        params[NUM_SPANS] = tfx.dsl.experimental.RuntimeParameter(
+            name=NUM_SPANS, ptype=int, default=config.data.spans.num_spans)
     for name, spec in RunHyperparameters.SPEC_CLASS.PARAMETERS.items():
         params[name] = tfx.dsl.experimental.RuntimeParameter(
             name=name, ptype=spec.type, default=spec.type(getattr(config.model, name)))

@@ -228,3 +228,59 @@ def test_a_folder_without_span_placeholder_reads_everything_as_before(tmp_path):
     assert counts["rows_split:eval"] == int((clicked >= eval_cut).sum())
     assert counts["rows_split:validation"] == int(((clicked >= validation_cut)
                                                    & (clicked < eval_cut)).sum())
+
+
+# --- Kubeflow: the compiled spec carries the span settings, num_spans a run parameter --
+
+def test_kubeflow_spec_carries_the_span_settings_and_num_spans_is_a_run_parameter(tmp_path):
+    import json
+
+    from pfdx.pipeline import cli
+
+    out = tmp_path / "pipeline.json"
+    settings = ["kubeflow.pipeline_root=gs://acme-ml/pfdx", "kubeflow.data_path=gs://acme-ml/logs",
+                f"data.file_pattern={DATES}", "data.spans.num_spans=7",
+                "data.spans.eval_split=newest_span"]
+    argv = ["compile-kubeflow", "--out", str(out), "--image", "pfdx:test"]
+    assert cli.main(argv + [a for s in settings for a in ("--set", s)]) == 0
+    job = json.loads(out.read_text())
+    root = job["pipelineSpec"]["root"]
+    assert root["inputDefinitions"]["parameters"]["num_spans"]["parameterType"] == "NUMBER_INTEGER"
+    assert job["runtimeConfig"]["parameterValues"]["num_spans"] == 7
+    (gen,) = [t for t in root["dag"]["tasks"] if t == "ClickLogExampleGen"]
+    inputs = root["dag"]["tasks"][gen]["inputs"]["parameters"]
+    assert inputs["num_spans"] == {"componentInputParameter": "num_spans"}
+    custom = json.dumps(inputs["custom_config"])
+    assert "newest_span" in custom and "{YYYY}-{MM}-{DD}" in custom
+    # A pattern without spans: no num_spans parameter, the spec as before.
+    plain = tmp_path / "plain.json"
+    assert cli.main(argv[:2] + [str(plain)] + argv[3:]
+                    + [a for s in settings[:2] for a in ("--set", s)]) == 0
+    assert "num_spans" not in json.loads(plain.read_text())["runtimeConfig"]["parameterValues"]
+    # `pfdx schedule` can set it per recurring run.
+    from pfdx.pipeline import kubeflow_schedule
+
+    assert kubeflow_schedule.run_parameters(job, ["num_spans=3"])["num_spans"] == 3
+
+
+@pytest.mark.e2e
+def test_executor_alone_resolves_the_span_where_no_driver_ran(tmp_path):
+    """Orchestrators that skip TFX's ExampleGen driver: the executor resolves the span."""
+    from tfx.types import standard_artifacts
+    from tfx.utils import proto_utils
+
+    from pfdx.components import click_log_example_gen as gen_lib
+
+    _, logs = _days(tmp_path)
+    config = make_config(tmp_path, f"data.file_pattern={DATES}", "data.spans.num_spans=2")
+    component = ClickLogExampleGen(logs, config.to_dict()["data"], config.data.file_pattern)
+    props = {k: proto_utils.proto_to_json(v) if hasattr(v, "DESCRIPTOR") else v
+             for k, v in component.exec_properties.items() if v is not None}
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    os.makedirs(examples.uri)
+    gen_lib.Executor().Do({}, {"examples": [examples]}, props)
+    spans = [_span("2024-01-02"), _span("2024-01-03")]
+    assert examples.get_int_custom_property("span") == spans[-1]
+    assert examples.get_string_custom_property(SPANS_PROPERTY) == ",".join(map(str, spans))
+    assert set(_eval_times(examples.uri) // DAY_SECONDS) == {spans[-1]}
