@@ -480,9 +480,19 @@ class Driver(example_gen_driver.FileBasedDriver):
     ExampleGen driver (the fingerprint covers the newest span; docs/continuous-training.md)."""
 
     def resolve_exec_properties(self, exec_properties, pipeline_info, component_info):
-        exec_properties = super().resolve_exec_properties(exec_properties, pipeline_info,
-                                                          component_info)
         data = read_custom_config(exec_properties)
+        try:
+            exec_properties = super().resolve_exec_properties(exec_properties, pipeline_info,
+                                                              component_info)
+        except ValueError as e:  # TFX: no file matches, or a path with no span number / date
+            if not has_span(data["file_pattern"]):
+                raise
+            source = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+            raise DataError(f"cannot resolve the span of data.file_pattern="
+                            f"{data['file_pattern']!r} in {source}: {e}. Each span's files match "
+                            "the pattern with the span number or date in place of the "
+                            "placeholders, e.g. day=3/ for 'day={SPAN}/*', day=2024-01-03/ for "
+                            "'day={YYYY}-{MM}-{DD}/*'") from None
         if has_span(data["file_pattern"]):
             older = older_spans(exec_properties[standard_component_specs.INPUT_BASE_KEY],
                                 data["file_pattern"],

@@ -284,3 +284,15 @@ def test_executor_alone_resolves_the_span_where_no_driver_ran(tmp_path):
     assert examples.get_int_custom_property("span") == spans[-1]
     assert examples.get_string_custom_property(SPANS_PROPERTY) == ",".join(map(str, spans))
     assert set(_eval_times(examples.uri) // DAY_SECONDS) == {spans[-1]}
+
+
+@pytest.mark.e2e
+def test_no_span_folder_fails_naming_the_pattern(tmp_path):
+    _, logs = _days(tmp_path, rows=3000)
+    config = make_config(tmp_path, "data.file_pattern=day={SPAN}/*.csv")  # date folders
+    with pytest.raises(ValueError, match=re.escape(
+            "cannot resolve the span of data.file_pattern='day={SPAN}/*.csv' in")):
+        run_example_gen(config, logs)
+    with pytest.raises(ValueError, match=re.escape(
+            "cannot resolve the span of data.file_pattern='d={SPAN}/*.csv' in")):
+        run_example_gen(make_config(tmp_path, "data.file_pattern=d={SPAN}/*.csv"), logs)
