@@ -16,7 +16,7 @@ cache) and Examples artifact, and adds what CVR training needs:
   misread log): the message names the first dead-letter rows (file, row, field);
   and when the label has one class or a split is (nearly) empty (`check_splits`);
 - Spark / Hadoop side files skipped and counted, folders in the input counted;
-- spans (docs/continuous-training.md): with TFX's span placeholders in
+- spans (docs/data-and-failures.md, Continuous training): with TFX's span placeholders in
   `data.file_pattern` (`day={SPAN}/*.csv`, `day={YYYY}-{MM}-{DD}/*.csv`) TFX's driver
   resolves the newest span (its `span` property and input fingerprint); a rolling
   range of `num_spans` > 1 adds the older spans L-N+1 .. L-1 that exist (resolved with
@@ -477,7 +477,7 @@ class Driver(example_gen_driver.FileBasedDriver):
     """TFX's FileBasedExampleGen driver (newest span, its fingerprint, its pattern), plus
     the fingerprints of the older spans a rolling range reads, so that a changed older
     span is a new input, not a cache hit. Local runs only: on Kubeflow TFX runs its own
-    ExampleGen driver (the fingerprint covers the newest span; docs/continuous-training.md)."""
+    ExampleGen driver (the fingerprint covers the newest span; docs/data-and-failures.md, Continuous training)."""
 
     def resolve_exec_properties(self, exec_properties, pipeline_info, component_info):
         data = read_custom_config(exec_properties)

@@ -47,7 +47,7 @@ def split_by_hash(serialized: bytes, eval_fraction: float, validation_fraction: 
     return int(u < eval_fraction + validation_fraction * (1.0 - eval_fraction))
 
 
-# Spans (data.spans, docs/continuous-training.md): a run that reads several spans
+# Spans (data.spans, docs/data-and-failures.md, Continuous training): a run that reads several spans
 # cuts its eval split from the newest span only, so that every run is judged on the
 # freshest data. With one span (or none) these give the split of the functions above.
 
