@@ -87,7 +87,8 @@ def span_specs(pattern: str) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class SpanConfig:
     """Which spans of a `data.file_pattern` with span placeholders a run reads
-    (docs/data-and-failures.md, Continuous training). Without a placeholder: the whole folder, as always."""
+    (docs/data-and-failures.md, Continuous training). Without a placeholder: the
+    whole folder, as always."""
 
     # The newest `num_spans` span numbers (TFX's RollingRange): 1 = the latest span only;
     # N = the latest span L and the spans L-N+1 .. L-1 that exist.
