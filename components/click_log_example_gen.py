@@ -16,9 +16,9 @@ cache) and Examples artifact, and adds what CVR training needs:
   misread log): the message names the first dead-letter rows (file, row, field);
   and when the label has one class or a split is (nearly) empty (`check_splits`);
 - Spark / Hadoop side files skipped and counted, folders in the input counted;
-- spans (docs/data-and-failures.md, Continuous training): with TFX's span placeholders in
-  `data.file_pattern` (`day={SPAN}/*.csv`, `day={YYYY}-{MM}-{DD}/*.csv`) TFX's driver
-  resolves the newest span (its `span` property and input fingerprint); a rolling
+- spans (docs/data-and-failures.md, Continuous training): with TFX's span
+  placeholders in `data.file_pattern` (`day={SPAN}/*.csv`, `day={YYYY}-{MM}-{DD}/*.csv`)
+  TFX's driver resolves the newest span (its `span` property and input fingerprint); a rolling
   range of `num_spans` > 1 adds the older spans L-N+1 .. L-1 that exist (resolved with
   TFX's `calculate_splits_fingerprint_span_and_version`, one static range each), whose
   fingerprints this component's driver adds to the cache key; the eval split comes
@@ -39,12 +39,12 @@ import apache_beam as beam
 import tensorflow as tf
 from apache_beam.io import fileio
 from google.protobuf import any_pb2, json_format, struct_pb2
+from tfx import types
 from tfx.components.example_gen import driver as example_gen_driver
 from tfx.components.example_gen import input_processor
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
-from tfx import types
 from tfx.dsl.components.base import executor_spec
 from tfx.orchestration import data_types
 from tfx.proto import example_gen_pb2, range_config_pb2
@@ -285,7 +285,6 @@ class Executor(BaseExampleGenExecutor):
         props = dict(exec_properties, **{_REPORT_DIR_KEY: examples.uri})
         data = read_custom_config(exec_properties)
         source = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-        spans = []
         if has_span(data["file_pattern"]):
             newest = _resolved_newest_span(props, examples)
             older = older_spans(source, data["file_pattern"], newest,
@@ -301,9 +300,6 @@ class Executor(BaseExampleGenExecutor):
                     f"but of data.file_pattern={data['file_pattern']!r} in {source} only the "
                     f"newest span {newest} has files within data.spans.num_spans="
                     f"{_num_spans(exec_properties, data)}")
-        self._do(input_dict, output_dict, props, examples, data, source)
-
-    def _do(self, input_dict, output_dict, props, examples, data, source) -> None:
         super().Do(input_dict, output_dict, props)
         counts = read_row_counts(examples.uri)
         for key, value in counts.items():
@@ -477,7 +473,8 @@ class Driver(example_gen_driver.FileBasedDriver):
     """TFX's FileBasedExampleGen driver (newest span, its fingerprint, its pattern), plus
     the fingerprints of the older spans a rolling range reads, so that a changed older
     span is a new input, not a cache hit. Local runs only: on Kubeflow TFX runs its own
-    ExampleGen driver (the fingerprint covers the newest span; docs/data-and-failures.md, Continuous training)."""
+    ExampleGen driver, whose fingerprint covers the newest span (docs/data-and-failures.md,
+    Continuous training)."""
 
     def resolve_exec_properties(self, exec_properties, pipeline_info, component_info):
         data = read_custom_config(exec_properties)
@@ -549,4 +546,3 @@ class ClickLogExampleGen(FileBasedExampleGen):
             examples=types.Channel(type=standard_artifacts.Examples))
         # FileBasedExampleGen.__init__ builds TFX's spec, without num_spans: skip to its base.
         super(FileBasedExampleGen, self).__init__(spec=spec)
-

@@ -107,8 +107,8 @@ class SpanConfig:
         kind = span_specs(file_pattern)
         if kind is None and self != SpanConfig():
             key = "num_spans" if self.num_spans != 1 else "eval_split"
-            raise ConfigError(f"data.spans.{key}: set, but data.file_pattern {file_pattern!r} has no "
-                              "span placeholder ({SPAN} or {YYYY}-{MM}-{DD}), so the whole "
+            raise ConfigError(f"data.spans.{key}: set, but data.file_pattern {file_pattern!r} "
+                              "has no span placeholder ({SPAN} or {YYYY}-{MM}-{DD}), so the whole "
                               "folder is read; e.g. data.file_pattern: 'day={SPAN}/*.csv'")
         if self.eval_split == "newest_span" and self.num_spans < 2:
             raise ConfigError("data.spans.eval_split: 'newest_span' makes the newest span "

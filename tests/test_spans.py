@@ -26,7 +26,8 @@ DAY_SECONDS = 86_400
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.spans.num_spans=0", f"data.file_pattern={DATES}"], "data.spans.num_spans: 0 is below 1"),
+    (["data.spans.num_spans=0", f"data.file_pattern={DATES}"],
+     "data.spans.num_spans: 0 is below 1"),
     (["data.spans.num_spans=3"], "data.spans.num_spans: set, but data.file_pattern '*' has no "
                                  "span placeholder"),
     ([f"data.file_pattern={DATES}", "data.spans.eval_split=last"],
@@ -71,7 +72,8 @@ def test_one_span_splits_as_before_and_eval_stays_in_the_newest_span():
     cuts = splits.span_time_cuts((0, 299), (200, 299), (0, 199), 0.2, 0.25, True)
     assert splits.split_by_span_time(200, True, cuts) == 2
     assert cuts[1] == pytest.approx(199 - 0.25 * 199)
-    assert [splits.split_by_span_hash(b"x%d" % i, True, 0.2, 0.25, True) for i in range(5)] == [2] * 5
+    assert [splits.split_by_span_hash(b"x%d" % i, True, 0.2, 0.25, True)
+            for i in range(5)] == [2] * 5
     assert {splits.split_by_span_hash(b"x%d" % i, False, 0.2, 0.25, False)
             for i in range(200)} == {0, 1}
 
