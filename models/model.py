@@ -294,10 +294,12 @@ def split_labels(labels) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
 def make_optimizer(config: ModelConfig, learning_rate: float | None = None
                    ) -> tf.keras.optimizers.Optimizer:
     """Appendix A: Adam, lr 0.0025, weight decay 0.001 (`learning_rate`: another rate,
-    e.g. the teacher's), row-sparse on the embedding tables (models/optimizers.py).
-    Its gradient clip (600) is applied by `JointModel.train_step`, per side."""
-    return LazyAdam(learning_rate=learning_rate or config.learning_rate,
-                    weight_decay=config.weight_decay)
+    e.g. the teacher's); with `embedding_optimizer: lazy_adam` row-sparse on the
+    embedding tables (models/optimizers.py). Its gradient clip (600) is applied by
+    `JointModel.train_step`, per side."""
+    adam = LazyAdam if config.embedding_optimizer == "lazy_adam" else tf.keras.optimizers.Adam
+    return adam(learning_rate=learning_rate or config.learning_rate,
+                weight_decay=config.weight_decay)
 
 
 def build_model(config: ModelConfig, regular_vocab: Mapping[str, int],

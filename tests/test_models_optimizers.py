@@ -64,3 +64,13 @@ def test_dense_updates_equal_keras_adam():
 def test_amsgrad_is_refused():
     with pytest.raises(ValueError, match="amsgrad"):
         LazyAdam(amsgrad=True)
+
+
+def test_the_setting_picks_the_optimizer_and_names_its_key():
+    from pfdx.config import ConfigError, ModelConfig, load_config
+    from pfdx.models.model import make_optimizer
+
+    assert type(make_optimizer(ModelConfig())) is tf.keras.optimizers.Adam  # the paper's
+    assert isinstance(make_optimizer(ModelConfig(embedding_optimizer="lazy_adam")), LazyAdam)
+    with pytest.raises(ConfigError, match="model.embedding_optimizer"):
+        load_config(None, ["model.embedding_optimizer=sgd"])
