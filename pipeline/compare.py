@@ -796,7 +796,9 @@ def markdown(summary: dict[str, Any]) -> str:
                   "model: the best AUC any model can reach on this window, and the ECE / MCE "
                   "that label noise alone produces."]
     lines += impression_truth_table(table, oracle)
-    if summary["tuning"]:
+    if not summary["config"]["tuning"]["enabled"]:
+        lines += ["", "No per-run tuning (`--fixed`): every strategy at its configured values."]
+    elif summary["tuning"]:
         lines += ["", f"Per-run tuning: each strategy's values were chosen on the validation "
                   f"window by {summary['config']['tuning']['metric']} among the no-distillation "
                   f"point, the configured values and up to "
