@@ -15,7 +15,6 @@ raw schema -> TFT layer -> student), which differs from the rows with 0 / "" the
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 
@@ -27,7 +26,9 @@ from pfdx.components import log_rows
 from pfdx.config import load_config
 from pfdx.serving import client, export, parsing
 from pfdx.simulator import simulate
-from tests.test_serving_types import _edit, _float, _int, _text, fit_transform
+from tests.test_serving_types import (_edit, _float, _int, _text, export_small_student,
+                                      fit_transform)
+from tests.test_serving_types import serve as serve_types
 
 NUMERIC, CATEGORICAL = "bid", "device"
 ABSENT_EVERY = 10
@@ -56,9 +57,6 @@ def missing(tmp_path_factory):
     examples = [_without(e, NUMERIC, CATEGORICAL) if i % ABSENT_EVERY == 0 else e
                 for i, e in enumerate(examples)]
 
-    from pfdx.features import transform
-    from pfdx.models.model import build_model
-
     tft_output = fit_transform(config, examples, str(tmp / "transform"),
                                variable_length=(NUMERIC, CATEGORICAL))
     raw_spec = tft_output.raw_feature_spec()
@@ -66,26 +64,16 @@ def missing(tmp_path_factory):
     assert isinstance(raw_spec[CATEGORICAL], tf.io.VarLenFeature)
     assert isinstance(raw_spec["user_past_clicks"], tf.io.FixedLenFeature)
     regular = config.data.columns.regular
-    tf.keras.utils.set_random_seed(7)  # an untrained student: its initial weights
-    model = build_model(dataclasses.replace(config.model, hidden_units=(16, 8)),
-                        transform.feature_vocab(transform.regular_config(config)), {})
-    student = model.student_model()
-    student(tft_output.transform_features_layer()(tf.io.parse_example(examples[:4], raw_spec)))
-    # Weights of a spread a trained student has (the initial ones barely tell ids apart).
-    rng = np.random.default_rng(7)
-    for weight in student.trainable_variables:
-        weight.assign(rng.normal(0.0, 0.3, weight.shape).astype(np.float32))
     export_dir = str(tmp / "export")
     # Failed before the fix: dense [B, 1] inputs where the TFT graph takes a SparseTensor.
-    export.export_student(student, tft_output, regular, export_dir)
+    student, loaded = export_small_student(config, tft_output, examples, export_dir, seed=7,
+                                           weight_sd=0.3)
     return {"config": config, "tft": tft_output, "student": student, "dir": export_dir,
-            "examples": examples, "regular": regular, "tmp": tmp,
-            "loaded": tf.saved_model.load(export_dir)}
+            "examples": examples, "regular": regular, "tmp": tmp, "loaded": loaded}
 
 
 def serve(missing, examples: list[bytes]) -> np.ndarray:
-    fn = missing["loaded"].signatures["serving_default"]
-    return fn(examples=tf.constant(examples))["cvr"].numpy().reshape(-1)
+    return serve_types(missing, examples).reshape(-1)
 
 
 def trained_path(missing, examples: list[bytes]) -> tuple[np.ndarray, dict]:

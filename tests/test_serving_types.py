@@ -128,22 +128,33 @@ def served(tmp_path_factory):
     examples = [c for _, c in replays["csv", "pandas"]]
     assert len(examples) > 100
 
+    tft_output = fit_transform(config, examples, str(tmp / "transform"))
+    export_dir = str(tmp / "export")
+    student, loaded = export_small_student(config, tft_output, examples, export_dir, seed=5)
+    return {"config": config, "replays": replays, "student": student, "tft": tft_output,
+            "dir": export_dir, "examples": examples, "tmp": tmp, "loaded": loaded}
+
+
+def export_small_student(config, tft_output, examples: list[bytes], export_dir: str, seed: int,
+                         weight_sd: float | None = None):
+    """(student, the SavedModel loaded back): an untrained student (hidden 16, 8) on
+    `tft_output`, exported as the Trainer does; with `weight_sd`, its weights drawn
+    at that spread (the initial ones barely tell ids apart)."""
     from pfdx.features import transform
     from pfdx.models.model import build_model
 
-    tft_output = fit_transform(config, examples, str(tmp / "transform"))
-    regular = config.data.columns.regular
-    model_config = dataclasses.replace(config.model, hidden_units=(16, 8))
-    tf.keras.utils.set_random_seed(5)  # an untrained student: its initial weights
-    model = build_model(model_config, transform.feature_vocab(transform.regular_config(config)), {})
+    tf.keras.utils.set_random_seed(seed)
+    model = build_model(dataclasses.replace(config.model, hidden_units=(16, 8)),
+                        transform.feature_vocab(transform.regular_config(config)), {})
     student = model.student_model()
     parsed = tf.io.parse_example(examples[:4], tft_output.raw_feature_spec())
     student(tft_output.transform_features_layer()(parsed))  # creates the variables
-    export_dir = str(tmp / "export")
-    export.export_student(student, tft_output, regular, export_dir)
-    return {"config": config, "replays": replays, "student": student, "tft": tft_output,
-            "dir": export_dir, "examples": examples, "tmp": tmp,
-            "loaded": tf.saved_model.load(export_dir)}
+    if weight_sd is not None:
+        rng = np.random.default_rng(seed)
+        for weight in student.trainable_variables:
+            weight.assign(rng.normal(0.0, weight_sd, weight.shape).astype(np.float32))
+    export.export_student(student, tft_output, config.data.columns.regular, export_dir)
+    return student, tf.saved_model.load(export_dir)
 
 
 def serve(served, examples: list[bytes]) -> np.ndarray:
