@@ -1,8 +1,13 @@
 """The TFT preprocessing_fn: raw impressions -> integer ids for the embeddings.
 
 Every model input is an int64 id in [0, vocab) (models.layers.FeatureEmbeddings):
-- regular categorical: `tft.hash_strings` into `hash_buckets` (a missing value
-  hashes as the empty string, i.e. it gets a bucket of its own);
+- regular categorical (`model.categorical_encoding`): a vocabulary of the ids the
+  train split holds at least `min_id_count` times (the `max_vocabulary` most
+  frequent), the rest and ids first seen at serving in `oov_buckets` shared ids after
+  it; or `tft.hash_strings` into `hash_buckets`. A missing value is the empty string,
+  an id like any other. The vocabulary files are assets of the Transform graph (one
+  per feature, VOCABULARY_PREFIX + name), so the table sizes it chose are recorded
+  in the Transform artifact and travel into the served SavedModel;
 - regular numeric: quantile buckets (`tft.bucketize`), missing -> an extra id;
 - privileged: the selection artifact's discretisation — continuous z >= threshold
   -> 1, discrete flag -> 0/1, OR-groups combined — missing -> 2. Their outputs are
@@ -27,6 +32,7 @@ import tensorflow_transform as tft
 PRIVILEGED_PREFIX = "privileged__"
 QUANTILE_PREFIX = "privileged_q__"
 PRIVILEGED_VOCAB = 3  # 0, 1, missing
+VOCABULARY_PREFIX = "vocabulary__"
 
 
 def regular_config(config) -> dict[str, Any]:
@@ -37,6 +43,10 @@ def regular_config(config) -> dict[str, Any]:
         "click": roles.click if config.space == "impression" else None,
         "regular_categorical": list(roles.regular_categorical),
         "regular_numeric": list(roles.regular_numeric),
+        "categorical_encoding": config.model.categorical_encoding,
+        "max_vocabulary": config.model.max_vocabulary,
+        "min_id_count": config.model.min_id_count,
+        "oov_buckets": config.model.oov_buckets,
         "hash_buckets": config.model.hash_buckets,
         "numeric_buckets": config.model.numeric_buckets,
         "privileged_buckets": config.model.privileged_buckets,
@@ -57,9 +67,15 @@ def privileged_config(selection: Mapping[str, Any]) -> dict[str, Any]:
     return privileged
 
 
-def feature_vocab(custom_config: Mapping[str, Any]) -> dict[str, int]:
-    """Regular transformed feature name -> number of ids."""
-    regular = {n: custom_config["hash_buckets"] for n in custom_config["regular_categorical"]}
+def feature_vocab(custom_config: Mapping[str, Any],
+                  tf_transform_output: tft.TFTransformOutput) -> dict[str, int]:
+    """Regular transformed feature name -> number of ids (a vocabulary's size is
+    what the Transform `tf_transform_output` found in the data)."""
+    if custom_config["categorical_encoding"] == "hash":
+        regular = {n: custom_config["hash_buckets"] for n in custom_config["regular_categorical"]}
+    else:
+        regular = {n: tf_transform_output.vocabulary_size_by_name(VOCABULARY_PREFIX + n)
+                   + custom_config["oov_buckets"] for n in custom_config["regular_categorical"]}
     regular.update({n: custom_config["numeric_buckets"] + 1 for n in custom_config["regular_numeric"]})
     return regular
 
@@ -119,7 +135,15 @@ def _privileged_flag(inputs, spec: Mapping[str, Any]) -> tf.Tensor:
 def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict[str, tf.Tensor]:
     outputs: dict[str, tf.Tensor] = {}
     for name in custom_config["regular_categorical"]:
-        outputs[name] = tft.hash_strings(_dense(inputs[name], ""), custom_config["hash_buckets"])
+        ids = _dense(inputs[name], "")
+        if custom_config["categorical_encoding"] == "hash":
+            outputs[name] = tft.hash_strings(ids, custom_config["hash_buckets"])
+        else:
+            outputs[name] = tft.compute_and_apply_vocabulary(
+                ids, top_k=custom_config["max_vocabulary"],
+                frequency_threshold=custom_config["min_id_count"],
+                num_oov_buckets=custom_config["oov_buckets"],
+                vocab_filename=VOCABULARY_PREFIX + name)
     for name in custom_config["regular_numeric"]:
         outputs[name] = _quantile_ids(inputs[name], custom_config["numeric_buckets"])
     for name, spec in custom_config["privileged"].items():

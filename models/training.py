@@ -101,7 +101,7 @@ def vocabularies(config: PipelineConfig,
     """(regular, privileged) model input -> number of ids. The privileged inputs are
     whatever the Transform emitted for the selection's choice, in the configured
     encoding (`model.privileged_encoding`)."""
-    regular = transform.feature_vocab(transform.regular_config(config))
+    regular = transform.feature_vocab(transform.regular_config(config), tf_transform_output)
     privileged = transform.privileged_vocab(tf_transform_output.transformed_feature_spec(),
                                             config.model.privileged_encoding,
                                             config.model.privileged_buckets)

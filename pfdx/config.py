@@ -248,8 +248,20 @@ STRATEGY_NAMES = ("none", "mtl", "kd", "focal_v1", "focal_v2", "layer_align", "k
 class ModelConfig:
     strategy: str = "ha_pfd_v2"
     embedding_dim: int = 16
-    # Hash buckets for categorical ids; numeric features are bucketized by quantiles.
+    # How a categorical id becomes an embedding row (features/transform.py):
+    # "vocabulary", a table sized to the train split: one row per id seen at least
+    # `min_id_count` times (at most `max_vocabulary`, the most frequent), and
+    # `oov_buckets` shared rows for the rest -- which is where ids first seen at
+    # serving land, so those rows learn what a rare id is worth; or "hash",
+    # `hash_buckets` rows whatever the data (an unseen id takes some seen id's row).
+    categorical_encoding: str = "vocabulary"
+    max_vocabulary: int = 100_000
+    # An id seen once teaches its row one example per epoch: it is pooled with the
+    # unseen ids instead.
+    min_id_count: int = 2
+    oov_buckets: int = 1
     hash_buckets: int = 100_000
+    # Numeric features are bucketized by quantiles.
     numeric_buckets: int = 32
     hidden_units: tuple[int, ...] = (256, 128)
     smelu_beta: float = 1.0
@@ -507,11 +519,15 @@ class PipelineConfig:
         if m.embedding_optimizer not in ("adam", "lazy_adam"):
             raise ConfigError(f"model.embedding_optimizer: {m.embedding_optimizer!r} is not "
                               "one of adam, lazy_adam")
+        if m.categorical_encoding not in ("vocabulary", "hash"):
+            raise ConfigError(f"model.categorical_encoding: {m.categorical_encoding!r} is not "
+                              "one of vocabulary, hash")
         if m.privileged_encoding not in ("binary", "quantiles"):
             raise ConfigError(f"model.privileged_encoding: {m.privileged_encoding!r} is not "
                               "one of binary, quantiles")
         for key in ("epochs", "early_stopping_patience", "batch_size", "privileged_buckets",
-                    "shuffle_buffer_rows", "embedding_dim", "hash_buckets", "numeric_buckets"):
+                    "shuffle_buffer_rows", "embedding_dim", "hash_buckets", "numeric_buckets",
+                    "max_vocabulary", "min_id_count", "oov_buckets"):
             if getattr(m, key) < 1:
                 raise ConfigError(f"model.{key}: {getattr(m, key)} is below 1")
         for field in ("learning_rate", "teacher_learning_rate"):

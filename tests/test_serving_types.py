@@ -145,7 +145,8 @@ def export_small_student(config, tft_output, examples: list[bytes], export_dir: 
 
     tf.keras.utils.set_random_seed(seed)
     model = build_model(dataclasses.replace(config.model, hidden_units=(16, 8)),
-                        transform.feature_vocab(transform.regular_config(config)), {})
+                        transform.feature_vocab(transform.regular_config(config), tft_output),
+                        {})
     student = model.student_model()
     parsed = tf.io.parse_example(examples[:4], tft_output.raw_feature_spec())
     student(tft_output.transform_features_layer()(parsed))  # creates the variables
