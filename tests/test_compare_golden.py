@@ -1,0 +1,92 @@
+"""`pfdx compare` keeps its numbers and its files (issue 18, item 6): a tiny fixed-seed
+comparison gives the numbers of `tests/golden/compare/`, which the code before the
+split into `experiments/` wrote, and its report writers turn that run's summary and
+predictions back into the same files, byte for byte.
+
+Regenerate the golden files only for an intended change of behaviour:
+`.venv/bin/python -m tests.test_compare_golden` (then review the diff).
+"""
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from pfdx.pipeline import cli
+from pfdx.simulator import simulate
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "compare")
+# What the run writes besides compare.json and its predictions: what the writers
+# reproduce from them.
+REPORT_FILES = ("compare.md", "compare.csv", "runs.csv", "tuning.csv", "reliability.png")
+ROWS, LOG_SEED = 30_000, 7
+ARGS = ["--strategies", "none,ha_pfd_v2", "--seeds", "1", "--fixed"]
+SMALL = ["model.epochs=1", "model.hidden_units=[16,8]", "model.mapping_hidden_units=[8]",
+         "model.hash_buckets=1000", "runner.direct_running_mode=in_memory",
+         "runner.direct_num_workers=1"]
+
+
+def run_tiny(root: str) -> str:
+    """The tiny comparison through the CLI, under `root`; returns its output folder."""
+    simulate.write(simulate.simulate(ROWS, seed=LOG_SEED), os.path.join(root, "log"), fmt="csv")
+    out = os.path.join(root, "out")
+    argv = ["compare", "--data", os.path.join(root, "log"), "--out", out, *ARGS]
+    for item in SMALL + [f"runner.output_root={root}"]:
+        argv += ["--set", item]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    return out
+
+
+def _load(folder: str) -> dict:
+    with open(os.path.join(folder, "compare.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _numbers(summary: dict) -> dict:
+    """What a run computed, without its wall times and its paths."""
+    def timeless(row):
+        return {k: v for k, v in row.items() if k not in ("seconds", "seconds_mean", "seconds_std")}
+
+    return {"rows": summary["data"]["rows"], "windows": {
+                name: {k: v for k, v in w.items() if k != "pattern"}
+                for name, w in summary["windows"].items()},
+            "selection": summary["selection"], "chosen": summary["chosen_params"],
+            "runs": [timeless(r) for r in summary["runs"]],
+            "tuning": [timeless(r) for r in summary["tuning"]],
+            "table": [timeless(r) for r in summary["table"]],
+            "oracle": summary["oracle_true_cvr"]}
+
+
+@pytest.mark.e2e  # a whole (tiny) `pfdx compare` run, ~1 min
+def test_a_fixed_seed_compare_gives_the_golden_numbers(tmp_path):
+    out = run_tiny(str(tmp_path))
+    golden = _load(GOLDEN)
+    assert _numbers(_load(out)) == _numbers(golden)  # exact: floats to the last bit
+    for run in golden["runs"]:
+        with np.load(os.path.join(out, run["predictions"])) as new, \
+                np.load(os.path.join(GOLDEN, run["predictions"])) as old:
+            assert sorted(new.files) == sorted(old.files)
+            for key in old.files:
+                np.testing.assert_array_equal(new[key], old[key], err_msg=key)
+
+
+def _generate() -> None:
+    root = os.path.join(os.environ.get("TMPDIR", "/tmp"), "pfdx-compare-golden")
+    shutil.rmtree(root, ignore_errors=True)
+    out = run_tiny(root)
+    shutil.rmtree(GOLDEN, ignore_errors=True)
+    os.makedirs(os.path.join(GOLDEN, "predictions"))
+    for name in ("compare.json", *REPORT_FILES):
+        shutil.copy(os.path.join(out, name), GOLDEN)
+    for run in _load(out)["runs"]:
+        shutil.copy(os.path.join(out, run["predictions"]), os.path.join(GOLDEN, "predictions"))
+    shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    sys.exit(_generate())
