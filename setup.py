@@ -1,13 +1,14 @@
 """pfdx: privileged features distillation for CVR prediction on TFX.
 
 The repository keeps the user's top-level layout (pipeline/, components/,
-models/, features/, serving/, simulator/) and installs it under one namespace,
-``pfdx.<folder>``, so the generic folder names cannot collide with other
+models/, features/, serving/, simulator/, experiments/, reports/) and installs it
+under one namespace, ``pfdx.<folder>``, so the generic folder names cannot collide with other
 packages in site-packages or on a Kubeflow image.
 """
 import setuptools
 
-SUBPACKAGES = ("pipeline", "components", "models", "features", "serving", "simulator")
+SUBPACKAGES = ("pipeline", "components", "models", "features", "serving", "simulator",
+               "experiments", "reports")
 
 setuptools.setup(
     name="pfdx",
@@ -36,6 +37,7 @@ setuptools.setup(
         "pandas==1.5.3",
         "pyarrow==10.0.1",
         "matplotlib==3.8.4",
+        "tabulate==0.10.0",
         "PyYAML==6.0.3",
     ],
     entry_points={"console_scripts": ["pfdx=pfdx.pipeline.cli:main"]},

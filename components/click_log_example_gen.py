@@ -144,26 +144,20 @@ class _ParseFile(beam.DoFn):
             return
         rows = 0
         with readable.open(compression_type="uncompressed") as stream:
-            header_unknown, records = log_rows.read_file(path, stream, self._fmt, self._sep,
-                                                         self._schema)
-            unknown = set(header_unknown)
-            for row, record in records:
+            unknown, records = log_rows.read_rows(path, stream, self._fmt, self._sep,
+                                                  self._schema)
+            for row in records:
                 rows += 1
                 yield beam.pvalue.TaggedOutput("count", "read")
-                if isinstance(record, str):
-                    status, payload = log_rows.QUARANTINED, record
-                else:
-                    # A TFRecord has no header: its columns show per record.
-                    unknown.update(c for c in record if c not in self._schema.known)
-                    status, payload = log_rows.row_to_example(self._schema, record)
-                yield beam.pvalue.TaggedOutput("count", status)
-                if status == log_rows.QUARANTINED:
+                yield beam.pvalue.TaggedOutput("count", row.status)
+                if row.status == log_rows.QUARANTINED:
                     yield beam.pvalue.TaggedOutput(
-                        "count", f"{log_rows.QUARANTINED}:{log_rows.reason_key(payload)}")
+                        "count", f"{log_rows.QUARANTINED}:{log_rows.reason_key(row.payload)}")
                     yield beam.pvalue.TaggedOutput(
-                        "dead", json.dumps({"file": path, "row": row, "reason": payload}))
-                elif payload is not None:  # a clicked row, or any row in impression space
-                    yield payload
+                        "dead", json.dumps({"file": path, "row": row.number,
+                                            "reason": row.payload}))
+                elif row.payload is not None:  # a clicked row, or any row in impression space
+                    yield row.payload
         for col in sorted(unknown):
             yield beam.pvalue.TaggedOutput("count", f"unknown_column:{col}")
         if rows == 0:

@@ -235,8 +235,9 @@ def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]
 
 # Readers. `read_file` checks a file's header (CSV / Parquet) at once and returns
 # the extra columns no role names and the rows: (row_number, {column: value}), or
-# (row_number, reason) for a row that cannot be read. Row numbers are 1-based data
-# rows (CSV line = row + 1 for the header; TFRecord: the record index + 1).
+# (row_number, reason) for a row that cannot be read; `read_rows` adds each row's
+# bucket. Row numbers are 1-based data rows (CSV line = row + 1 for the header;
+# TFRecord: the record index + 1).
 
 Rows = Iterator[tuple[int, "dict[str, Any] | str"]]
 
@@ -256,6 +257,37 @@ def read_file(path: str, stream: io.BufferedIOBase, fmt: str, separator: str,
     if fmt == "parquet":
         return _read_parquet(path, stream, schema)
     return [], _read_tfrecord(path)
+
+
+class Row(NamedTuple):
+    """One row of a file and its bucket: `payload` is the Example (USED, and UNCLICKED
+    in impression space), None (UNCLICKED in click space) or the reason (QUARANTINED);
+    `record` is the row as read ({column: value}; None when it could not be read)."""
+
+    number: int
+    status: str
+    payload: "Example | str | None"
+    record: "dict[str, Any] | None"
+
+
+def read_rows(path: str, stream: io.BufferedIOBase, fmt: str, separator: str,
+              schema: RowSchema) -> tuple[set[str], Iterator[Row]]:
+    """(unknown columns, rows) of one file, each row converted (`row_to_example`)
+    into its bucket: what ExampleGen and `pfdx compare` read. The unknown columns are
+    those no role names: the header's at once, a TFRecord's (no header) as its
+    records show them, so the set is complete once the rows are read."""
+    header_unknown, records = read_file(path, stream, fmt, separator, schema)
+    unknown = set(header_unknown)
+
+    def rows() -> Iterator[Row]:
+        for number, record in records:
+            if isinstance(record, str):
+                yield Row(number, QUARANTINED, record, None)
+                continue
+            unknown.update(c for c in record if c not in schema.known)
+            yield Row(number, *row_to_example(schema, record), record)
+
+    return unknown, rows()
 
 
 def _read_csv(path: str, stream: io.BufferedIOBase, separator: str,

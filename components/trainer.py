@@ -22,6 +22,7 @@ from tfx import v1 as tfx
 from pfdx.config import ConfigError, PipelineConfig, from_dict
 from pfdx.components import resume, splits
 from pfdx.models import champion, training
+from pfdx.models.distributed import distribution_strategy
 from pfdx.serving import export
 
 PIPELINE_CONFIG_KEY = "pipeline_config"
@@ -79,26 +80,6 @@ def _config(fn_args: tfx.components.FnArgs) -> PipelineConfig:
             f"the one compiled for {compiled.model.strategy!r} (impression-space examples or "
             "UKD's teacher steps); compile the pipeline with that strategy")
     return config
-
-
-def distribution_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
-    """The tf.distribute strategy named by `model.distribution`.
-
-    `auto` follows TF_CONFIG, which a multi-host job sets on every replica (Vertex AI
-    worker pools, a Kubeflow TFJob): more than one chief/worker -> synchronous
-    all-reduce across hosts (MultiWorkerMirroredStrategy); otherwise all local GPUs
-    (or the CPU) of this host (MirroredStrategy).
-    """
-    if distribution == "auto":
-        cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
-        hosts = sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs)
-        distribution = "multi_worker" if hosts > 1 else "mirrored"
-    if distribution == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if distribution == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    raise ValueError(f"model.distribution: {distribution!r} is not one of auto, mirrored, "
-                     "multi_worker")
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:

@@ -1,4 +1,6 @@
-"""Cross-replica views of the batch, so a step means the same on 1 or N replicas.
+"""Training on several replicas: which tf.distribute strategy (`distribution_strategy`,
+for the Trainer and `pfdx compare`), and cross-replica views of the batch, so a step
+means the same on 1 or N replicas.
 
 Under MirroredStrategy each replica sees a slice of the global batch and the
 optimizer *sums* the replicas' gradients. A loss is therefore correct when each
@@ -10,6 +12,26 @@ from __future__ import annotations
 
 import pfdx  # noqa: F401  (Keras 2 flag before TensorFlow)
 import tensorflow as tf
+
+
+def distribution_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
+    """The tf.distribute strategy named by `model.distribution`.
+
+    `auto` follows TF_CONFIG, which a multi-host job sets on every replica (Vertex AI
+    worker pools, a Kubeflow TFJob): more than one chief/worker -> synchronous
+    all-reduce across hosts (MultiWorkerMirroredStrategy); otherwise all local GPUs
+    (or the CPU) of this host (MirroredStrategy).
+    """
+    if distribution == "auto":
+        cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+        hosts = sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs)
+        distribution = "multi_worker" if hosts > 1 else "mirrored"
+    if distribution == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if distribution == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    raise ValueError(f"model.distribution: {distribution!r} is not one of auto, mirrored, "
+                     "multi_worker")
 
 
 def _multi_replica_context() -> tf.distribute.ReplicaContext | None:

@@ -2,7 +2,8 @@
 
 The installed package is ``pfdx``; its sub-packages live in the repository's
 top-level folders (``pipeline/``, ``components/``, ``models/``, ``features/``,
-``serving/``, ``simulator/``) and are mapped to ``pfdx.<name>`` by setup.py.
+``serving/``, ``simulator/``, ``experiments/``, ``reports/``) and are mapped to
+``pfdx.<name>`` by setup.py.
 """
 import os
 

@@ -115,10 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_show_config)
 
+    from pfdx.experiments import cli as compare_cli
     from pfdx.features import selection_cli
-    from pfdx.pipeline import compare, kubeflow
+    from pfdx.pipeline import kubeflow
     selection_cli.add_cli_parser(sub, _add_config_args)
-    compare.add_cli_parser(sub, _add_config_args)
+    compare_cli.add_cli_parser(sub, _add_config_args)
     kubeflow.add_parsers(sub, _add_config_args)
     # `pfdx run -v` as well as `pfdx -v run`; SUPPRESS keeps a flag given before
     # the command from being reset by the sub-command's default.

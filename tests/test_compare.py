@@ -22,7 +22,8 @@ from sklearn.metrics import roc_auc_score
 from pfdx.config import STRATEGY_NAMES, ConfigError, load_config
 from pfdx.models import metrics
 from pfdx.models.training import Predictions
-from pfdx.pipeline import cli, compare
+from pfdx.experiments import compare, reports, strategies
+from pfdx.pipeline import cli
 from pfdx.simulator import schema, simulate
 
 ROWS = 100_000  # ~4.4k clicks
@@ -342,7 +343,7 @@ def test_click_space_results_do_not_change_with_impression_strategies(impression
     (out, _), (baseline_out, _) = impressions, outcome
     run = {r["strategy"]: r for r in _rows(out / "runs.csv")}["ha_pfd_v2"]
     baseline = {r["strategy"]: r for r in _rows(baseline_out / "runs.csv")}["ha_pfd_v2"]
-    for column in compare.METRICS:  # the impression-space scores are added, not changed
+    for column in reports.METRICS:  # the impression-space scores are added, not changed
         if column != "seconds" and not column.startswith("impression_"):
             assert run[column] == baseline[column], column
     assert baseline["impression_truth_auc"] == "" and run["impression_truth_auc"] != ""
@@ -360,8 +361,8 @@ def test_click_space_results_do_not_change_with_impression_strategies(impression
 ])
 def test_ukd_brings_its_teacher_right_before_it(named, expected):
     config = load_config(None, ["compare.strategies=" + json.dumps(named)])
-    assert compare.strategies(config) == expected
-    order = compare.run_order(expected, [1, 2])
+    assert strategies.strategies(config) == expected
+    order = strategies.run_order(expected, [1, 2])
     if "ukd" in expected:
         i = order.index(("ukd_teacher", 1))
         assert order[i:i + 4] == [("ukd_teacher", 1), ("ukd", 1), ("ukd_teacher", 2), ("ukd", 2)]
@@ -369,7 +370,7 @@ def test_ukd_brings_its_teacher_right_before_it(named, expected):
 
 
 def test_default_strategies_are_the_click_space_ones():
-    names = compare.strategies(load_config(None, []))
+    names = strategies.strategies(load_config(None, []))
     assert names and not set(names) & {"taml", "ukd_teacher", "ukd"}
 
 

@@ -23,7 +23,7 @@ def _tf_config(ports: list[int], index: int) -> str:
 
 
 def test_one_host_gets_mirrored_strategy(monkeypatch):
-    from pfdx.components.trainer import distribution_strategy
+    from pfdx.models.distributed import distribution_strategy
     import tensorflow as tf
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -67,7 +67,7 @@ def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
 def _worker(index: int, ports: list[int], out: str) -> None:
     """One worker: the Trainer's strategy choice from TF_CONFIG, then a few synchronous steps."""
     os.environ["TF_CONFIG"] = _tf_config(ports, index)
-    from pfdx.components.trainer import distribution_strategy
+    from pfdx.models.distributed import distribution_strategy
     import tensorflow as tf
 
     strategy = distribution_strategy()  # first: it must start before any other TF op

@@ -6,7 +6,7 @@ from tensorflow_transform.tf_metadata import schema_utils
 
 from pfdx.config import ModelConfig
 from pfdx.models import training
-from pfdx.pipeline.compare import dataset_factory
+from pfdx.experiments.windows import dataset_factory
 
 ROWS, POSITIVES = 30_000, 24_000  # KuaiRand-like: 80 % positives, all first
 

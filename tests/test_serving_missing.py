@@ -81,7 +81,7 @@ def trained_path(missing, examples: list[bytes]) -> tuple[np.ndarray, dict]:
     the TFT layer, the student -> (cvr, transformed regular features)."""
     from tfx_bsl.public import tfxio
 
-    from pfdx.pipeline import compare
+    from pfdx.experiments import windows
 
     path = str(missing["tmp"] / f"rows-{len(os.listdir(missing['tmp']))}.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
@@ -89,7 +89,7 @@ def trained_path(missing, examples: list[bytes]) -> tuple[np.ndarray, dict]:
             writer.write(e)
     options = tfxio.TensorFlowDatasetOptions(batch_size=len(examples), shuffle=False,
                                              num_epochs=1)
-    (raw,) = compare.dataset_factory([path], options,
+    (raw,) = windows.dataset_factory([path], options,
                                      missing["tft"].raw_metadata.schema).take(1)
     assert isinstance(raw[NUMERIC], tf.SparseTensor)  # as the Trainer reads them
     transformed = missing["tft"].transform_features_layer()(raw)
