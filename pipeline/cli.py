@@ -1,5 +1,5 @@
-"""The `pfdx` command: simulate logs, run the pipeline, select features, inspect the
-config, compile and schedule on Kubeflow."""
+"""The `pfdx` command: simulate logs, run the pipeline, select features, compare
+strategies, inspect the config, compile and schedule on Kubeflow."""
 from __future__ import annotations
 
 import argparse
