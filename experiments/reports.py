@@ -20,7 +20,7 @@ from pfdx.models import champion
 from pfdx.reports.tables import markdown_table, number
 
 # Columns of compare.csv (each as <name>_mean, <name>_std) and runs.csv, in the
-# paper's order (Tables 2-5), then the gap to the true CVR, the impression-space
+# order of HA-PFD's Tables 2-5, then the gap to the true CVR, the impression-space
 # metrics (empty for click-space strategies) and the run time.
 METRICS = ("student_auc", "teacher_auc", "label_avg", "student_pred_avg",
            "student_pred_avg_gap", "teacher_pred_avg", "teacher_pred_avg_gap",
