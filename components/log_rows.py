@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message
 
+from pfdx.features import contract
+
 USED, UNCLICKED, QUARANTINED = "used", "unclicked", "quarantined"
 
 
@@ -46,7 +48,8 @@ class LogFormatError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RowSchema:
-    """What the converter needs from the config's column roles (plain data, picklable)."""
+    """What the converter needs from the data contract (`features/contract.py`) and
+    the config's reading rules (plain data, picklable)."""
 
     label: str
     click: str | None
@@ -58,25 +61,28 @@ class RowSchema:
     privileged: tuple[str, ...]
     flags: tuple[str, ...]  # privileged discrete: 0/1 only
     non_negative: tuple[str, ...]
+    # The contract's stored kind of each feature an example may hold.
+    kinds: Mapping[str, contract.Kind]
     # Impression space: unclicked rows become examples too, and every example
     # carries its click label.
     impressions: bool = False
 
     @classmethod
-    def from_config(cls, data: Mapping[str, Any], space: str = "click") -> "RowSchema":
+    def from_config(cls, data: Mapping[str, Any], space: str = contract.CLICK) -> "RowSchema":
         """`data`: the config's `data` section as a dict; `space`: "click" or
         "impression" (`PipelineConfig.space`)."""
-        roles = data["columns"]
-        continuous, flags = tuple(roles["privileged_continuous"]), tuple(roles["privileged_discrete"])
+        data_contract = contract.DataContract.from_data(data, space)
+        roles = data_contract.roles
         non_negative = data["non_negative"]
         if non_negative is None:
-            non_negative = tuple(roles["regular_numeric"]) + continuous
-        return cls(label=roles["label"], click=roles["click"],
-                   categorical=tuple(roles["regular_categorical"]),
-                   numeric=tuple(roles["regular_numeric"]) + continuous + flags,
-                   time=data["time_column"], truth=roles["truth"],
-                   ignore=tuple(roles["ignore"]), privileged=continuous + flags, flags=flags,
-                   non_negative=tuple(non_negative), impressions=space == "impression")
+            non_negative = roles.regular_numeric + roles.privileged_continuous
+        return cls(label=roles.label, click=roles.click,
+                   categorical=roles.regular_categorical,
+                   numeric=roles.regular_numeric + roles.privileged,
+                   time=data_contract.time, truth=roles.truth, ignore=roles.ignore,
+                   privileged=roles.privileged, flags=roles.privileged_discrete,
+                   non_negative=tuple(non_negative), impressions=space == contract.IMPRESSION,
+                   kinds={name: f.kind for name, f in data_contract.example_features.items()})
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -191,13 +197,10 @@ def reason_key(reason: str) -> str:
     return field.group(1) if field else reason.split(":", 1)[0]
 
 
-def _int64(value: int) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-
 def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]:
     """(USED, Example) | (UNCLICKED, None) | (QUARANTINED, reason); in impression
-    space an unclicked row is (UNCLICKED, Example)."""
+    space an unclicked row is (UNCLICKED, Example). Each value is stored in its
+    contract kind (`RowSchema.kinds`)."""
     try:
         for name in schema.required:
             _check_cell(name, row.get(name))
@@ -209,26 +212,27 @@ def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]
             _check_unclicked(schema, row)
             if not schema.impressions:
                 return UNCLICKED, None
-        feats: dict[str, tf.train.Feature] = {schema.label: _int64(label)}
+        values: dict[str, Any] = {schema.label: label}
         if schema.impressions and schema.click is not None:
-            feats[schema.click] = _int64(int(clicked))
+            values[schema.click] = int(clicked)
         time = None
         if schema.time is not None:
             time = _as_float(schema.time, row.get(schema.time), limit=_INT64_LIMIT)
-            feats[schema.time] = _int64(int(time))
+            values[schema.time] = int(time)
         for name in schema.categorical:
             v = row.get(name)
             if not _is_missing(v) and not (isinstance(v, float) and math.isnan(v)):
-                feats[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[_as_bytes(v)]))
+                values[name] = _as_bytes(v)
         for name in schema.numeric + ((schema.truth,) if schema.truth else ()):
             v = row.get(name)
             # An unclicked row has no post-click signals (checked above): absent.
             if not _is_missing(v) and (clicked or name not in schema.privileged):
-                feats[name] = tf.train.Feature(
-                    float_list=tf.train.FloatList(value=[_numeric(schema, name, v)]))
+                values[name] = _numeric(schema, name, v)
     except ValueError as e:
         return QUARANTINED, str(e)
-    example = tf.train.Example(features=tf.train.Features(feature=feats))
+    example = tf.train.Example()
+    for name, value in values.items():
+        getattr(example.features.feature[name], schema.kinds[name].list).value.append(value)
     return USED if clicked else UNCLICKED, Example(
         time, label, example.SerializeToString(deterministic=True))
 

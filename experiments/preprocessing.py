@@ -10,28 +10,18 @@ import os
 from typing import Any, Sequence
 
 from pfdx.config import PipelineConfig
-from pfdx.experiments.strategies import CLICK, IMPRESSION, space_of
+from pfdx.experiments.strategies import CLICK, space_of
 from pfdx.experiments.windows import TELEMETRY, TRAIN, Window, window_name
 
 
 def raw_schema(config: PipelineConfig):
     """The raw tf.Example schema of `log_rows.row_to_example`'s output in
-    `config.space`: int64 label (and in impression space the int64 click, which every
-    example has), string categoricals, float numerics / privileged candidates / true
-    probability. Every other feature may be absent, so each is a VarLen feature; the
-    preprocessing_fn densifies dense and sparse inputs alike."""
-    import tensorflow as tf
+    `config.space`: the data contract's `raw_feature_spec` (features/contract.py)."""
     from tensorflow_transform.tf_metadata import schema_utils
 
-    roles = config.data.columns
-    spec = {roles.label: tf.io.FixedLenFeature([], tf.int64)}
-    if config.space == IMPRESSION:
-        spec[roles.click] = tf.io.FixedLenFeature([], tf.int64)
-    spec.update((n, tf.io.VarLenFeature(tf.string)) for n in roles.regular_categorical)
-    spec.update((n, tf.io.VarLenFeature(tf.float32))
-                for n in roles.regular_numeric + roles.privileged
-                + ((roles.truth,) if roles.truth else ()))
-    return schema_utils.schema_from_feature_spec(spec)
+    from pfdx.features.contract import DataContract
+
+    return schema_utils.schema_from_feature_spec(DataContract.from_config(config).raw_feature_spec())
 
 
 def select_features(config: PipelineConfig, window: Window, out_dir: str) -> dict[str, Any]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from pfdx.config import IMPRESSION_SPACE_STRATEGIES, ConfigError, PipelineConfig
-
-CLICK, IMPRESSION = "click", "impression"  # PipelineConfig.space
+from pfdx.features.contract import CLICK, IMPRESSION
 # UKD's two stages: the teacher's served student pseudo-labels the student's batches.
 UKD_TEACHER, UKD = "ukd_teacher", "ukd"
 

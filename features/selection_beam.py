@@ -42,6 +42,7 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from pfdx.config import ColumnRoles, PipelineConfig, SelectionConfig
+from pfdx.features import contract
 from pfdx.features import selection as eq
 from pfdx.features import selection_policy as policy
 from pfdx.features import selection_report as report
@@ -54,16 +55,18 @@ _TABLES, _COUNTS = "tables", "counts"
 _ROWS = ("rows", "")
 
 
-def feature_types(roles: ColumnRoles) -> dict[str, int]:
-    """The columns the job reads, with their types in the ExampleGen data contract."""
-    types = {name: schema_pb2.INT for name in (roles.label, roles.click) if name is not None}
-    types.update((name, schema_pb2.FLOAT) for name in roles.privileged)
-    return types
+def feature_kinds(roles: ColumnRoles) -> dict[str, contract.Kind]:
+    """The columns the job reads (the click too: a raw log's TFRecord holds it), in
+    their stored kinds (`features/contract.py`)."""
+    data_contract = contract.DataContract(roles)
+    return {name: data_contract.kind(name)
+            for name in (roles.label, roles.click, *roles.privileged) if name is not None}
 
 
 def check_schema(schema: schema_pb2.Schema, roles: ColumnRoles, where: str) -> None:
     """Fails early when a schema (SchemaGen's) types a column against the contract."""
-    wanted = feature_types(roles)
+    wanted = {name: schema_pb2.FeatureType.Value(kind.schema_type)
+              for name, kind in feature_kinds(roles).items()}
     for feature in schema.feature:
         if feature.name in wanted and feature.type != wanted[feature.name]:
             raise ValueError(f"{where}: feature {feature.name!r} is "
@@ -75,8 +78,8 @@ def decode_examples(records, roles: ColumnRoles,
                     source: str) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
     """Serialized tf.Examples (a list or a string tensor) -> (labels 0/1, {candidate:
     float64 values, NaN where absent}, unclicked rows skipped), clicked rows only."""
-    spec = {name: tf.io.VarLenFeature(tf.int64 if kind == schema_pb2.INT else tf.float32)
-            for name, kind in feature_types(roles).items()}
+    spec = {name: tf.io.VarLenFeature(tf.as_dtype(kind.dtype))
+            for name, kind in feature_kinds(roles).items()}
     try:
         parsed = tf.io.parse_example(records, spec)
     except tf.errors.InvalidArgumentError as e:

@@ -10,13 +10,15 @@ Every model input is an int64 id in [0, vocab) (models.layers.FeatureEmbeddings)
   in the Transform artifact and travel into the served SavedModel;
 - regular numeric: quantile buckets (`tft.bucketize`), missing -> an extra id;
 - privileged: the selection artifact's discretisation — continuous z >= threshold
-  -> 1, discrete flag -> 0/1, OR-groups combined — missing -> 2. Their outputs are
-  named with PRIVILEGED_PREFIX so the Trainer can split the two sides by name.
+  -> 1, discrete flag -> 0/1, OR-groups combined — missing -> 2, named by
+  `contract.privileged_flag` so the Trainer can split the two sides by name.
   A continuous one is also emitted as `privileged_buckets` quantile buckets of its
-  value (missing -> an extra id) under QUANTILE_PREFIX: the teacher reads one of
-  the two encodings (`model.privileged_encoding`, `privileged_vocab`).
-Labels pass through as int64: the conversion, and in impression space (TAML / UKD)
-the click.
+  value (missing -> an extra id), named by `contract.privileged_quantiles`: the
+  teacher reads one of the two encodings (`model.privileged_encoding`,
+  `privileged_vocab`).
+Labels pass through as int64 (`DataContract.labels`): the conversion, and in
+impression space (TAML / UKD) the click.
+The raw features it reads and the names it gives: `features/contract.py`.
 
 The serving graph needs regular features only: each output depends on its own raw
 column(s), and TFT prunes the graph to the outputs whose inputs are given.
@@ -29,8 +31,8 @@ import pfdx  # noqa: F401  (Keras flag before TensorFlow)
 import tensorflow as tf
 import tensorflow_transform as tft
 
-PRIVILEGED_PREFIX = "privileged__"
-QUANTILE_PREFIX = "privileged_q__"
+from pfdx.features import contract
+
 PRIVILEGED_VOCAB = 3  # 0, 1, missing
 VOCABULARY_PREFIX = "vocabulary__"
 
@@ -40,7 +42,7 @@ def regular_config(config) -> dict[str, Any]:
     roles = config.data.columns
     return {
         "label": roles.label,
-        "click": roles.click if config.space == "impression" else None,
+        "click": contract.DataContract.from_config(config).click_label,
         "regular_categorical": list(roles.regular_categorical),
         "regular_numeric": list(roles.regular_numeric),
         "categorical_encoding": config.model.categorical_encoding,
@@ -86,8 +88,11 @@ def privileged_vocab(transformed_names, encoding: str, buckets: int) -> dict[str
     with `quantiles` its quantile buckets in place of the flag where it has them."""
     names = set(transformed_names)
     vocab = {}
-    for name in sorted(n for n in names if n.startswith(PRIVILEGED_PREFIX)):
-        quantile = QUANTILE_PREFIX + name[len(PRIVILEGED_PREFIX):]
+    for name in sorted(names):
+        feature = contract.flagged_feature(name)
+        if feature is None:
+            continue
+        quantile = contract.privileged_quantiles(feature)
         if encoding == "quantiles" and quantile in names:
             vocab[quantile] = buckets + 1
         else:
@@ -147,10 +152,10 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
     for name in custom_config["regular_numeric"]:
         outputs[name] = _quantile_ids(inputs[name], custom_config["numeric_buckets"])
     for name, spec in custom_config["privileged"].items():
-        outputs[PRIVILEGED_PREFIX + name] = _privileged_flag(inputs, spec)
+        outputs[contract.privileged_flag(name)] = _privileged_flag(inputs, spec)
         (first, *others) = spec["members"]
         if not others and first in spec["thresholds"]:  # a continuous signal
-            outputs[QUANTILE_PREFIX + name] = _quantile_ids(
+            outputs[contract.privileged_quantiles(name)] = _quantile_ids(
                 inputs[first], custom_config["privileged_buckets"])
     for label in (custom_config["label"], custom_config["click"]):
         if label is not None:
