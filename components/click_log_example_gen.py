@@ -3,8 +3,8 @@
 A FileBasedExampleGen with its own Beam executor, so it keeps TFX's file
 fingerprinting (a changed log is a new input; an unchanged one is served from
 cache) and Examples artifact, and adds what CVR training needs:
-- types from the config's column roles, not guessed from the first rows
-  (a numeric user id stays a categorical string);
+- types from the config's column roles (the data contract, `features/contract.py`),
+  not guessed from the first rows (a numeric user id stays a categorical string);
 - click space: only clicked impressions become examples; impression space (the
   TAML / UKD strategies): every impression does, with its click label;
 - train / validation / eval splits by time or by hash (`components/splits.py`);
@@ -54,6 +54,7 @@ from tfx.utils import proto_utils
 
 from pfdx.components import log_rows, splits as splits_lib
 from pfdx.components.splits import SPLITS
+from pfdx.features import contract
 
 DEAD_LETTER_DIR = "dead_letter"
 COUNTS_FILE = "row_counts.json"
@@ -113,7 +114,7 @@ def _num_spans(exec_properties: Mapping[str, Any], data: Mapping[str, Any]) -> i
 
 
 def make_custom_config(data_config: dict[str, Any],
-                       space: str = "click") -> example_gen_pb2.CustomConfig:
+                       space: str = contract.CLICK) -> example_gen_pb2.CustomConfig:
     """Packs the pipeline's `data` config section and the example space ("click" or
     "impression", `PipelineConfig.space`) into ExampleGen's CustomConfig."""
     struct = struct_pb2.Struct()
@@ -303,7 +304,7 @@ class Executor(BaseExampleGenExecutor):
                              f"data.file_pattern={data['file_pattern']!r}{_not_read(counts)}")
         if counts["read"] > 0 and _not_read(counts):
             logging.warning("%s%s", source, _not_read(counts))
-        check_rows(counts, data, data[_SPACE_KEY] == "impression", source,
+        check_rows(counts, data, data[_SPACE_KEY] == contract.IMPRESSION, source,
                    lambda: _first_dead_rows(examples.uri))
         check_splits(counts, data, _read_time_range(examples.uri))
 
@@ -518,7 +519,7 @@ class ClickLogExampleGen(FileBasedExampleGen):
     DRIVER_CLASS = Driver
 
     def __init__(self, input_base: str, data_config: dict[str, Any], pattern: str = "*",
-                 space: str = "click",
+                 space: str = contract.CLICK,
                  num_spans: int | data_types.RuntimeParameter | None = None):
         if num_spans is None:
             num_spans = int(data_config.get("spans", {}).get("num_spans", 1))

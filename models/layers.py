@@ -57,8 +57,10 @@ class SmeLU(tf.keras.layers.Layer):
 class FeatureIds(tf.keras.layers.Layer):
     """Feature dict -> {name: int64 ids of shape [B]} for the features in `vocab_sizes`.
 
-    Input contract (what the pipeline's Transform emits): each feature is an int64
-    tensor of shape [B] or [B, 1] with ids in [0, vocab_sizes[name]). A tf.string
+    Input: the Transform's outputs, named as the data contract says
+    (`features/contract.py`: a regular feature by its column, a privileged one by
+    `privileged_flag` / `privileged_quantiles`), each an int64 tensor of shape [B]
+    or [B, 1] with ids in [0, vocab_sizes[name]). A tf.string
     feature is hashed into vocab_sizes[name] bins instead (appendix A's hash
     mapping). Keys not in `vocab_sizes` are ignored, so the teacher's and the
     student's sides can read the same dict.

@@ -1,6 +1,7 @@
 """Export of the student as a TF Serving SavedModel: signatures and warm-up records.
 
-Signatures (inputs are regular features only; the TFT graph is applied inside):
+Signatures (inputs are the data contract's serving inputs, `DataContract.serving_inputs`
+in `features/contract.py`: regular features only; the TFT graph is applied inside):
 - ``serving_default``: ``examples`` = serialized tf.Example -> ``cvr`` probability
   (and ``ctr`` for a TAML / UKD student exported with `model.serve_ctr`). Each
   feature may come in any tf.Example type, as the log held it (an int64 `weekday`,
@@ -52,9 +53,9 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 def serving_feature_spec(tf_transform_output: tft.TFTransformOutput,
                          regular_features: Iterable[str]
                          ) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
-    """Parsing spec of the regular raw features: the raw schema's own spec, so the TFT
-    graph gets at serving the tensor kinds it gets in training and maps a missing
-    value as training does. A feature that may be absent (a VarLenFeature: SchemaGen's
+    """Parsing spec of the serving inputs `regular_features` (`DataContract.serving_inputs`):
+    the raw schema's own spec, so the TFT graph gets at serving the tensor kinds it gets
+    in training and maps a missing value as training does. A feature that may be absent (a VarLenFeature: SchemaGen's
     for a feature some examples lack, every one in `pfdx compare`'s raw schema) is a
     SparseTensor with no entry for a missing value; a fixed-length one (present in
     every training example) parses a missing value as its default, or "" / 0 when it

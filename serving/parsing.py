@@ -1,7 +1,8 @@
 """A tf.Example parser for serving that takes each feature in whichever type it was logged.
 
 Why: ExampleGen (`components/log_rows.py`) stores every regular categorical as text
-(`bytes_list`) and every regular numeric as `float_list`, so the Transform's raw
+(`bytes_list`) and every regular numeric as `float_list` (the data contract,
+`features/contract.py`: `SERVING_KINDS`), so the Transform's raw
 schema and `tf.io.parse_example` insist on those types. An ad server that builds its
 tf.Example from a logged row as the log holds it sends other types: a KuaiRand-like
 `weekday` or `hour` is int64 in Parquet and TFRecord and is read as int64 from CSV by
@@ -74,10 +75,12 @@ from typing import Mapping, Union
 
 import tensorflow as tf
 
+from pfdx.features import contract
+
 # A decimal number as text: what float() reads from a CSV cell, less inf / nan (which
 # ExampleGen quarantines) and Python's digit separators.
 NUMBER = r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*"
-SUPPORTED = (tf.string, tf.float32)
+SUPPORTED = tuple(tf.as_dtype(kind.dtype) for kind in contract.SERVING_KINDS)
 _INT64_BOUND = 2.0 ** 63
 _NO_SUCH_FEATURE = "\x00pfdx: a key no tf.Example holds"
 
