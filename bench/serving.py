@@ -1,6 +1,7 @@
 """Serving cost of the exported student vs the teacher it learned from, in-process.
 
     python bench/serving.py [--requests 300] [--batch 512] [--hash-buckets N]
+                            [--pushed DIR] [--config pipeline/configs/simulated.yaml]
 
 Builds one trained-shape joint model (the default ModelConfig, the simulated log's
 regular features and the paper's 10 privileged features, ids as the Transform
@@ -10,6 +11,11 @@ privileged embeddings and the teacher tower) — loads each back and times its
 signature: latency at batch 1 (p50/p99 over --requests calls) and throughput at
 --batch. Both models skip parsing and the TFT graph (identical for both), so the
 figures compare the networks themselves. Prints both and the teacher/student ratios.
+
+Then the student a pipeline run pushed (`make run` first; --pushed, default the
+newest version under --config's serving folder), end to end as TF Serving calls it:
+its size on disk and `serving_default` on serialized tf.Examples -- parsing, the
+TFT graph and the network -- with the run's own warm-up requests as the examples.
 """
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ import numpy as np  # noqa: E402
 import pfdx  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
-from pfdx.config import ModelConfig  # noqa: E402
+from pfdx.config import ModelConfig, load_config  # noqa: E402
+from pfdx.serving.export import EXAMPLES_INPUT, WARMUP_FILE  # noqa: E402
 from pfdx.models.model import build_model  # noqa: E402
 from train_step import batch, vocabularies  # noqa: E402
 
@@ -56,23 +63,31 @@ def exported(config: ModelConfig, workdir: str):
     return (student_fn, list(regular)), (teacher_fn, list({**regular, **privileged}))
 
 
-def timings(fn, names, requests: int, batch_size: int, seed: int = 0) -> dict[str, float]:
-    regular, privileged = vocabularies(ModelConfig())
-    feats, _ = batch(regular, privileged, max(batch_size, 1), seed)
+def id_timings(fn, names, config: ModelConfig, requests: int, batch_size: int,
+               seed: int = 0) -> dict[str, float]:
+    """`timings` of a signature on transformed ids of `config`'s tables."""
+    feats, _ = batch(*vocabularies(config), max(batch_size, 1), seed)
     one = {n: feats[n][:1] for n in names}
     big = {n: feats[n][:batch_size] for n in names}
+    return timings(lambda: fn(**one)["cvr"].numpy(), lambda: fn(**big)["cvr"].numpy(),
+                   requests, batch_size)
+
+
+def timings(call_one, call_batch, requests: int, batch_size: int) -> dict[str, float]:
+    """Latency of `call_one` (one example: p50 / p99 over `requests` calls) and the
+    throughput of `call_batch` (`batch_size` examples)."""
     for _ in range(20):  # warm-up: first calls build kernels and caches
-        fn(**one)["cvr"].numpy()
+        call_one()
     lat = []
     for _ in range(requests):
         t = time.perf_counter()
-        fn(**one)["cvr"].numpy()
+        call_one()
         lat.append(time.perf_counter() - t)
-    fn(**big)["cvr"].numpy()
+    call_batch()
     rounds = max(3, requests // 30)
     t = time.perf_counter()
     for _ in range(rounds):
-        fn(**big)["cvr"].numpy()
+        call_batch()
     per_batch = (time.perf_counter() - t) / rounds
     ms = np.array(lat) * 1e3
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
@@ -84,6 +99,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--hash-buckets", type=int, default=ModelConfig.hash_buckets)
+    parser.add_argument("--pushed", help="a pushed student's version folder (default: the "
+                        "newest under --config's serving folder)")
+    parser.add_argument("--config", default="pipeline/configs/simulated.yaml")
     args = parser.parse_args()
     config = dataclasses.replace(ModelConfig(), hash_buckets=args.hash_buckets)
     with tempfile.TemporaryDirectory() as workdir:
@@ -94,8 +112,8 @@ def main() -> None:
         # Interleaved rounds, so a burst of load elsewhere hits both alike.
         rounds = {"student": [], "teacher": []}
         for r in range(3):
-            rounds["student"].append(timings(s_fn, s_names, args.requests, args.batch, r))
-            rounds["teacher"].append(timings(t_fn, t_names, args.requests, args.batch, r))
+            rounds["student"].append(id_timings(s_fn, s_names, config, args.requests, args.batch, r))
+            rounds["teacher"].append(id_timings(t_fn, t_names, config, args.requests, args.batch, r))
     print(f"strategy {config.strategy}, hash_buckets {config.hash_buckets}, "
           f"{len(s_names)} regular / {len(t_names) - len(s_names)} privileged features")
     med = {k: {m: float(np.median([r[m] for r in v])) for m in v[0]} for k, v in rounds.items()}
@@ -109,6 +127,47 @@ def main() -> None:
     print(f"teacher/student: p50 x{t['p50_ms'] / s['p50_ms']:.2f}, p99 x{t['p99_ms'] / s['p99_ms']:.2f}, "
           f"throughput x{t['examples_per_s'] / s['examples_per_s']:.2f} "
           f"(median of 3 interleaved rounds)")
+    pushed = args.pushed or newest_version(load_config(args.config).serving_dir)
+    if pushed is None:
+        print(f"no pushed student under {load_config(args.config).serving_dir}: `make run` "
+              "first, or pass --pushed")
+    else:
+        end_to_end(pushed, args.requests, args.batch)
+
+
+def newest_version(serving_dir: str) -> str | None:
+    """The newest TF Serving version folder (the Pusher names them by time) under
+    `serving_dir`, or None."""
+    if not os.path.isdir(serving_dir):
+        return None
+    versions = sorted((d for d in os.listdir(serving_dir) if d.isdigit()), key=int)
+    return os.path.join(serving_dir, versions[-1]) if versions else None
+
+
+def warmup_examples(export_dir: str) -> list[bytes]:
+    """The serialized tf.Examples of the export's largest warm-up request."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    requests = [prediction_log_pb2.PredictionLog.FromString(r.numpy()).predict_log.request
+                for r in tf.data.TFRecordDataset(os.path.join(export_dir, WARMUP_FILE))]
+    return max((list(r.inputs[EXAMPLES_INPUT].string_val) for r in requests), key=len)
+
+
+def end_to_end(export_dir: str, requests: int, batch_size: int) -> None:
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(export_dir)
+               for f in fs) / 2**20
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    examples = warmup_examples(export_dir)
+    one = tf.constant(examples[:1])
+    big = tf.constant((examples * (batch_size // len(examples) + 1))[:batch_size])
+    rounds = [timings(lambda: serve(examples=one)["cvr"].numpy(),
+                      lambda: serve(examples=big)["cvr"].numpy(), requests, batch_size)
+              for _ in range(3)]
+    m = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
+    print(f"\npushed student {export_dir} through serving_default (tf.Example parsing + "
+          f"TFT graph + network; median of 3 rounds):")
+    print(f"size {size:.1f} MB, p50 {m['p50_ms']:.3f} ms, p99 {m['p99_ms']:.3f} ms (batch 1), "
+          f"{m['examples_per_s']:.0f} examples/s (batch {batch_size})")
 
 
 if __name__ == "__main__":
