@@ -21,7 +21,8 @@ def raw_schema(config: PipelineConfig):
 
     from pfdx.features.contract import DataContract
 
-    return schema_utils.schema_from_feature_spec(DataContract.from_config(config).raw_feature_spec())
+    spec = DataContract.from_config(config).raw_feature_spec()
+    return schema_utils.schema_from_feature_spec(spec)
 
 
 def select_features(config: PipelineConfig, window: Window, out_dir: str) -> dict[str, Any]:

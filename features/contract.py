@@ -74,7 +74,9 @@ def privileged_quantiles(feature: str) -> str:
 
 def flagged_feature(transformed: str) -> str | None:
     """The selected privileged feature whose flag `transformed` is, else None."""
-    return transformed[len(PRIVILEGED_PREFIX):] if transformed.startswith(PRIVILEGED_PREFIX) else None
+    if not transformed.startswith(PRIVILEGED_PREFIX):
+        return None
+    return transformed[len(PRIVILEGED_PREFIX):]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,13 +55,13 @@ def serving_feature_spec(tf_transform_output: tft.TFTransformOutput,
                          ) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
     """Parsing spec of the serving inputs `regular_features` (`DataContract.serving_inputs`):
     the raw schema's own spec, so the TFT graph gets at serving the tensor kinds it gets
-    in training and maps a missing value as training does. A feature that may be absent (a VarLenFeature: SchemaGen's
-    for a feature some examples lack, every one in `pfdx compare`'s raw schema) is a
-    SparseTensor with no entry for a missing value; a fixed-length one (present in
-    every training example) parses a missing value as its default, or "" / 0 when it
-    has none (as an ad server may omit a field). `serving_default` parses with
-    `parsing.parse_examples` on these specs, which gives what `tf.io.parse_example`
-    gives for canonically typed examples."""
+    in training and maps a missing value as training does. A feature that may be absent
+    (a VarLenFeature: SchemaGen's for a feature some examples lack, every one in
+    `pfdx compare`'s raw schema) is a SparseTensor with no entry for a missing value; a
+    fixed-length one (present in every training example) parses a missing value as its
+    default, or "" / 0 when it has none (as an ad server may omit a field).
+    `serving_default` parses with `parsing.parse_examples` on these specs, which gives
+    what `tf.io.parse_example` gives for canonically typed examples."""
     raw = tf_transform_output.raw_feature_spec()
     return {name: parsing.column_spec(name, raw[name]) for name in regular_features}
 
