@@ -4,10 +4,16 @@ Reads what the run recorded — TFMA metrics per slice and the calibration plot 
 student, the Trainer's teacher/student metrics (and UKD's teacher Trainer's),
 ExampleGen's row counts and the blessing — and writes `report.md`, `metrics.json` and `reliability.png`.
 
+History: each report's artifact carries, as the MLMD custom property `history`, the
+span, AUC, ECE, blessing and warm start of the last HISTORY_RUNS runs; the next run
+gets the previous report from MLMD (a resolver, pipeline/dag.py), appends its own
+row and plots them (`history.png`).
+
 No `from __future__ import annotations` here: TFX 1.16 reads a @component's
 annotations as objects and rejects the string "None" as a return type.
 """
 
+import datetime
 import json
 import os
 
@@ -15,6 +21,9 @@ from tfx import v1 as tfx
 from tfx.types import artifact
 
 _ROW_KEYS = ("read", "used", "unclicked", "quarantined", "empty_files")
+# Runs the history shows: two weeks of daily runs.
+HISTORY_RUNS = 14
+HISTORY_PROPERTY = "history"
 
 
 class EvaluationReportArtifact(artifact.Artifact):
@@ -103,6 +112,60 @@ def _plot(buckets, path: str) -> None:
     plt.close(fig)
 
 
+def _span_label(span: int, pattern: str) -> str:
+    """A date span (days since 1970-01-01, `{YYYY}-{MM}-{DD}` patterns) as its date."""
+    if span and "{YYYY}" in pattern:
+        return (datetime.date(1970, 1, 1) + datetime.timedelta(days=span)).isoformat()
+    return str(span)
+
+
+def history(previous_rows: list, examples, table: list, blessed: bool, training: dict) -> list:
+    """The previous report's rows plus this run's (eval split, overall): at most
+    HISTORY_RUNS, oldest first."""
+    overall = next((r for r in table if r["slice"] == "overall"), {})
+    # ExampleGen records the span as a custom property (MLMD), as TFX's own does.
+    span = examples.get_int_custom_property("span")
+    row = {"span": _span_label(span, examples.get_string_custom_property("span_pattern")),
+           "auc": overall.get("auc"), "ece": overall.get("expected_calibration_error"),
+           "blessed": blessed,
+           "warm_start": bool(training.get("warm_start", {}).get("warm"))}
+    return (list(previous_rows) + [row])[-HISTORY_RUNS:]
+
+
+def _plot_history(rows: list, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(6, 4), sharex=True)
+    x = range(len(rows))
+    for ax, key, name in zip(axes, ("auc", "ece"), ("AUC", "ECE")):
+        ax.plot(x, [r[key] if r[key] is not None else float("nan") for r in rows], "o-")
+        ax.set_ylabel(name)
+    axes[1].set_xticks(list(x))
+    axes[1].set_xticklabels([r["span"] + (" (w)" if r["warm_start"] else "") for r in rows],
+                            rotation=45, ha="right", fontsize=7)
+    axes[0].set_title("Student on each run's eval split (w: warm start)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _history_section(rows: list, warm: dict | None) -> list:
+    lines = ["## Continuous training", ""]
+    if warm is not None:
+        steps = ", ".join(f"{name} {s['before']} -> {s['after']}"
+                          for name, s in sorted(warm["steps"].items()))
+        lines += [f"Warm start: {warm['reason']}.",
+                  f"Optimizer steps (restored -> after this run): {steps}.", ""]
+    lines += ["| span | AUC | ECE | blessed | warm start |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['span']} | {_cell(r, 'auc')} | {_cell(r, 'ece')} | "
+              f"{'yes' if r['blessed'] else 'no'} | {'yes' if r['warm_start'] else 'no'} |"
+              for r in rows]
+    return lines + ["", "![history](history.png)", ""]
+
+
 _SIDE_COLUMNS = (("AUC", "student_auc"), ("ECE", "student_ece"),
                  ("ECE before calibration", "uncalibrated_student_ece"), ("MCE", "student_mce"),
                  ("pred avg", "student_pred_avg"), ("label avg", "label_avg"),
@@ -150,6 +213,8 @@ def EvaluationReport(
     # UKD's teacher Trainer: how good the pseudo-labels the student learnt from were.
     # (TFX 1.16: an optional input is `InputArtifact[T] = None`, not Optional[...].)
     teacher_run: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelRun] = None,
+    # The previous run's report (None on a first run): its `history` property.
+    previous: tfx.dsl.components.InputArtifact[EvaluationReportArtifact] = None,
 ) -> None:
     import tensorflow_model_analysis as tfma
 
@@ -169,8 +234,14 @@ def EvaluationReport(
     failures = [] if blessed else _blessing_failures(evaluation.uri)
     buckets = _calibration_buckets(result)
 
+    before = json.loads(previous.get_string_custom_property(HISTORY_PROPERTY) or "[]"
+                        ) if previous is not None else []
+    rows = history(before, examples, table, blessed, training)
+    report.set_string_custom_property(HISTORY_PROPERTY, json.dumps(rows))
+
     os.makedirs(report.uri, exist_ok=True)
     _plot(buckets, os.path.join(report.uri, "reliability.png"))
+    _plot_history(rows, os.path.join(report.uri, "history.png"))
     summary = {"blessed": blessed, "blessing_failures": failures, "rows": counts,
                "trainer_eval": training, "tfma": table}
     if teacher is not None:
@@ -199,7 +270,8 @@ def EvaluationReport(
     for row in table:
         lines.append("| " + " | ".join(
             row["slice"] if c == "slice" else (f"{row[c]:.5f}" if c in row else "-") for c in cols) + " |")
-    lines += ["", *_shipping_section(training)]
+    lines += ["", *_shipping_section(training),
+              *_history_section(rows, training.get("warm_start"))]
     for title, values in (("Shipped student and teacher (Trainer, eval split)", training),
                           ("UKD's click-adaptive teacher (its Trainer, eval split)", teacher)):
         if values is None:

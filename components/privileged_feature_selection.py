@@ -6,6 +6,14 @@ artifact: `selection.json` (per candidate threshold, gap, MI in nats, rank,
 chosen or dropped and why, exact or bucketed, support, missing count; the final
 feature list and OR-groups) and `mi.png`. The Transform reads it with
 `load_selection`. Only the train split is read, so the choice never sees eval rows.
+
+Continuous training: given the `base_model` a run warm-starts from, the selection
+that model's teacher was trained on is carried over (nothing is read; the result
+says `carried_over_from`, MLMD `carried_over`) as long as the policy (`selection.*`,
+the candidate columns) is unchanged. Refitted on each span, Eq. 8's thresholds
+(exact data values) would move every day, and a teacher whose inputs change meaning
+cannot continue (models/warm_start.py). A changed policy, a forced cold start or a
+first run fits it afresh.
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ from tfx.utils import io_utils
 
 from pfdx.config import PipelineConfig, from_dict
 from pfdx.features import selection_beam, selection_report
+from pfdx.features import selection_policy as policy
+from pfdx.models import warm_start
 from pfdx.features.selection_report import load_selection  # noqa: F401  (the consumers' reader)
 
 SELECTION_KEY = "selection"
@@ -48,6 +58,8 @@ class PrivilegedFeatureSelectionSpec(types.ComponentSpec):
         specs.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
         # Optional: when given, column types are checked against it before reading.
         specs.SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema, optional=True),
+        # Optional: the model a warm start continues, whose selection is carried over.
+        specs.BASE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
     }
     OUTPUTS = {
         SELECTION_KEY: ChannelParameter(type=PrivilegedFeatureSelectionResult),
@@ -65,14 +77,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             schema_file = io_utils.get_only_uri_in_dir(schema_uri)
             selection_beam.check_schema(io_utils.SchemaReader().read(schema_file), roles,
                                         schema_file)
-        examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
-        split_uri = artifact_utils.get_split_uri([examples], TRAIN_SPLIT)
-        make_tfxio = tfxio_utils.get_tfxio_factory_from_artifact([examples],
-                                                                 selection_beam.TELEMETRY)
         result_artifact = artifact_utils.get_single_instance(output_dict[SELECTION_KEY])
-        result = selection_beam.run_job(
-            self._make_beam_pipeline(), make_tfxio(io_utils.all_files_pattern(split_uri)),
-            config.selection, roles, result_artifact.uri, split_uri)
+        base = input_dict.get(specs.BASE_MODEL_KEY)
+        result = carried_over(base[0].uri, config) if base else None
+        result_artifact.set_int_custom_property("carried_over", int(result is not None))
+        if result is None:
+            examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
+            split_uri = artifact_utils.get_split_uri([examples], TRAIN_SPLIT)
+            make_tfxio = tfxio_utils.get_tfxio_factory_from_artifact([examples],
+                                                                     selection_beam.TELEMETRY)
+            result = selection_beam.run_job(
+                self._make_beam_pipeline(), make_tfxio(io_utils.all_files_pattern(split_uri)),
+                config.selection, roles, result_artifact.uri, split_uri)
         selection_report.write_report(
             result, os.path.join(result_artifact.uri, selection_report.SELECTION_FILE),
             os.path.join(result_artifact.uri, selection_report.CHART_FILE))
@@ -82,6 +98,16 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         result_artifact.set_int_custom_property("clicked_rows", result["rows"]["clicked"])
 
 
+def carried_over(base_model_uri: str, config: PipelineConfig) -> dict[str, Any] | None:
+    """The selection saved with the base model, when its policy is this run's (None:
+    fit afresh)."""
+    base = warm_start.base_selection(base_model_uri)
+    if base is None or base["policy"] != policy.policy_record(config.selection,
+                                                              config.data.columns):
+        return None
+    return {**base, "carried_over_from": base_model_uri}
+
+
 class PrivilegedFeatureSelection(base_beam_component.BaseBeamComponent):
     """Selects the teacher's privileged features; output `selection`."""
 
@@ -89,9 +115,10 @@ class PrivilegedFeatureSelection(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, examples: types.BaseChannel, config: PipelineConfig,
-                 schema: types.BaseChannel | None = None):
+                 schema: types.BaseChannel | None = None,
+                 base_model: types.BaseChannel | None = None):
         super().__init__(spec=PrivilegedFeatureSelectionSpec(
-            examples=examples, schema=schema,
+            examples=examples, schema=schema, base_model=base_model,
             selection_config=json.dumps(config.to_dict()["selection"], sort_keys=True),
             column_roles=json.dumps(config.to_dict()["data"]["columns"], sort_keys=True),
             selection=types.Channel(type=PrivilegedFeatureSelectionResult)))

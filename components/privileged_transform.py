@@ -7,17 +7,21 @@ PrivilegedFeatureSelection has run. This component is Transform's own spec plus 
 the custom_config and hands over to the stock Transform executor — so lineage
 records that the transform graph depends on the selection.
 
-Its one output is the transform graph. The stock spec's `transformed_examples` is
-not declared: TFX 1.16 materializes the transformed data whenever that output
-exists (`transform/executor.py`), and nothing would read it -- the Trainer and
-`pfdx compare` apply the graph's TFT layer to the raw examples in tf.data
-(models/training.py `transformed_dataset`).
+Its one output is the transform graph, with a copy of the selection it applied
+(`selection.json`): the Trainer keeps it beside its joint models, so the next run
+can tell whether the teacher's inputs still mean the same (models/warm_start.py).
+The stock spec's `transformed_examples` is not declared: TFX 1.16 materializes the
+transformed data whenever that output exists (`transform/executor.py`), and nothing
+would read it -- the Trainer and `pfdx compare` apply the graph's TFT layer to the
+raw examples in tf.data (models/training.py `transformed_dataset`).
 """
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
+import tensorflow as tf
 from tfx import types
 from tfx.components.transform import executor as transform_executor
 from tfx.dsl.components.base import base_beam_component, executor_spec
@@ -27,7 +31,7 @@ from tfx.utils import json_utils
 
 from pfdx.components.privileged_feature_selection import (PrivilegedFeatureSelectionResult,
                                                           load_selection)
-from pfdx.features import transform
+from pfdx.features import selection_report, transform
 
 SELECTION_KEY = "selection"
 _PREPROCESSING_FN = "pfdx.features.transform.preprocessing_fn"
@@ -60,6 +64,9 @@ class Executor(transform_executor.Executor):
         custom["privileged"] = transform.privileged_config(load_selection(selection_artifact.uri))
         props = dict(exec_properties, **{specs.CUSTOM_CONFIG_KEY: json_utils.dumps(custom)})
         super().Do(input_dict, output_dict, props)
+        (graph,) = output_dict[specs.TRANSFORM_GRAPH_KEY]
+        tf.io.gfile.copy(os.path.join(selection_artifact.uri, selection_report.SELECTION_FILE),
+                         os.path.join(graph.uri, selection_report.SELECTION_FILE), overwrite=True)
 
 
 class PrivilegedTransform(base_beam_component.BaseBeamComponent):

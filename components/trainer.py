@@ -5,7 +5,9 @@ raw examples of the train / validation / eval splits -> `models/champion.py` (th
 strategy tuned on validation and the student alone, each a `models/training.py` fit
 with early stopping and calibration; the baseline gate picks the shipped one; the
 same code `pfdx compare` trains with) plus checkpoints and TensorBoard ->
-training_metrics.json -> student export.
+training_metrics.json -> student export, and beside it the joint models a next run
+warm-starts from. With a `base_model` (the last blessed run's, pipeline/dag.py) the
+models start from its joint models (models/warm_start.py).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from tfx import v1 as tfx
 
 from pfdx.config import ConfigError, PipelineConfig, from_dict
 from pfdx.components import resume, splits
-from pfdx.models import champion, training
+from pfdx.features import selection_report
+from pfdx.models import champion, training, warm_start
 from pfdx.models.distributed import distribution_strategy
 from pfdx.serving import export
 
@@ -95,17 +98,36 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             resume.backup_and_restore(fn_args, name),
         ]
 
+    tokens = warm_start.vocabulary_tokens(tf_transform_output,
+                                          config.data.columns.regular_categorical)
+    # The selection the Transform applied (components/privileged_transform.py).
+    selection = os.path.join(fn_args.transform_output, selection_report.SELECTION_FILE)
+    plan = warm_start.plan(fn_args.base_model, fn_args.train_files,
+                           selection_report.load_selection(selection)
+                           if tf.io.gfile.exists(selection) else None)
+    logging.info("warm start: %s", plan.reason)
+    restorer = warm_start.Restorer(plan, tokens, strategy)
     fitter = training.Fitter(
         tf_transform_output, fn_args.data_accessor.tf_dataset_factory,
         training.Splits(fn_args.train_files, validation_files, eval_files), strategy, callbacks,
-        pseudo_label_column=fn_args.custom_config.get(PSEUDO_LABEL_COLUMN_KEY))
+        pseudo_label_column=fn_args.custom_config.get(PSEUDO_LABEL_COLUMN_KEY),
+        initialize=restorer)
     if config.space == "click":
         _, privileged = training.vocabularies(config, tf_transform_output)
-        winner = champion.train_champion(config, fitter, bool(privileged), logging.info)
+        winner = champion.train_champion(config, fitter, bool(privileged), logging.info,
+                                         plan.params)
         result, metrics = winner.shipped, winner.metrics()
+        trained = {name: (side.final.model, side.tuning.best.params)
+                   for name, side in winner.trained().items()}
     else:  # TAML / UKD: see models/champion.py
         result = fitter.fit_and_evaluate(config, config.model.strategy)
         metrics = result.metrics
+        trained = {config.model.strategy: (result.model, {})}
+    metrics["warm_start"] = restorer.summary(trained)
+    joint_dir = warm_start.model_dir(fn_args.serving_model_dir)
+    for name, (model, params) in trained.items():
+        warm_start.save(joint_dir, name, model, params, fn_args.train_files)
+    warm_start.save_inputs(joint_dir, tokens, selection)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True, default=float)
 

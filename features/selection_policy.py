@@ -272,15 +272,20 @@ def select(stats: SelectionStats, selection: SelectionConfig, roles: ColumnRoles
         "label": roles.label,
         "rows": {"clicked": stats.rows, "conversions": stats.conversions,
                  "unclicked_skipped": stats.unclicked},
-        "policy": {**_plain(dataclasses.asdict(selection)),
-                   "privileged_continuous": list(roles.privileged_continuous),
-                   "privileged_discrete": list(roles.privileged_discrete)},
+        "policy": policy_record(selection, roles),
         "features": features,
         "selected": selected,
         "or_groups": or_groups,
         "thresholds": {c.name: c.threshold for c in stats.candidates
                        if c.kind == CONTINUOUS and c.threshold is not None},
     }
+
+
+def policy_record(selection: SelectionConfig, roles: ColumnRoles) -> dict[str, Any]:
+    """The result's `policy`: the selection config and the candidate roles used."""
+    return {**_plain(dataclasses.asdict(selection)),
+            "privileged_continuous": list(roles.privileged_continuous),
+            "privileged_discrete": list(roles.privileged_discrete)}
 
 
 def _plain(value: Any) -> Any:

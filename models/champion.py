@@ -11,12 +11,18 @@ against the last blessed model and the absolute thresholds (pipeline/evaluation.
 
 Impression-space strategies (TAML, UKD) train once at their configured values: a
 tuned grid over every impression is many times the cost of a click-space run.
+
+A warm-started run (models/warm_start.py) does not re-tune a side its base run saved:
+that side trains once at the values the base chose (`base_params`), from the base's
+weights; the values decide the model's shape (privileged encoding, shared tables),
+so other values could not start from those weights. A side the base did not save
+is tuned and starts cold. The gate then judges both sides as in any run.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pfdx.config import EvaluationConfig, PipelineConfig
 from pfdx.models import tuning
@@ -77,6 +83,11 @@ class Champion:
         side = self.distilled if self.decision.shipped == DISTILLED else self.baseline
         return side.final
 
+    def trained(self) -> dict[str, Side]:
+        """Strategy -> the side trained for it (what a warm start can continue)."""
+        sides = [self.baseline] + ([self.distilled] if self.distilled is not None else [])
+        return {side.final.model.config.strategy: side for side in sides}
+
     def metrics(self) -> dict[str, Any]:
         """training_metrics.json: the shipped student's metrics at top level (eval
         split; the teacher's too when there is one), then each side's metrics, tuning
@@ -93,16 +104,24 @@ class Champion:
 
 
 def train_champion(config: PipelineConfig, fitter: Any, privileged_inputs: bool,
-                   log: Callable[[str], None] = lambda _: None) -> Champion:
+                   log: Callable[[str], None] = lambda _: None,
+                   base_params: Mapping[str, dict[str, Any]] = {}) -> Champion:
     """Tunes the configured strategy and the student alone with `fitter.fit(config,
     name)` on the validation split, makes each side's best into its final model with
     `fitter.finish(config, fitted, name)` (models/training.py `Fitter`), then gates on
-    eval. `privileged_inputs`: whether any privileged feature survived selection."""
+    eval. `privileged_inputs`: whether any privileged feature survived selection.
+    `base_params`: strategy -> the values a warm start's base run chose (not tuned)."""
 
     def side(side_config: PipelineConfig) -> Side:
         name = side_config.model.strategy
-        outcome = tuning.tune(side_config, lambda c, trial: fitter.fit(c, f"{name}-{trial}"),
-                              lambda line: log(f"{name}: {line}"))
+
+        def train(c: PipelineConfig, trial: str) -> Any:
+            return fitter.fit(c, f"{name}-{trial}")
+
+        if name in base_params:
+            outcome = tuning.reuse(side_config, base_params[name], train)
+        else:
+            outcome = tuning.tune(side_config, train, lambda line: log(f"{name}: {line}"))
         final = fitter.finish(side_config.with_model(**outcome.best.params),
                               outcome.best_result, f"{name}-final")
         return Side(outcome, final)

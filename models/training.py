@@ -318,13 +318,17 @@ class Fitter:
     UKD's student needs its teacher's CVR: a raw column of the examples
     (`pseudo_label_column`) or the served student of a trained `ukd_teacher` model
     (`teacher`). `callbacks(name)` gives each training its own (TensorBoard, backup).
+    `initialize(config, model, train_batches)` sees every model built before it
+    trains (the warm start, models/warm_start.py `Restorer`).
     """
 
     def __init__(self, tf_transform_output: tft.TFTransformOutput, factory: DatasetFactory,
                  splits: Splits, strategy: tf.distribute.Strategy | None = None,
                  callbacks: Callable[[str], Sequence[tf.keras.callbacks.Callback]] = lambda _: (),
                  verbose: int = 2, pseudo_label_column: str | None = None,
-                 teacher: tf.keras.Model | None = None):
+                 teacher: tf.keras.Model | None = None,
+                 initialize: Callable[[PipelineConfig, JointModel, tf.data.Dataset], None]
+                 | None = None):
         self.tf_transform_output = tf_transform_output
         self.factory = factory
         self.splits = splits
@@ -333,6 +337,7 @@ class Fitter:
         self.verbose = verbose
         self.pseudo_label_column = pseudo_label_column
         self.teacher = teacher
+        self.initialize = initialize
 
     def _dataset(self, config: PipelineConfig, files, shuffle: bool, keep_truth: bool = False):
         ds = transformed_dataset(self.factory, files, self.tf_transform_output, config, shuffle,
@@ -353,7 +358,10 @@ class Fitter:
         tf.keras.utils.set_random_seed(m.seed)
         regular_vocab, privileged_vocab = vocabularies(config, self.tf_transform_output)
         with self.strategy.scope():
-            return build_model(m, regular_vocab, privileged_vocab)
+            model = build_model(m, regular_vocab, privileged_vocab)
+        if self.initialize is not None:
+            self.initialize(config, model, self._dataset(config, self.splits.train, shuffle=False))
+        return model
 
     def predict(self, config: PipelineConfig, model: JointModel, files) -> Predictions:
         """`model`'s probabilities over `files` (any examples the Transform's raw schema

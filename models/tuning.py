@@ -166,6 +166,16 @@ def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
     return Outcome(best[0], best[1], trials)
 
 
+def reuse(config: PipelineConfig, params: dict[str, Any],
+          train: Callable[[PipelineConfig, str], Any]) -> Outcome:
+    """No tuning: one candidate at `params` (a warm start keeps the values its base
+    run chose, models/champion.py), as an Outcome of one trial."""
+    start = time.perf_counter()
+    result = train(config.with_model(**params), "warm")
+    trial = Trial(dict(params), dict(result.metrics), time.perf_counter() - start)
+    return Outcome(trial, result, [trial])
+
+
 def _best(pairs: list[tuple[Trial, Any]], score: Callable[[Trial], float]):
     """The pair with the highest score; NaN never wins over a number (None: empty)."""
     best = None

@@ -499,6 +499,19 @@ class CompareConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class WarmStartConfig:
+    """Continuous training (docs/pipeline.md): with span placeholders in
+    data.file_pattern, each run continues the last blessed run's joint models
+    (teacher, student, mapping nets, optimizer state) on its new span, at the values
+    that run chose, and keeps its privileged selection. Without span placeholders every
+    run reads the whole folder and starts cold."""
+
+    # false: a cold start on every run (fresh weights, per-run tuning, the selection
+    # refitted); set it for one run to re-tune.
+    enabled: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     data: DataConfig = DataConfig()
     selection: SelectionConfig = SelectionConfig()
@@ -508,6 +521,7 @@ class PipelineConfig:
     kubeflow: KubeflowConfig = KubeflowConfig()
     tuning: TuningConfig = TuningConfig()
     compare: CompareConfig = CompareConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
 
     def validate(self) -> "PipelineConfig":
         self.data.validate()
@@ -546,6 +560,11 @@ class PipelineConfig:
             raise ConfigError(f"model.taml_activation: {m.taml_activation!r} is not one of "
                               "smelu, relu")
         return self
+
+    @property
+    def warm_starts(self) -> bool:
+        """Whether runs continue the last blessed run (`warm_start`, with spans)."""
+        return self.warm_start.enabled and span_specs(self.data.file_pattern) is not None
 
     @property
     def space(self) -> str:

@@ -12,7 +12,7 @@ from tfx import v1 as tfx
 
 from pfdx.components import splits
 from pfdx.components.click_log_example_gen import ClickLogExampleGen
-from pfdx.components.evaluation_report import EvaluationReport
+from pfdx.components.evaluation_report import EvaluationReport, EvaluationReportArtifact
 from pfdx.components.privileged_feature_selection import PrivilegedFeatureSelection
 from pfdx.components.privileged_transform import PrivilegedTransform
 from pfdx.components.trainer import trainer_custom_config
@@ -57,7 +57,16 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str,
                           anomalies=example_validator.outputs["anomalies"],
                           baseline=last_validated.outputs["schema"],
                           allow_anomalies=config.runner.allow_anomalies)
-    selection = PrivilegedFeatureSelection(examples=examples, config=config)
+    # The last blessed model: the Evaluator's baseline and, with warm start
+    # (`PipelineConfig.warm_starts`), what selection and the Trainer continue.
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    base_model = baseline.outputs["model"] if config.warm_starts else None
+    selection = PrivilegedFeatureSelection(examples=examples, config=config,
+                                           base_model=base_model)
     transform_ = PrivilegedTransform(examples=examples, schema=schema_gen.outputs["schema"],
                                      selection=selection.outputs["selection"],
                                      regular_config=transform.regular_config(config))
@@ -67,10 +76,11 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str,
     for consumer in (selection, transform_):
         consumer.add_upstream_node(gate)
 
-    def make_trainer(trainer_config: PipelineConfig, train_examples, **kwargs):
+    def make_trainer(trainer_config: PipelineConfig, train_examples, base=None, **kwargs):
         return tfx.components.Trainer(
             run_fn=f"{TRAINER_MODULE}.run_fn",
             examples=train_examples,
+            base_model=base,
             train_args=tfx.proto.TrainArgs(splits=[splits.TRAIN]),
             # Early stopping, tuning, the baseline gate and calibration read the
             # validation split; the eval split is held out for the final metrics.
@@ -93,27 +103,31 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str,
                         output_key=OUTPUT_KEY, output_column=PSEUDO_LABEL_COLUMN)]))]))
         teacher_steps = [teacher, pseudo_labels]
         teacher_run = {"teacher_run": teacher.outputs["model_run"]}
-        trainer = make_trainer(config, pseudo_labels.outputs["output_examples"],
+        trainer = make_trainer(config, pseudo_labels.outputs["output_examples"], base_model,
                                pseudo_label_column=PSEUDO_LABEL_COLUMN)
     else:
-        trainer = make_trainer(config, examples)
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+        trainer = make_trainer(config, examples, base_model)
     evaluator = tfx.components.Evaluator(
         examples=examples, model=trainer.outputs["model"], example_splits=[splits.EVAL],
         baseline_model=baseline.outputs["model"], eval_config=eval_config(config))
+    # The previous run's report (none on a first run): the history it carries on.
+    last_report = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        report=tfx.dsl.Channel(type=EvaluationReportArtifact,
+                               producer_component_id=EvaluationReport.__name__,
+                               output_key="report"),
+    ).with_id("latest_report_resolver")
     report = EvaluationReport(evaluation=evaluator.outputs["evaluation"],
                               model_run=trainer.outputs["model_run"], examples=examples,
-                              blessing=evaluator.outputs["blessing"], **teacher_run)
+                              blessing=evaluator.outputs["blessing"],
+                              previous=last_report.outputs["report"], **teacher_run)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)))
     return [example_gen, statistics_gen, schema_gen, example_validator, last_validated, gate,
-            selection, transform_, *teacher_steps, trainer, baseline, evaluator, report, pusher]
+            baseline, selection, transform_, *teacher_steps, trainer, evaluator, last_report,
+            report, pusher]
 
 
 def create_pipeline(config: PipelineConfig, input_base: str, pipeline_root: str,

@@ -59,10 +59,10 @@ def test_pipeline_run_records_artifacts_and_reuses_cache(tmp_path):
     rerun = {next(c.name.rsplit(".", 1)[1] for c in s.get_contexts_by_execution(e.id)
                   if c.type_id == node_type): e.last_known_state
              for e in s.get_executions()[executions_before:]}
-    # ... but the resolvers, which query MLMD afresh, and the validation gate, whose
-    # baseline is the previous run's output (pipeline/dag.py).
+    # ... but the resolvers, which query MLMD afresh, and the validation gate and the
+    # report, whose baseline / history is the previous run's output (pipeline/dag.py).
     every_run = {"latest_validated_schema_resolver", "ValidationGate",
-                 "latest_blessed_model_resolver"}
+                 "latest_blessed_model_resolver", "latest_report_resolver", "EvaluationReport"}
     if first["blessed"]:  # the Evaluator's baseline is now the first run's model
         every_run |= {"Evaluator", "EvaluationReport", "Pusher"}
     cached = {n: state for n, state in rerun.items() if n not in every_run}
