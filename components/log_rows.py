@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import math
 import re
@@ -31,6 +32,7 @@ from google.protobuf import message
 from pfdx.features import contract
 
 USED, UNCLICKED, QUARANTINED = "used", "unclicked", "quarantined"
+STATUSES = (USED, UNCLICKED, QUARANTINED)
 
 
 class Example(NamedTuple):
@@ -84,13 +86,14 @@ class RowSchema:
                    non_negative=tuple(non_negative), impressions=space == contract.IMPRESSION,
                    kinds={name: f.kind for name, f in data_contract.example_features.items()})
 
-    @property
+    # Cached: the converter reads both for every cell of every row.
+    @functools.cached_property
     def required(self) -> tuple[str, ...]:
         optional = (self.click, self.time, self.truth)
         return tuple(c for c in (self.label, *optional, *self.categorical, *self.numeric)
                      if c is not None)
 
-    @property
+    @functools.cached_property
     def known(self) -> frozenset[str]:
         return frozenset(self.required) | frozenset(self.ignore)
 
@@ -282,13 +285,14 @@ def read_rows(path: str, stream: io.BufferedIOBase, fmt: str, separator: str,
     records show them, so the set is complete once the rows are read."""
     header_unknown, records = read_file(path, stream, fmt, separator, schema)
     unknown = set(header_unknown)
+    known = schema.known
 
     def rows() -> Iterator[Row]:
         for number, record in records:
             if isinstance(record, str):
                 yield Row(number, QUARANTINED, record, None)
                 continue
-            unknown.update(c for c in record if c not in schema.known)
+            unknown.update(c for c in record if c not in known)
             yield Row(number, *row_to_example(schema, record), record)
 
     return unknown, rows()

@@ -143,8 +143,9 @@ def _parse(path: str, fmt: str):
             used.append(out)
         elif out.tag == "dead":
             dead.append(json.loads(out.value))
-        else:
-            counts[out.value] += 1
+        else:  # counted per file: (key, n)
+            key, n = out.value
+            counts[key] += n
     return used, dead, counts
 
 
