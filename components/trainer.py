@@ -24,7 +24,7 @@ from tfx import v1 as tfx
 from pfdx.config import ConfigError, PipelineConfig, from_dict
 from pfdx.components import resume, splits
 from pfdx.features import selection_report
-from pfdx.models import champion, training, warm_start
+from pfdx.models import champion, registry, training, warm_start
 from pfdx.models.distributed import distribution_strategy
 from pfdx.serving import export
 
@@ -75,9 +75,10 @@ def _config(fn_args: tfx.components.FnArgs) -> PipelineConfig:
     compiled = from_dict(fn_args.custom_config[PIPELINE_CONFIG_KEY])
     overrides = [f"model.{k}={json.dumps(v)}" for k, v in (fn_args.hyperparameters or {}).items()]
     config = from_dict(fn_args.custom_config[PIPELINE_CONFIG_KEY], overrides)
-    # The examples and the DAG's shape (UKD's teacher steps) were fixed at compile time.
-    if (config.space, config.model.strategy == "ukd") != (
-            compiled.space, compiled.model.strategy == "ukd"):
+    # The examples and the DAG's shape (a teacher stage) were fixed at compile time.
+    run, built = ((c.space, registry.STRATEGIES[c.model.strategy].teacher_stage)
+                  for c in (config, compiled))
+    if run != built:
         raise ConfigError(
             f"run parameter strategy={config.model.strategy!r} needs another pipeline than "
             f"the one compiled for {compiled.model.strategy!r} (impression-space examples or "
@@ -112,7 +113,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         training.Splits(fn_args.train_files, validation_files, eval_files), strategy, callbacks,
         pseudo_label_column=fn_args.custom_config.get(PSEUDO_LABEL_COLUMN_KEY),
         initialize=restorer)
-    if config.space == "click":
+    if config.space == registry.CLICK:
         _, privileged = training.vocabularies(config, tf_transform_output)
         winner = champion.train_champion(config, fitter, bool(privileged), logging.info,
                                          plan.params)

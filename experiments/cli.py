@@ -7,7 +7,8 @@ import json
 import os
 from typing import Callable
 
-from pfdx.config import IMPRESSION_SPACE_STRATEGIES, STRATEGY_NAMES, ConfigError
+from pfdx.config import ConfigError
+from pfdx.models.registry import CLICK, IMPRESSION, STRATEGIES, names
 
 
 def add_cli_parser(subparsers: argparse._SubParsersAction,
@@ -20,12 +21,13 @@ def add_cli_parser(subparsers: argparse._SubParsersAction,
                    help="the raw impression log in data.format: a folder (files matching "
                         "data.file_pattern), a file or a glob")
     p.add_argument("--out", help="output folder (default: <runner.output_root>/compare)")
-    click_space = [n for n in STRATEGY_NAMES if n not in IMPRESSION_SPACE_STRATEGIES]
+    staged = "; ".join(f"{n} brings its {s.teacher_stage}" for n, s in STRATEGIES.items()
+                       if s.teacher_stage is not None)
     p.add_argument("--strategies", help="comma-separated strategy names (sets "
                    "compare.strategies; default: every click-space strategy: "
-                   f"{', '.join(click_space)}). The impression-space ones "
-                   f"({', '.join(IMPRESSION_SPACE_STRATEGIES)}) train on every impression, "
-                   "much slower, so only when named; ukd brings its ukd_teacher")
+                   f"{', '.join(names(CLICK))}). The impression-space ones "
+                   f"({', '.join(names(IMPRESSION))}) train on every impression, "
+                   f"much slower, so only when named; {staged}")
     p.add_argument("--seeds", type=int, help="runs per strategy (sets compare.seeds)")
     p.add_argument("--grid", action="append", default=[], metavar="[STRATEGY:]FIELD=V1,V2",
                    help="the per-run tuning grid, e.g. --grid lam=1,10 or --grid "

@@ -14,6 +14,7 @@ from pfdx.config import PipelineConfig
 from pfdx.experiments import preprocessing, reports, runs as training_runs, windows as log_windows
 from pfdx.experiments.strategies import IMPRESSION, space_of, strategies
 from pfdx.experiments.windows import TRAIN
+from pfdx.models.registry import STRATEGIES
 
 WORK_DIR = "work"  # the windows' examples, selection and Transform: rebuilt every run
 
@@ -22,8 +23,6 @@ def run(config: PipelineConfig, data: str, out: str,
         log: Callable[[str], None] = functools.partial(print, flush=True)) -> dict[str, Any]:
     """The whole comparison; returns what compare.json holds."""
     import tensorflow as tf
-
-    from pfdx.models.strategies import READS_PRIVILEGED
 
     start = time.perf_counter()
     names = strategies(config)
@@ -47,7 +46,7 @@ def run(config: PipelineConfig, data: str, out: str,
     log(f"selection and Transform ({', '.join(spaces)} space) fitted on the train window; "
         f"privileged features: {', '.join(selection['selected']) or 'none'} "
         f"[{time.perf_counter() - start:.0f}s]")
-    skipped = [] if selection["selected"] else [n for n in names if n in READS_PRIVILEGED]
+    skipped = [] if selection["selected"] else [n for n in names if STRATEGIES[n].reads_privileged]
     if skipped:
         log(f"no privileged feature survived selection: nothing to distil, so "
             f"{', '.join(skipped)} are skipped")

@@ -4,11 +4,12 @@ Trainer's own `models/training.py` `Fitter` on the TRAIN / VALIDATION / TEST win
 its test predictions saved.
 
 Impression-space strategies train at their configured values, as in the Trainer.
-`ukd` needs a trained `ukd_teacher`: per seed the teacher trains first, and its
-served student pseudo-labels the `ukd` student's batches in memory (`teacher=`); both
-are reported (the teacher is a CVR model in its own right). `ukd`'s time excludes its
-teacher's. When impression windows exist, click-space runs are also scored over every
-test impression (`impression_*`), through their own Transform.
+A strategy with a teacher stage (`ukd`) needs it trained (`ukd_teacher`): per seed
+the teacher trains first, and its served student pseudo-labels the student's batches
+in memory (`teacher=`); both are reported (the teacher is a CVR model in its own
+right). The student's time excludes its teacher's. When impression windows exist,
+click-space runs are also scored over every test impression (`impression_*`), through
+their own Transform.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from pfdx.config import PipelineConfig
-from pfdx.experiments.strategies import CLICK, IMPRESSION, UKD, UKD_TEACHER, run_order, space_of
+from pfdx.experiments.strategies import CLICK, IMPRESSION, run_order, space_of, teacher_stage
 from pfdx.experiments.windows import TEST, TRAIN, VALIDATION, Window, dataset_factory
 from pfdx.reports.tables import number
 
@@ -27,9 +28,9 @@ PREDICTIONS_DIR = "predictions"
 
 def fitter(config: PipelineConfig, tf_transform_output, windows: dict[str, Window],
            teacher=None):
-    """The Trainer's `Fitter` on the TRAIN / VALIDATION / TEST windows (UKD's
-    student: pseudo-labels from `teacher`, a trained `ukd_teacher`'s served student,
-    in memory)."""
+    """The Trainer's `Fitter` on the TRAIN / VALIDATION / TEST windows (a strategy
+    with a teacher stage: pseudo-labels from `teacher`, its trained stage's served
+    student, in memory)."""
     from pfdx.models import training
     from pfdx.models.distributed import distribution_strategy
 
@@ -52,14 +53,17 @@ def train(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[
     bins = config.evaluation.calibration_bins
     runs, tuning_rows, chosen = [], [], {}
     order = run_order(names, [config.model.seed + k for k in range(config.compare.seeds)])
-    teachers: dict[int, tuple[Any, str]] = {}  # seed -> (ukd_teacher's student, its run)
+    # (teacher stage, seed) -> (its served student, its run's predictions)
+    teachers: dict[tuple[str, int], tuple[Any, str]] = {}
+    stages = {teacher_stage(n) for n in names}
     for i, (name, seed) in enumerate(order, start=1):
         space = space_of(name)
         run_config = config.with_model(strategy=name, seed=seed)
         if space == IMPRESSION:  # trained at their configured values, as in the Trainer
             run_config = dataclasses.replace(
                 run_config, tuning=dataclasses.replace(run_config.tuning, enabled=False))
-        teacher, teacher_run = teachers.pop(seed) if name == UKD else (None, None)
+        stage = teacher_stage(name)
+        teacher, teacher_run = teachers.pop((stage, seed)) if stage else (None, None)
         fit = fitter(run_config, tft_output[space], windows[space], teacher)
         tf.keras.backend.clear_session()  # drop the previous run's graphs and variables
         # s / run: the chosen point's fit and finish (not the other tuning trials).
@@ -85,8 +89,8 @@ def train(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[
         runs.append({"strategy": name, "seed": seed, "params": chosen[name], "seconds": seconds,
                      "predictions": os.path.relpath(path, out), "teacher_run": teacher_run,
                      **result.metrics})
-        if name == UKD_TEACHER and UKD in names:
-            teachers[seed] = (result.model.student_model(), runs[-1]["predictions"])
+        if name in stages:
+            teachers[(name, seed)] = (result.model.student_model(), runs[-1]["predictions"])
         del result, teacher
         log(_progress(f"[{i:>{len(str(len(order)))}}/{len(order)}] {name:<15} seed {seed}",
                       runs[-1], seconds) + f"  [{time.perf_counter() - start:.0f}s]")

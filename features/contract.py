@@ -22,8 +22,8 @@ import dataclasses
 from typing import Any, Mapping
 
 from pfdx.config import ColumnRoles
-
-CLICK, IMPRESSION = "click", "impression"  # the example spaces (PipelineConfig.space)
+# The example spaces (PipelineConfig.space); each strategy declares its own there.
+from pfdx.models.registry import CLICK, IMPRESSION
 
 PRIVILEGED_PREFIX = "privileged__"  # a selected privileged feature's flag (HA-PFD Eq. 8)
 QUANTILE_PREFIX = "privileged_q__"  # a continuous one's quantile buckets

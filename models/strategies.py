@@ -15,13 +15,15 @@ impression and get the click (and pseudo-) labels as `side`.
 
 `STRATEGIES` maps `ModelConfig.strategy` names to factories
 `(config, privileged_vocab) -> Strategy`; the compound methods are sums of parts.
+What the code around the model knows of each (space, teacher stage, loss terms,
+hyperparameters) is declared TensorFlow-free in models/registry.py.
 Weights: the logit term (KD or focal) carries `lam` everywhere; Eq. 6's latent
 term carries `align_weight`; the baselines use appendix A's weights.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -34,6 +36,7 @@ from pfdx.models import losses
 from pfdx.models.distributed import gather_batch
 from pfdx.models.heads import CTR, head_key
 from pfdx.models.layers import FeatureIds, Tower
+from pfdx.models.registry import CLICK as CLICK_SPACE, IMPRESSION as IMPRESSION_SPACE
 
 # Keys of the labels dict of an impression-space batch (models/model.py).
 LABEL, CLICK, PSEUDO_LABEL = "label", "click", "pseudo_label"
@@ -66,7 +69,7 @@ class Strategy(tf.keras.layers.Layer):
 
     uses_teacher: bool = True
     owns_student_task: bool = False
-    space: str = "click"  # "impression": trains on every impression (see ModelConfig)
+    space: str = CLICK_SPACE  # IMPRESSION_SPACE: trains on every impression
 
     def __init__(self, config: ModelConfig, privileged_vocab: Mapping[str, int], **kwargs):
         super().__init__(**kwargs)
@@ -306,7 +309,7 @@ class _ImpressionNetwork(Strategy):
 
     uses_teacher = False
     owns_student_task = True
-    space = "impression"
+    space = IMPRESSION_SPACE
     network_factory: Callable[[ModelConfig], tf.keras.layers.Layer]
 
     def __init__(self, config, privileged_vocab, **kwargs):
@@ -369,7 +372,7 @@ class ClickAdaptiveTeacher(Strategy):
     `with_pseudo_labels`)."""
 
     uses_teacher = False
-    space = "impression"
+    space = IMPRESSION_SPACE
 
     def __init__(self, config, privileged_vocab, **kwargs):
         super().__init__(config, privileged_vocab, **kwargs)
@@ -439,7 +442,7 @@ class Combined(Strategy):
         self.parts = [part(config, privileged_vocab) for part in parts]
         self.uses_teacher = any(p.uses_teacher for p in self.parts)
         self.owns_student_task = any(p.owns_student_task for p in self.parts)
-        if any(p.space != "click" for p in self.parts):
+        if any(p.space != CLICK_SPACE for p in self.parts):
             raise ValueError("only click-space strategies combine")
         self._head_part = _one_of([p for p in self.parts if p.student_head is not None])
 
@@ -491,53 +494,6 @@ STRATEGIES: dict[str, Callable[[ModelConfig, Mapping[str, int]], Strategy]] = {
     "ukd_teacher": ClickAdaptiveTeacher,
     "ukd": UncertaintyDistillation,
 }
-
-
-# The ModelConfig fields weighting each strategy's own loss terms: per-run tuning
-# (models/tuning.py) varies these, and all of them at 0 is "no distillation".
-TERM_WEIGHTS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "mtl": ("mtl_weight",),
-    "kd": ("lam",),
-    "focal_v1": ("lam", "gamma"),
-    "focal_v2": ("lam", "gamma"),
-    "layer_align": ("align_weight",),
-    "kd_layer_align": ("align_weight", "lam"),
-    "ha_pfd_v1": ("align_weight", "lam", "gamma"),
-    "ha_pfd_v2": ("align_weight", "lam", "gamma"),
-    "review_kd": ("review_weight",),
-    "similarity_kd": ("similarity_weight",),
-    "adversarial_kd": ("adversarial_weight",),
-    "ektf": (),
-    "ha_pfd_v2_ektf": ("align_weight", "lam", "gamma"),
-    "taml": ("taml_alpha", "taml_beta"),
-    "ukd_teacher": ("ukd_reversal_scale",),
-    "ukd": ("ukd_pseudo_weight", "ukd_uncertainty_scale"),
-}
-# Strategies whose nets read the privileged inputs (a teacher, MTL's targets).
-READS_PRIVILEGED = frozenset(STRATEGIES) - {"none", "taml", "ukd_teacher", "ukd"}
-# 0 for a weight a strategy does not use is "off"; gamma is an exponent, not a weight.
-_NOT_A_WEIGHT = {"gamma"}
-
-
-def tuned_fields(strategy: str) -> tuple[str, ...]:
-    """What per-run tuning may vary for `strategy`: its term weights, the privileged
-    encoding (when it reads privileged inputs), whether a teacher shares the
-    student's embeddings, and the student's and teacher's learning rates."""
-    privileged = ("privileged_encoding",) * (strategy in READS_PRIVILEGED)
-    teacher = ("share_embeddings", "teacher_learning_rate") * (
-        strategy in READS_PRIVILEGED and strategy != "mtl")
-    return TERM_WEIGHTS[strategy] + privileged + teacher + ("learning_rate",)
-
-
-def no_distillation(strategy: str) -> dict[str, Any]:
-    """The point where nothing privileged reaches `strategy`'s student: every weight
-    of its terms 0 and, with a teacher, no shared embeddings (the student then
-    trains exactly as it would alone, beside an independent teacher)."""
-    point: dict[str, Any] = {f: 0.0 for f in TERM_WEIGHTS[strategy] if f not in _NOT_A_WEIGHT}
-    if "share_embeddings" in tuned_fields(strategy):
-        point["share_embeddings"] = False
-    return point
 
 
 def make_strategy(config: ModelConfig, privileged_vocab: Mapping[str, int]) -> Strategy:

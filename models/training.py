@@ -33,7 +33,7 @@ from tfx_bsl.public import tfxio
 
 from pfdx.config import ModelConfig, PipelineConfig
 from pfdx.features import transform
-from pfdx.models import best_epochs, calibration, impressions
+from pfdx.models import best_epochs, calibration, impressions, registry
 from pfdx.models import metrics as model_metrics
 from pfdx.models.heads import CTR
 from pfdx.models.model import JointModel, build_model
@@ -143,7 +143,7 @@ def transformed_dataset(factory: DatasetFactory, files: Sequence[str],
     `pseudo_label_column` as "pseudo_label")."""
     m = config.model
     label, click = config.data.columns.label, config.data.columns.click
-    impression = config.space == "impression"
+    impression = config.space == registry.IMPRESSION
     truth = truth_column(config, tf_transform_output) if keep_truth else None
     schema = tf_transform_output.raw_metadata.schema
     if pseudo_label_column is not None:
@@ -316,8 +316,9 @@ class Fitter:
     then it scores the eval split (the plain metric names, and `predictions`).
 
     UKD's student needs its teacher's CVR: a raw column of the examples
-    (`pseudo_label_column`) or the served student of a trained `ukd_teacher` model
-    (`teacher`). `callbacks(name)` gives each training its own (TensorBoard, backup).
+    (`pseudo_label_column`) or the served student of its trained teacher stage
+    (`teacher`; models/registry.py `teacher_stage`). `callbacks(name)` gives each
+    training its own (TensorBoard, backup).
     `initialize(config, model, train_batches)` sees every model built before it
     trains (the warm start, models/warm_start.py `Restorer`).
     """
@@ -345,16 +346,18 @@ class Fitter:
         return impressions.with_pseudo_labels(self.teacher, ds) if self.teacher is not None else ds
 
     def _train(self, config: PipelineConfig, files) -> tf.data.Dataset:
-        if config.model.strategy == "ukd_teacher":
+        if registry.STRATEGIES[config.model.strategy].samples_unclicked:
             return sampled_impressions(self._dataset(config, files, shuffle=False), config.model)
         return self._dataset(config, files, shuffle=True)
 
     def _build(self, config: PipelineConfig) -> JointModel:
         m = config.model
+        stage = registry.STRATEGIES[m.strategy].teacher_stage
         if (self.pseudo_label_column is not None) + (self.teacher is not None) != (
-                m.strategy == "ukd"):
+                stage is not None):
             raise ValueError(f"model.strategy {m.strategy!r}: the teacher's pseudo-labels come "
-                             "from exactly one of a column or a teacher model, for 'ukd' only")
+                             "from exactly one of a column or a teacher model, for a strategy "
+                             "with a teacher stage only")
         tf.keras.utils.set_random_seed(m.seed)
         regular_vocab, privileged_vocab = vocabularies(config, self.tf_transform_output)
         with self.strategy.scope():

@@ -19,7 +19,7 @@ A production run cannot assume the paper's regime (a teacher at AUC 0.97 that ma
 
 Each candidate trains on the train split with early stopping on the validation split
 (models/training.py `Fitter.fit`) and is scored there by `tuning.metric`; a strategy
-varies only what it reads (`strategies.tuned_fields`). Nothing here reads the eval
+varies only what it reads (models/registry.py `tuning_keys`). Nothing here reads the eval
 split. The Trainer (models/champion.py) and `pfdx compare` both call `tune`, then
 make the best candidate their final model (`Fitter.finish`).
 """
@@ -33,7 +33,7 @@ import time
 from typing import Any, Callable
 
 from pfdx.config import PipelineConfig
-from pfdx.models import strategies
+from pfdx.models import registry
 
 LOWER_IS_BETTER = {"student_ece", "student_mce"}
 
@@ -66,7 +66,7 @@ class Outcome:
 def grid_for(config: PipelineConfig, strategy: str) -> dict[str, tuple[Any, ...]]:
     """`tuning.grid` for `strategy`: shared entries, replaced by `strategy:field`
     ones, restricted to the fields the strategy reads."""
-    fields = strategies.tuned_fields(strategy)
+    fields = registry.STRATEGIES[strategy].tuning_keys
     grid = {k: v for k, v in config.tuning.grid.items() if ":" not in k}
     grid.update({k.split(":", 1)[1]: v for k, v in config.tuning.grid.items()
                  if k.split(":", 1)[0] == strategy and ":" in k})
@@ -84,7 +84,7 @@ def _distinct(points: list[dict[str, Any]], config: PipelineConfig,
               seen: set | None = None) -> list[dict[str, Any]]:
     """`points` without repeats of the values the strategy reads (nor of `seen`)."""
     m, seen = config.model, set() if seen is None else seen
-    fields = strategies.tuned_fields(m.strategy)
+    fields = registry.STRATEGIES[m.strategy].tuning_keys
     out = []
     for point in points:
         key = tuple(point.get(f, getattr(m, f)) for f in fields)
@@ -100,7 +100,7 @@ def setup_candidates(config: PipelineConfig) -> list[dict[str, Any]]:
     if not config.tuning.enabled:
         return [{}]
     grid = {f: v for f, v in grid_for(config, config.model.strategy).items() if f in SETUP_FIELDS}
-    base = strategies.no_distillation(config.model.strategy)
+    base = registry.STRATEGIES[config.model.strategy].no_distillation()
     return _distinct([{**base, **point} for point in _combinations(grid)], config)
 
 
@@ -108,7 +108,7 @@ def distillation_candidates(config: PipelineConfig, setup: dict[str, Any]) -> li
     """Stage 2 at the chosen `setup` point: the configured weights, then up to
     `tuning.max_trials` draws of the other grid fields; none that repeats `setup`."""
     m = config.model
-    if not config.tuning.enabled or not strategies.no_distillation(m.strategy):
+    if not config.tuning.enabled or not registry.STRATEGIES[m.strategy].no_distillation():
         return []  # nothing to weigh (`none`, EKTF's own heads)
     fixed = {f: v for f, v in setup.items() if f in SETUP_FIELDS}
     grid = {f: v for f, v in grid_for(config, m.strategy).items() if f not in SETUP_FIELDS}
@@ -145,7 +145,7 @@ def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
 
     setup = run(setup_candidates(config), "setup")
     lr = _best(setup, lambda t: t.score(metric))[0].params.get("learning_rate")
-    if "teacher_learning_rate" in strategies.tuned_fields(config.model.strategy):
+    if registry.STRATEGIES[config.model.strategy].tunes_teacher:
         # The teacher's best trial gives its learning rate and the encoding; the
         # student's at that encoding is the one at its own rate (no distillation and
         # no shared embeddings: the two sides did not interact). A tie keeps one rate.

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from pfdx.models import registry  # TensorFlow-free: names and spaces checked at load time
 from pfdx.simulator import scenarios as sim_scenarios
 from pfdx.simulator import schema as sim_schema
 
@@ -235,15 +236,6 @@ class SelectionConfig:
     quantile_buckets: int = 1_000
 
 
-# Strategies trained on all impressions (models/strategies.py: `space`).
-IMPRESSION_SPACE_STRATEGIES = ("taml", "ukd_teacher", "ukd")
-# The names of models/strategies.py's STRATEGIES: the config cannot import TensorFlow,
-# and an unknown name must fail at load time, not at the Trainer (a test keeps both equal).
-STRATEGY_NAMES = ("none", "mtl", "kd", "focal_v1", "focal_v2", "layer_align", "kd_layer_align",
-                  "ha_pfd_v1", "ha_pfd_v2", "review_kd", "similarity_kd", "adversarial_kd",
-                  "ektf", "ha_pfd_v2_ektf", *IMPRESSION_SPACE_STRATEGIES)
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     strategy: str = "ha_pfd_v2"
@@ -448,7 +440,7 @@ class TuningConfig:
     (the encoding whose teacher scores best), then the configured distillation
     weights and up to `max_trials` draws (seeded by model.seed) of the rest of
     `grid`; the no-distillation winner stays a candidate. A strategy varies only the
-    fields it reads (models/strategies.py `tuned_fields`)."""
+    fields it reads (models/registry.py `StrategySpec.tuning_keys`)."""
 
     enabled: bool = True
     # ModelConfig field -> values, for every strategy (`lam: [1, 10]`) or for one
@@ -488,7 +480,7 @@ class CompareConfig:
     the validation window as the Trainer does, see `tuning`), scored on a later test
     window: the pipeline's three splits (components/splits.py)."""
 
-    # Strategy names of models/strategies.py; empty: all that train on clicked rows.
+    # Strategy names of models/registry.py; empty: all that train on clicked rows.
     strategies: tuple[str, ...] = ()
     # Runs per strategy, seeded model.seed, model.seed + 1, ...
     seeds: int = 3
@@ -529,9 +521,9 @@ class PipelineConfig:
         self.tuning.validate()
         self.compare.validate()
         m = self.model
-        if m.strategy not in STRATEGY_NAMES:
+        if m.strategy not in registry.STRATEGIES:
             raise ConfigError(f"model.strategy: {m.strategy!r} is not one of "
-                              f"{', '.join(sorted(STRATEGY_NAMES))}")
+                              f"{', '.join(sorted(registry.STRATEGIES))}")
         if m.embedding_optimizer not in ("adam", "lazy_adam"):
             raise ConfigError(f"model.embedding_optimizer: {m.embedding_optimizer!r} is not "
                               "one of adam, lazy_adam")
@@ -550,7 +542,7 @@ class PipelineConfig:
             value = getattr(m, field)
             if value is not None and not value > 0.0:
                 raise ConfigError(f"model.{field}: {value} is not positive")
-        if self.space == "impression" and self.data.columns.click is None:
+        if self.space == registry.IMPRESSION and self.data.columns.click is None:
             raise ConfigError(f"model.strategy: {self.model.strategy!r} trains on every "
                               "impression and needs data.columns.click")
         rate = self.model.ukd_unclicked_rate
@@ -570,7 +562,7 @@ class PipelineConfig:
     def space(self) -> str:
         """`impression` (every row, with its click label) for the strategies that
         learn from unclicked impressions, else `click` (clicked rows only)."""
-        return "impression" if self.model.strategy in IMPRESSION_SPACE_STRATEGIES else "click"
+        return registry.STRATEGIES[self.model.strategy].space
 
     # Paths -------------------------------------------------------------
     def resolve(self, relative: str) -> str:

@@ -1,10 +1,11 @@
 """The one pfdx TFX pipeline definition, shared by every runner (local, Kubeflow).
 
 The example space follows the strategy (`PipelineConfig.space`): clicked rows, or
-every impression with its click label (TAML, UKD). UKD is a DAG variant: a first
-Trainer fits the click-adaptive teacher (`ukd_teacher`), TFX's BulkInferrer writes
-its served CVR into every example as PSEUDO_LABEL_COLUMN, and the main Trainer fits
-the student on those examples.
+every impression with its click label (TAML, UKD). A strategy with a teacher stage
+(models/registry.py `teacher_stage`: UKD) is a DAG variant: a first Trainer fits the
+stage (UKD's click-adaptive teacher), TFX's BulkInferrer writes its served CVR into
+every example as PSEUDO_LABEL_COLUMN, and the main Trainer fits the student on those
+examples.
 """
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ from pfdx.components.trainer import trainer_custom_config
 from pfdx.components.validation_gate import VALIDATED_KEY, ValidationGate
 from pfdx.config import PipelineConfig
 from pfdx.features import transform
+from pfdx.models import registry
 from pfdx.pipeline.evaluation import eval_config
 from pfdx.serving.export import OUTPUT_KEY
 
 TRAINER_MODULE = "pfdx.components.trainer"
-# The raw column BulkInferrer adds to the examples: UKD's teacher CVR.
+# The raw column BulkInferrer adds to the examples: the teacher stage's CVR.
 PSEUDO_LABEL_COLUMN = "pfdx_teacher_cvr"
+# The teacher stage's Trainer (UKD's is the only stage).
 UKD_TEACHER_TRAINER_ID = "UkdTeacherTrainer"
 
 
@@ -90,8 +93,9 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str,
             custom_config=trainer_custom_config(trainer_config, **kwargs))
 
     teacher_steps, teacher_run = [], {}
-    if config.model.strategy == "ukd":
-        teacher = make_trainer(config.with_model(strategy="ukd_teacher"), examples).with_id(
+    stage = registry.STRATEGIES[config.model.strategy].teacher_stage
+    if stage is not None:
+        teacher = make_trainer(config.with_model(strategy=stage), examples).with_id(
             UKD_TEACHER_TRAINER_ID)
         pseudo_labels = tfx.components.BulkInferrer(
             examples=examples, model=teacher.outputs["model"],

@@ -19,8 +19,8 @@ import pytest
 
 from sklearn.metrics import roc_auc_score
 
-from pfdx.config import STRATEGY_NAMES, ConfigError, load_config
-from pfdx.models import metrics
+from pfdx.config import ConfigError, load_config
+from pfdx.models import metrics, registry
 from pfdx.models.training import Predictions
 from pfdx.experiments import compare, reports, strategies
 from pfdx.pipeline import cli
@@ -378,7 +378,7 @@ def test_help_lists_every_strategy_name(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for name in STRATEGY_NAMES:
+    for name in registry.STRATEGIES:
         assert name in text, name
 
 

@@ -124,11 +124,3 @@ def test_ukd_dag_pseudo_labels_the_students_examples_with_its_teacher(tmp_path):
 def test_ukd_unclicked_rate_is_checked():
     with pytest.raises(ConfigError, match="model.ukd_unclicked_rate"):
         load_config(None, ["model.ukd_unclicked_rate=0"])
-
-
-def test_config_knows_every_strategy_name():
-    """Two homes (the config cannot import TensorFlow): keep them equal."""
-    from pfdx.config import STRATEGY_NAMES
-    from pfdx.models.strategies import STRATEGIES
-
-    assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)

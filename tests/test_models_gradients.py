@@ -14,14 +14,17 @@ import tensorflow as tf
 
 from pfdx.config import ModelConfig
 from pfdx.models.model import JointModel
-from pfdx.models.strategies import STRATEGIES
+from pfdx.models.registry import IMPRESSION
+from pfdx.models.registry import STRATEGIES as SPECS
+from pfdx.models.strategies import STRATEGIES, make_strategy
 
 REGULAR = {"user_id": 40, "bid": 9}
 PRIVILEGED = {"privileged__page_jump": 3, "privileged__duration": 3}
 TASKS = ("student_task", "teacher_task")
 # Multi-head and impression-space students own their supervised loss; they have
 # their own tests (test_models_ektf.py, test_models_taml.py, test_models_ukd.py).
-OWN_TESTS = {"ektf", "ha_pfd_v2_ektf", "taml", "ukd_teacher", "ukd"}
+OWN_TESTS = {n for n, spec in SPECS.items() if spec.space == IMPRESSION
+             or make_strategy(ModelConfig(strategy=n), PRIVILEGED).owns_student_task}
 
 
 def small_config(strategy: str, **overrides) -> ModelConfig:
@@ -75,21 +78,12 @@ def test_registry_holds_every_configured_method():
         JointModel(small_config("nope"), REGULAR, PRIVILEGED)
 
 
-EXPECTED_TERMS = {
-    "none": set(), "mtl": {"auxiliary"}, "kd": {"kd"}, "focal_v1": {"focal_v1"},
-    "focal_v2": {"focal_v2"}, "layer_align": {"layer_align"},
-    "kd_layer_align": {"layer_align", "kd"}, "ha_pfd_v1": {"layer_align", "focal_v1"},
-    "ha_pfd_v2": {"layer_align", "focal_v2"}, "review_kd": {"review"},
-    "similarity_kd": {"similarity"}, "adversarial_kd": {"discriminator", "adversarial"},
-}
-
-
 @pytest.mark.parametrize("strategy", sorted(set(STRATEGIES) - OWN_TESTS))
 def test_each_term_trains_only_its_side(strategy, batch):
     model = JointModel(small_config(strategy), REGULAR, PRIVILEGED)
     terms, moved = term_gradients(model, batch)
     student, tower, teacher, strategy_only = groups(model)
-    assert set(terms) - set(TASKS) == EXPECTED_TERMS[strategy]
+    assert set(terms) - set(TASKS) == SPECS[strategy].loss_terms
     assert model.has_teacher == (strategy not in ("none", "mtl"))
     assert all(t.shape == (32,) for t in terms.values())
 
@@ -105,7 +99,7 @@ def test_each_term_trains_only_its_side(strategy, batch):
     else:
         assert "teacher_task" not in terms
 
-    for term in EXPECTED_TERMS[strategy]:
+    for term in SPECS[strategy].loss_terms:
         assert not changes(term, teacher), f"{term} moved the teacher"
         if term == "discriminator":
             assert not changes(term, student)

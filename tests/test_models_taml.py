@@ -239,13 +239,3 @@ def test_config_puts_impression_strategies_in_impression_space():
     assert from_dict({"model": {"strategy": "ektf"}}).space == "click"
     with pytest.raises(ConfigError, match="needs data.columns.click"):
         from_dict({"model": {"strategy": "ukd"}, "data": {"columns": {"click": None}}})
-
-
-def test_config_and_strategies_agree_on_the_space():
-    """`space` has two homes (the config cannot import TensorFlow): keep them equal."""
-    from pfdx.config import IMPRESSION_SPACE_STRATEGIES
-    from pfdx.models.strategies import STRATEGIES, make_strategy
-
-    impression = {n for n in STRATEGIES
-                  if make_strategy(ModelConfig(strategy=n), PRIVILEGED).space == "impression"}
-    assert impression == set(IMPRESSION_SPACE_STRATEGIES)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from pfdx.config import EvaluationConfig, load_config
-from pfdx.models import champion, strategies, tuning
+from pfdx.models import champion, registry, strategies, tuning
 
 
 def _config(*overrides):
@@ -33,7 +33,7 @@ def test_distillation_stage_keeps_the_setup_and_starts_from_the_configured_weigh
     fixed = {"learning_rate": 0.025, "privileged_encoding": "quantiles"}
     assert points[0] == fixed and len(points) == 4
     assert all({k: p[k] for k in fixed} == fixed for p in points)
-    assert all(set(p) <= set(strategies.tuned_fields("ha_pfd_v2")) for p in points)
+    assert all(set(p) <= set(registry.STRATEGIES["ha_pfd_v2"].tuning_keys) for p in points)
     assert len({tuple(sorted(p.items())) for p in points}) == 4
     # No weights to tune: no second stage.
     assert tuning.distillation_candidates(_config("model.strategy=none"), {}) == []
@@ -53,9 +53,9 @@ def test_tuning_off_trains_the_configured_values_only():
 
 
 def test_every_strategy_declares_its_term_weights():
-    assert set(strategies.TERM_WEIGHTS) == set(strategies.STRATEGIES)
+    assert set(registry.STRATEGIES) == set(strategies.STRATEGIES)
     fields = set(load_config().model.__dataclass_fields__)
-    assert all(set(w) <= fields for w in strategies.TERM_WEIGHTS.values())
+    assert all(set(s.term_weights) <= fields for s in registry.STRATEGIES.values())
 
 
 def _fake_train(score):
