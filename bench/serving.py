@@ -112,8 +112,8 @@ def main() -> None:
         # Interleaved rounds, so a burst of load elsewhere hits both alike.
         rounds = {"student": [], "teacher": []}
         for r in range(3):
-            rounds["student"].append(id_timings(s_fn, s_names, config, args.requests, args.batch, r))
-            rounds["teacher"].append(id_timings(t_fn, t_names, config, args.requests, args.batch, r))
+            for name, fn, names in (("student", s_fn, s_names), ("teacher", t_fn, t_names)):
+                rounds[name].append(id_timings(fn, names, config, args.requests, args.batch, r))
     print(f"strategy {config.strategy}, hash_buckets {config.hash_buckets}, "
           f"{len(s_names)} regular / {len(t_names) - len(s_names)} privileged features")
     med = {k: {m: float(np.median([r[m] for r in v])) for m in v[0]} for k, v in rounds.items()}

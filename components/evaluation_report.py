@@ -20,6 +20,9 @@ import os
 from tfx import v1 as tfx
 from tfx.types import artifact
 
+from pfdx.reports import plots
+from pfdx.reports.tables import markdown_table, number
+
 _ROW_KEYS = ("read", "used", "unclicked", "quarantined", "empty_files")
 # Runs the history shows: two weeks of daily runs.
 HISTORY_RUNS = 14
@@ -89,29 +92,6 @@ def _blessing_failures(evaluation_uri: str) -> list[str]:
     return lines
 
 
-def _plot(buckets, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
-    if buckets:
-        pred, lab, w = zip(*buckets)
-        ax.plot(pred, lab, "o-", label="student")
-        top = max(max(pred), max(lab)) * 1.1
-        ax.set_xlim(0, top)
-        ax.set_ylim(0, top)
-    ax.set_xlabel("mean predicted CVR (bucket)")
-    ax.set_ylabel("observed conversion rate")
-    ax.set_title("Reliability diagram (eval split)")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _span_label(span: int, pattern: str) -> str:
     """A date span (days since 1970-01-01, `{YYYY}-{MM}-{DD}` patterns) as its date."""
     if span and "{YYYY}" in pattern:
@@ -132,26 +112,6 @@ def history(previous_rows: list, examples, table: list, blessed: bool, training:
     return (list(previous_rows) + [row])[-HISTORY_RUNS:]
 
 
-def _plot_history(rows: list, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 1, figsize=(6, 4), sharex=True)
-    x = range(len(rows))
-    for ax, key, name in zip(axes, ("auc", "ece"), ("AUC", "ECE")):
-        ax.plot(x, [r[key] if r[key] is not None else float("nan") for r in rows], "o-")
-        ax.set_ylabel(name)
-    axes[1].set_xticks(list(x))
-    axes[1].set_xticklabels([r["span"] + (" (w)" if r["warm_start"] else "") for r in rows],
-                            rotation=45, ha="right", fontsize=7)
-    axes[0].set_title("Student on each run's eval split (w: warm start)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _history_section(rows: list, warm: dict | None) -> list:
     lines = ["## Continuous training", ""]
     if warm is not None:
@@ -159,10 +119,10 @@ def _history_section(rows: list, warm: dict | None) -> list:
                           for name, s in sorted(warm["steps"].items()))
         lines += [f"Warm start: {warm['reason']}.",
                   f"Optimizer steps (restored -> after this run): {steps}.", ""]
-    lines += ["| span | AUC | ECE | blessed | warm start |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['span']} | {_cell(r, 'auc')} | {_cell(r, 'ece')} | "
-              f"{'yes' if r['blessed'] else 'no'} | {'yes' if r['warm_start'] else 'no'} |"
-              for r in rows]
+    lines.append(markdown_table(
+        ["span", "AUC", "ECE", "blessed", "warm start"],
+        [[r["span"], _cell(r, "auc"), _cell(r, "ece"), "yes" if r["blessed"] else "no",
+          "yes" if r["warm_start"] else "no"] for r in rows]))
     return lines + ["", "![history](history.png)", ""]
 
 
@@ -172,11 +132,9 @@ _SIDE_COLUMNS = (("AUC", "student_auc"), ("ECE", "student_ece"),
                  ("epochs", "refit_epochs"))
 
 
-def _cell(metrics: dict, key) -> str:
-    if isinstance(key, tuple):
-        return " / ".join(_cell(metrics, k) for k in key)
+def _cell(metrics: dict, key: str) -> str:
     value = metrics.get(key)
-    return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+    return number(value) if value is None or isinstance(value, float) else str(value)
 
 
 def _shipping_section(training: dict) -> list[str]:
@@ -187,17 +145,15 @@ def _shipping_section(training: dict) -> list[str]:
     sides = [("student alone (`none`)", training["student_alone"])]
     if "distilled" in training:
         sides.insert(0, ("distilled student", training["distilled"]))
+    rows = [["teacher", number(training["teacher_auc"])] + ["-"] * len(_SIDE_COLUMNS)
+            ] if "teacher_auc" in training else []
+    rows += [[name, *(_cell(side["metrics"], k) for _, k in _SIDE_COLUMNS),
+              json.dumps(side["chosen"], sort_keys=True) if side["chosen"] else "configured values"]
+             for name, side in sides]
     lines = ["## Which student ships", "",
              f"Shipped: **{training['shipped'].replace('_', ' ')}**: {training['ship_reason']}.",
-             "", "| model | " + " | ".join(c for c, _ in _SIDE_COLUMNS) + " | tuned values |",
-             "|" + " --- |" * (len(_SIDE_COLUMNS) + 2)]
-    if "teacher_auc" in training:
-        lines.append(f"| teacher | {training['teacher_auc']:.4f} |"
-                     + " - |" * (len(_SIDE_COLUMNS) + 0))
-    for name, side in sides:
-        lines.append(f"| {name} | " + " | ".join(_cell(side["metrics"], k) for _, k in _SIDE_COLUMNS)
-                     + f" | {json.dumps(side['chosen'], sort_keys=True) if side['chosen'] else 'configured values'} |")
-    lines += ["", "Each student's values were tuned on the validation split (every trial: "
+             "", markdown_table(["model", *(c for c, _ in _SIDE_COLUMNS), "tuned values"], rows),
+             "", "Each student's values were tuned on the validation split (every trial: "
               "`metrics.json`, trainer_eval); ECE is after the post-hoc calibration "
               "(evaluation.calibration).", ""]
     return lines
@@ -240,8 +196,17 @@ def EvaluationReport(
     report.set_string_custom_property(HISTORY_PROPERTY, json.dumps(rows))
 
     os.makedirs(report.uri, exist_ok=True)
-    _plot(buckets, os.path.join(report.uri, "reliability.png"))
-    _plot_history(rows, os.path.join(report.uri, "history.png"))
+    student = plots.Curve("student", [b[0] for b in buckets], [b[1] for b in buckets])
+    for name, png in (
+            ("reliability.png", plots.reliability_png(
+                [("observed conversion rate", [student])], "Reliability diagram (eval split)",
+                xlabel="mean predicted CVR (bucket)")),
+            ("history.png", plots.history_png(
+                [r["span"] + (" (w)" if r["warm_start"] else "") for r in rows],
+                {"AUC": [r["auc"] for r in rows], "ECE": [r["ece"] for r in rows]},
+                "Student on each run's eval split (w: warm start)"))):
+        with open(os.path.join(report.uri, name), "wb") as f:
+            f.write(png)
     summary = {"blessed": blessed, "blessing_failures": failures, "rows": counts,
                "trainer_eval": training, "tfma": table}
     if teacher is not None:
@@ -262,23 +227,20 @@ def EvaluationReport(
     lines = ["# pfdx run report", "",
              f"Blessed for push: **{'yes' if blessed else 'no'}**", "",
              *(f"- {line}" for line in failures), *([""] if failures else []),
-             "## Rows", "", "| " + " | ".join(_ROW_KEYS) + " |",
-             "|" + " --- |" * len(_ROW_KEYS),
-             "| " + " | ".join(str(counts.get(k, 0)) for k in _ROW_KEYS) + " |", "",
+             "## Rows", "",
+             markdown_table(_ROW_KEYS, [[str(counts.get(k, 0)) for k in _ROW_KEYS]]), "",
              "## Student on the eval split (TFMA, exported SavedModel)", "",
-             "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    for row in table:
-        lines.append("| " + " | ".join(
-            row["slice"] if c == "slice" else (f"{row[c]:.5f}" if c in row else "-") for c in cols) + " |")
+             markdown_table(cols, [[row["slice"], *(number(row.get(c), 5) for c in cols[1:])]
+                                   for row in table])]
     lines += ["", *_shipping_section(training),
               *_history_section(rows, training.get("warm_start"))]
     for title, values in (("Shipped student and teacher (Trainer, eval split)", training),
                           ("UKD's click-adaptive teacher (its Trainer, eval split)", teacher)):
         if values is None:
             continue
-        lines += ["", f"## {title}", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.5f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                  for k, v in sorted(values.items()) if not isinstance(v, dict)]
+        lines += ["", f"## {title}", "", markdown_table(
+            ["metric", "value"], [[k, number(v, 5) if isinstance(v, float) else str(v)]
+                                  for k, v in sorted(values.items()) if not isinstance(v, dict)])]
     lines += ["", "![reliability diagram](reliability.png)", ""]
     with open(os.path.join(report.uri, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

@@ -42,7 +42,8 @@ def regular_config(config) -> dict[str, Any]:
     roles = config.data.columns
     return {
         "label": roles.label,
-        "click": contract.DataContract.from_config(config).click_label,
+        # Not from_config: the Trainer, which calls this too, is given no data.time_column.
+        "click": contract.DataContract(roles, config.space).click_label,
         "regular_categorical": list(roles.regular_categorical),
         "regular_numeric": list(roles.regular_numeric),
         "categorical_encoding": config.model.categorical_encoding,

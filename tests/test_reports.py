@@ -28,3 +28,9 @@ def test_a_reliability_diagram_is_a_png_also_with_nothing_to_draw():
     curves = [plots.Curve("student", [0.1, 0.5], [0.12, 0.4]), plots.Curve("empty", [], [])]
     for panels in ([("observed", curves)], [("observed", curves), ("true", curves[1:])]):
         assert plots.reliability_png(panels, "title")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_history_is_a_png_with_gaps_for_missing_values():
+    series = {"AUC": [0.7, None], "ECE": [None, 0.01]}
+    png = plots.history_png(["2026-01-01", "2026-01-02 (w)"], series, "title")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
