@@ -89,12 +89,10 @@ _KD = _distiller("kd", {"kd"}, ("lam",))
 _FOCAL_V1 = _distiller("focal_v1", {"focal_v1"}, ("lam", "gamma"))
 _FOCAL_V2 = _distiller("focal_v2", {"focal_v2"}, ("lam", "gamma"))
 _LAYER_ALIGN = _distiller("layer_align", {"layer_align"}, ("align_weight",), _MAPPING)
-# No privileged teacher, yet counted as reading privileged inputs as it has been
-# since it was added: tuning varies the (unused) encoding and teacher keys, and it
-# is skipped when selection keeps nothing.
+# The student's heads teach each other: no privileged teacher, so nothing of one to
+# tune, and it still runs when selection keeps no privileged feature.
 _EKTF = StrategySpec("ektf", frozenset({"heads_task", "ektf_kd", "ektf_dml"}),
-                     settings=("ektf_heads", "ektf_serve"), reads_privileged=True,
-                     tunes_teacher=True)
+                     settings=("ektf_heads", "ektf_serve"))
 _UKD_TEACHER = StrategySpec(
     "ukd_teacher", frozenset({"click_discriminator"}), ("ukd_reversal_scale",),
     ("adversarial_hidden_units", "ukd_hidden_units", "ukd_unclicked_rate"), IMPRESSION,
