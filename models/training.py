@@ -385,6 +385,9 @@ class Fitter:
                             validation_data=self._dataset(config, self.splits.validation, False),
                             callbacks=[*self.callbacks(name), stopping, *teacher],
                             verbose=self.verbose)
+        # Post-hoc calibration is fitted on this fit's raw logits: a warm start restored
+        # the base run's, which would otherwise be fitted over and applied twice.
+        model.student_model().calibration.assign(calibration.IDENTITY)
         validation = self.predict(config, model, self.splits.validation)
         metrics = {"epochs_trained": len(history.epoch), "best_epoch": stopping.best_epoch + 1}
         if teacher and teacher[0].best_epoch is not None:
