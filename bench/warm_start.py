@@ -37,6 +37,7 @@ from pfdx.components.trainer import TRAINING_METRICS_FILE
 from pfdx.config import load_config
 from pfdx.models import metrics
 from pfdx.pipeline import local_runner
+from pfdx.reports.tables import markdown_table, number
 from pfdx.simulator import simulate
 
 DATES = "day={YYYY}-{MM}-{DD}/*.csv"
@@ -107,13 +108,10 @@ def write(rows: list[dict], out: str, argv: list[str]) -> None:
     lines = ["# Warm start daily vs from scratch daily", "",
              "Command: `.venv/bin/python bench/warm_start.py " + " ".join(argv) + "`", ""]
     for schedule in SCHEDULES:
-        lines += [f"## {schedule}", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-        for r in rows:
-            if r["schedule"] == schedule:
-                lines.append("| " + " | ".join(
-                    f"{r[c]:.4f}" if isinstance(r.get(c), float) and c != "seconds"
-                    else str(r.get(c, "-")) for c in cols) + " |")
-        lines.append("")
+        lines += [f"## {schedule}", "", markdown_table(cols, [
+            [number(r[c]) if isinstance(r.get(c), float) and c != "seconds"
+             else str(r.get(c, "-")) for c in cols]
+            for r in rows if r["schedule"] == schedule]), ""]
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     import matplotlib

@@ -101,8 +101,9 @@ def privileged_vocab(transformed_names, encoding: str, buckets: int) -> dict[str
     return vocab
 
 
-def _dense(x: tf.Tensor | tf.SparseTensor, default: Any) -> tf.Tensor:
-    """[B] dense values; a missing (sparse) value becomes `default`."""
+def dense(x: tf.Tensor | tf.SparseTensor, default: Any) -> tf.Tensor:
+    """[B] dense values of a one-value raw column; a missing (sparse) value becomes
+    `default`."""
     if isinstance(x, tf.SparseTensor):
         x = tf.sparse.to_dense(
             tf.SparseTensor(x.indices, x.values, [x.dense_shape[0], 1]), default_value=default)
@@ -120,7 +121,7 @@ def _quantile_ids(raw: tf.Tensor | tf.SparseTensor, n_buckets: int) -> tf.Tensor
     """Quantile bucket ids in [0, n_buckets) of the present values (the quantiles
     are of those only); a missing value gets id n_buckets."""
     present = _present(raw)
-    buckets = tft.bucketize(_dense(raw, 0.0), n_buckets, weights=tf.cast(present, tf.float32))
+    buckets = tft.bucketize(dense(raw, 0.0), n_buckets, weights=tf.cast(present, tf.float32))
     return tf.where(present, buckets, tf.constant(n_buckets, tf.int64))
 
 
@@ -129,7 +130,7 @@ def _privileged_flag(inputs, spec: Mapping[str, Any]) -> tf.Tensor:
     flag, present = None, None
     for member in spec["members"]:
         raw = inputs[member]
-        z = _dense(raw, 0.0)
+        z = dense(raw, 0.0)
         threshold = spec["thresholds"].get(member)
         on = z >= threshold if threshold is not None else z > 0.5
         flag = on if flag is None else tf.logical_or(flag, on)
@@ -141,7 +142,7 @@ def _privileged_flag(inputs, spec: Mapping[str, Any]) -> tf.Tensor:
 def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict[str, tf.Tensor]:
     outputs: dict[str, tf.Tensor] = {}
     for name in custom_config["regular_categorical"]:
-        ids = _dense(inputs[name], "")
+        ids = dense(inputs[name], "")
         if custom_config["categorical_encoding"] == "hash":
             outputs[name] = tft.hash_strings(ids, custom_config["hash_buckets"])
         else:
@@ -160,5 +161,5 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
                 inputs[first], custom_config["privileged_buckets"])
     for label in (custom_config["label"], custom_config["click"]):
         if label is not None:
-            outputs[label] = tf.cast(_dense(inputs[label], 0), tf.int64)
+            outputs[label] = tf.cast(dense(inputs[label], 0), tf.int64)
     return outputs

@@ -114,12 +114,9 @@ def truth_column(config: PipelineConfig, tf_transform_output: tft.TFTransformOut
     return truth if truth is not None and truth in tf_transform_output.raw_feature_spec() else None
 
 
-def _dense_column(x: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
+def _float_column(x: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
     """[B] float values of a one-value raw column; NaN where an example lacks it."""
-    if isinstance(x, tf.SparseTensor):
-        x = tf.sparse.to_dense(tf.SparseTensor(x.indices, tf.cast(x.values, tf.float32),
-                                               [x.dense_shape[0], 1]), default_value=np.nan)
-    return tf.reshape(tf.cast(x, tf.float32), [-1])
+    return transform.dense(tf.cast(x, tf.float32), np.nan)
 
 
 def with_pseudo_label_column(schema: schema_pb2.Schema, column: str) -> schema_pb2.Schema:
@@ -158,9 +155,9 @@ def transformed_dataset(factory: DatasetFactory, files: Sequence[str],
         if impression:
             y = {LABEL: y, CLICK: out.pop(click)}
             if pseudo is not None:
-                y[PSEUDO_LABEL] = _dense_column(pseudo)
+                y[PSEUDO_LABEL] = _float_column(pseudo)
         if keep_truth:
-            return out, y, (_dense_column(features[truth]) if truth else tf.zeros([0]))
+            return out, y, (_float_column(features[truth]) if truth else tf.zeros([0]))
         return out, y
 
     return raw.map(apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
