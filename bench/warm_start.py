@@ -146,9 +146,11 @@ def main(argv: list[str]) -> None:
         simulate.write_days(simulate.simulate(args.rows_per_day * args.days, args.seed,
                                               days=args.days), os.path.join(work, "all"))
         days = sorted(d.split("=", 1)[1] for d in os.listdir(os.path.join(work, "all")))
-        rows = [run_day(s, d, days, work, args.overrides)
-                for d in range(len(days)) for s in SCHEDULES]
-        write(rows, args.out, argv)
+        rows: list[dict] = []
+        for d in range(len(days)):
+            for schedule in SCHEDULES:
+                rows.append(run_day(schedule, d, days, work, args.overrides))
+                write(rows, args.out, argv)  # after every run: a killed benchmark keeps its days
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
