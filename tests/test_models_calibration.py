@@ -57,3 +57,43 @@ def test_a_serving_copy_shares_the_calibration():
     copy = student.with_head(student.tower)
     student.calibration.assign((2.0, -1.0))
     assert copy.calibration.params == (2.0, -1.0)
+
+
+@pytest.mark.e2e  # fits the selection and the Transform on a small simulated log (Beam)
+def test_a_restored_calibration_does_not_leak_into_the_fit(tmp_path):
+    """A warm start restores the base run's calibration with the student (issue 20).
+    The fit must still be Platt on the new model's *raw* validation logits: fitted over
+    the restored one, the two would compose into a wrong calibration (e76e1fd)."""
+    from pfdx.config import load_config
+    from pfdx.experiments import preprocessing, windows
+    from pfdx.models import training
+    from pfdx.simulator import simulate
+
+    simulate.write(simulate.simulate(60_000, seed=3), str(tmp_path / "log"), fmt="csv")
+    config = load_config(None, [
+        f"runner.output_root={tmp_path}", "runner.direct_running_mode=in_memory",
+        "runner.direct_num_workers=1", "model.strategy=none", "model.epochs=2",
+        "model.hidden_units=[16,8]", "model.hash_buckets=1000", "model.refit=false"])
+    files = windows.log_files(str(tmp_path / "log"), config)
+    rows, _, _ = windows.read_log(files, config)
+    split = windows.split_windows(rows, config, str(tmp_path / "work"), lambda _: None)
+    _, outputs = preprocessing.preprocess(config, ["none"], split, str(tmp_path / "work"))
+    click = split[windows.CLICK]
+    restored = (3.0, -2.0)  # what a base run's Platt fit left in the checkpoint
+    fitter = training.Fitter(
+        outputs[windows.CLICK], windows.dataset_factory,
+        training.Splits([click[windows.TRAIN].pattern], [click[windows.VALIDATION].pattern],
+                        [click[windows.TEST].pattern]), verbose=0,
+        initialize=lambda c, model, _: model.student_model().calibration.assign(restored))
+
+    fitted = fitter.fit(config)
+    calibration_layer = fitted.model.student_model().calibration
+    params = calibration_layer.params
+    calibration_layer.assign(calibration.IDENTITY)
+    raw = fitter.predict(config, fitted.model, fitter.splits.validation).clicked()
+    p = np.clip(raw.student.astype(np.float64), 1e-7, 1 - 1e-7)
+    expected = calibration.fit_platt(np.log(p) - np.log1p(-p), raw.labels)
+    assert expected != calibration.IDENTITY  # a real fit, not the few-rows fallback
+    assert params == pytest.approx(expected, abs=1e-4)
+    assert (fitted.metrics["calibration_scale"], fitted.metrics["calibration_bias"]) == \
+        pytest.approx(params, abs=1e-6)  # recorded as fitted (float64), held as float32
