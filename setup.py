@@ -15,7 +15,7 @@ setuptools.setup(
     version="0.1.0",
     description="Privileged features distillation (HA-PFD) for CVR prediction on TFX",
     python_requires=">=3.11,<3.12",
-    packages=["pfdx"] + [f"pfdx.{p}" for p in SUBPACKAGES],
+    packages=["pfdx", "pfdx.config"] + [f"pfdx.{p}" for p in SUBPACKAGES],
     package_dir={"pfdx": "pfdx", **{f"pfdx.{p}": p for p in SUBPACKAGES}},
     package_data={"pfdx.pipeline": ["schema/*.pbtxt", "configs/*.yaml"]},
     # The exact versions live in requirements.lock (installed by `make env`);
