@@ -29,9 +29,9 @@ def add_cli_parser(subparsers: argparse._SubParsersAction,
                    f"({', '.join(names(IMPRESSION))}) train on every impression, "
                    f"much slower, so only when named; {staged}")
     p.add_argument("--seeds", type=int, help="runs per strategy (sets compare.seeds)")
-    p.add_argument("--grid", action="append", default=[], metavar="[STRATEGY:]FIELD=V1,V2",
-                   help="the per-run tuning grid, e.g. --grid lam=1,10 or --grid "
-                        "ha_pfd_v2:gamma=0.5,1 (repeatable; sets tuning.grid.FIELD)")
+    p.add_argument("--grid", action="append", default=[], metavar="[STRATEGY:]SETTING=V1,V2",
+                   help="the per-run tuning grid, e.g. --grid kd.lam=1,10 or --grid "
+                        "ha_pfd_v2:kd.gamma=0.5,1 (repeatable; sets tuning.grid.SETTING)")
     p.add_argument("--grid-metric", help="student_auc | student_ece | student_mce "
                    "(sets tuning.metric)")
     p.add_argument("--fixed", action="store_true",
@@ -53,7 +53,7 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
     for item in args.grid:
         key, sep, values = item.partition("=")
         if not sep or not key.strip() or not values.strip():
-            raise ConfigError(f"--grid {item!r}: expected [STRATEGY:]FIELD=V1,V2,...")
+            raise ConfigError(f"--grid {item!r}: expected [STRATEGY:]SETTING=V1,V2,...")
         out.append(f"tuning.grid.{key.strip()}=[{values}]")
     if args.grid_metric:
         out.append(f"tuning.metric={args.grid_metric}")

@@ -83,7 +83,8 @@ def preprocess(config: PipelineConfig, names: Sequence[str], windows: dict[str, 
     outputs = {}
     for space in dict.fromkeys(space_of(n) for n in names):
         # A config of a strategy of that space: regular_config / raw_schema follow it.
-        space_config = config.with_model(strategy=next(n for n in names if space_of(n) == space))
+        space_config = config.with_model(
+            {"strategy": next(n for n in names if space_of(n) == space)})
         outputs[space] = fit_transform(space_config, selection, windows[space][TRAIN],
                                        os.path.join(work, window_name(TRAIN, space)))
     return selection, outputs

@@ -13,10 +13,11 @@ import json
 import os
 from typing import Any
 
-from pfdx.config import EvaluationConfig, PipelineConfig, from_dict
+from pfdx.config import EvaluationConfig, ModelConfig, PipelineConfig, from_dict
 from pfdx.experiments.strategies import IMPRESSION, space_of
 from pfdx.experiments.windows import TEST, TRAIN, window_name
 from pfdx.models import champion
+from pfdx.models.registry import STRATEGIES
 from pfdx.reports.tables import markdown_table, number
 
 # Columns of compare.csv (each as <name>_mean, <name>_std) and runs.csv, in the
@@ -110,6 +111,20 @@ def impression_truth_table(table: list[dict[str, Any]], oracle: dict[str, Any] |
                             "ECE vs true, all", "MCE vs true, all"], rows)]
 
 
+def _staged_notes(names: list[str], model: ModelConfig) -> str:
+    """What the compare.md note says of the strategies in `names` that sample the
+    unclicked impressions or learn from a teacher stage (UKD's two)."""
+    rate = model.ukd.unclicked_rate
+    sample = (f"a {rate} sample" if rate is not None
+              else "as many as its clicked ones (1:1, from the observed CTR)")
+    notes = [f"{n}'s unclicked rows are {sample}" for n in names
+             if STRATEGIES[n].samples_unclicked]
+    notes += [f"{n} is pseudo-labelled by the {STRATEGIES[n].teacher_stage} of the same seed, "
+              "whose time its s / run excludes" for n in names
+              if STRATEGIES[n].teacher_stage is not None]
+    return " " + "; ".join(notes) + "." if notes else ""
+
+
 def markdown(summary: dict[str, Any]) -> str:
     table, windows, oracle = summary["table"], summary["windows"], summary["oracle_true_cvr"]
     model = summary["config"]["model"]
@@ -124,7 +139,7 @@ def markdown(summary: dict[str, Any]) -> str:
         cols += ["CTR AUC", "CTCVR AUC"]
     cols += ["baseline gate", "params", "s / run"]
     baseline = next((e for e in table if e["strategy"] == champion.BASELINE), None)
-    evaluation = from_dict(summary["config"]).evaluation  # the typed settings the gate reads
+    typed = from_dict(summary["config"])  # the settings the gate and the notes read
     lines = [
         "# pfdx compare", "",
         f"Test window: {windows[TEST]['rows']} clicked rows ({windows[TEST]['conversions']} "
@@ -136,8 +151,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"early stopping on the validation window (patience "
         f"{model['early_stopping_patience']}), batch {model['batch_size']}, hash buckets "
         f"{model['hash_buckets']}, calibration {summary['config']['evaluation']['calibration']}"
-        f"; configured lr {model['learning_rate']}, γ {model['gamma']}, λ {model['lam']}, "
-        f"alignment weight {model['align_weight']}. "
+        f"; configured lr {model['learning_rate']}, γ {model['kd']['gamma']}, "
+        f"λ {model['kd']['lam']}, alignment weight {model['alignment']['weight']}. "
         f"Privileged features (selected on the train window): "
         f"{', '.join(summary['selection']['selected'])}.", ""]
     if impressions:
@@ -152,11 +167,7 @@ def markdown(summary: dict[str, Any]) -> str:
             f"and the true-CVR ones) count the clicked test rows only, the same rows "
             f"for all; CTR AUC scores p_CTR against the click and CTCVR AUC "
             f"p_CTR · p_CVR against click-and-convert, over every test impression "
-            f"(\"-\": no CTR head). ukd_teacher's unclicked rows are "
-            + (f"a {model['ukd_unclicked_rate']} sample" if model["ukd_unclicked_rate"]
-               is not None else "as many as its clicked ones (1:1, from the observed CTR)")
-            + "; ukd is pseudo-labelled by the "
-            f"ukd_teacher of the same seed, whose time its s / run excludes.", ""]
+            f"(\"-\": no CTR head)." + _staged_notes(names, typed.model), ""]
     rows = []
     for e in table:
         cells = [e["strategy"], _cell(e, "student_auc"), _cell(e, "teacher_auc"),
@@ -170,7 +181,7 @@ def markdown(summary: dict[str, Any]) -> str:
                       _cell(e, "student_truth_mce")]
         if impressions:
             cells += [_cell(e, "ctr_auc"), _cell(e, "ctcvr_auc")]
-        rows.append(cells + [_gate_cell(e, baseline, evaluation),
+        rows.append(cells + [_gate_cell(e, baseline, typed.evaluation),
                              json.dumps(e["params"], sort_keys=True) if e["params"] else "-",
                              number(e["seconds_mean"], 0)])
     if oracle is not None:

@@ -58,7 +58,7 @@ def train(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[
     stages = {teacher_stage(n) for n in names}
     for i, (name, seed) in enumerate(order, start=1):
         space = space_of(name)
-        run_config = config.with_model(strategy=name, seed=seed)
+        run_config = config.with_model({"strategy": name, "seed": seed})
         if space == IMPRESSION:  # trained at their configured values, as in the Trainer
             run_config = dataclasses.replace(
                 run_config, tuning=dataclasses.replace(run_config.tuning, enabled=False))
@@ -75,10 +75,10 @@ def train(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[
             fitted, seconds = outcome.best_result, outcome.best.seconds
         else:
             tic = time.perf_counter()
-            fitted = fit.fit(run_config.with_model(**chosen[name]))
+            fitted = fit.fit(run_config.with_model(chosen[name]))
             seconds = time.perf_counter() - tic
         tic = time.perf_counter()
-        result = fit.finish(run_config.with_model(**chosen[name]), fitted)
+        result = fit.finish(run_config.with_model(chosen[name]), fitted)
         seconds += time.perf_counter() - tic
         del fitted
         if space == CLICK and IMPRESSION in windows:  # the same impressions as the others

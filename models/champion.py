@@ -122,11 +122,11 @@ def train_champion(config: PipelineConfig, fitter: Any, privileged_inputs: bool,
             outcome = tuning.reuse(side_config, base_params[name], train)
         else:
             outcome = tuning.tune(side_config, train, lambda line: log(f"{name}: {line}"))
-        final = fitter.finish(side_config.with_model(**outcome.best.params),
+        final = fitter.finish(side_config.with_model(outcome.best.params),
                               outcome.best_result, f"{name}-final")
         return Side(outcome, final)
 
-    baseline = side(config.with_model(strategy=BASELINE))
+    baseline = side(config.with_model({"strategy": BASELINE}))
     strategy = config.model.strategy
     if strategy == BASELINE:
         return Champion(Decision(STUDENT_ALONE, "model.strategy is 'none': the student "

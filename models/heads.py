@@ -78,12 +78,12 @@ class EnsembleHeads(tf.keras.layers.Layer):
 
 
 def _activation(config) -> tf.keras.layers.Layer:
-    """TAML's activation (`taml_activation`): pfdx's SmeLU or the paper's ReLU."""
-    if config.taml_activation == "relu":
+    """TAML's activation (`taml.activation`): pfdx's SmeLU or the paper's ReLU."""
+    if config.taml.activation == "relu":
         return tf.keras.layers.ReLU()
-    if config.taml_activation == "smelu":
+    if config.taml.activation == "smelu":
         return SmeLU(config.smelu_beta)
-    raise ValueError(f"model.taml_activation: {config.taml_activation!r} is not smelu or relu")
+    raise ValueError(f"model.taml.activation: {config.taml.activation!r} is not smelu or relu")
 
 
 class ActivationTower(Tower):
@@ -99,7 +99,8 @@ def _experts(n: int, config, name: str) -> list[tf.keras.Sequential]:
     """One-layer perceptrons (TAML §3.2: one hidden layer of 64 units)."""
     c = config
     return [tf.keras.Sequential([
-        tf.keras.layers.Dense(c.taml_expert_units, kernel_initializer=truncated_normal(c.init_stddev),
+        tf.keras.layers.Dense(c.taml.expert_units,
+                              kernel_initializer=truncated_normal(c.init_stddev),
                               bias_initializer=truncated_normal(c.init_stddev)),
         _activation(c)], name=f"{name}_{i}") for i in range(n)]
 
@@ -108,21 +109,21 @@ class TaskBranch(tf.keras.layers.Layer):
     """One task of TAML: its experts, one gate and one learner tower per learner.
     Learner l reads softmax(W^l x)-weighted experts [general..., task..., its own]
     (Eq. 1); the learners are fused by averaging logits (§2.3), each a tower of
-    `taml_hidden_units` (None: `hidden_units`) with `taml_activation`."""
+    `taml.hidden_units` (None: `hidden_units`) with `taml.activation`."""
 
     def __init__(self, config, task: str, **kwargs):
         super().__init__(name=f"{task}_branch", **kwargs)
-        c = config
-        self.task_experts = _experts(c.taml_experts, c, f"{task}_expert")
-        self.learner_experts = _experts(c.taml_learners, c, f"{task}_learner_expert")
-        self.gates = [tf.keras.layers.Dense(2 * c.taml_experts + 1, use_bias=False,
+        c, taml = config, config.taml
+        self.task_experts = _experts(taml.experts, c, f"{task}_expert")
+        self.learner_experts = _experts(taml.learners, c, f"{task}_learner_expert")
+        self.gates = [tf.keras.layers.Dense(2 * taml.experts + 1, use_bias=False,
                                             kernel_initializer=truncated_normal(c.init_stddev),
                                             name=f"{task}_gate_{l}")
-                      for l in range(c.taml_learners)]
-        units = c.hidden_units if c.taml_hidden_units is None else c.taml_hidden_units
+                      for l in range(taml.learners)]
+        units = c.hidden_units if taml.hidden_units is None else taml.hidden_units
         self.learners = EnsembleHeads(
             [ActivationTower(units, 1, _activation(c), c.init_stddev, name=f"{task}_learner_{l}")
-             for l in range(c.taml_learners)], prefix=task, fusion="logit", name=f"{task}_learners")
+             for l in range(taml.learners)], prefix=task, fusion="logit", name=f"{task}_learners")
 
     def gate_weights(self, x) -> list[tf.Tensor]:
         """Each learner's weights over [general..., task..., own], [B, 2e + 1]."""
@@ -193,19 +194,19 @@ class TwinDropoutHeads(tf.keras.layers.Layer):
 
 
 def task_adaptive_learners(config, name: str = "taml") -> TaskAdaptiveLearners:
-    """TAML's student head from `ModelConfig` (taml_* settings), CVR and CTR."""
-    return TaskAdaptiveLearners(_experts(config.taml_experts, config, "general_expert"),
+    """TAML's student head from `ModelConfig` (`model.taml`), CVR and CTR."""
+    return TaskAdaptiveLearners(_experts(config.taml.experts, config, "general_expert"),
                                 {t: TaskBranch(config, t) for t in ("cvr", CTR)}, name=name)
 
 
 def ukd_hidden_units(config) -> tuple[int, ...]:
-    """UKD's tower widths (teacher and student): `ukd_hidden_units`, else `hidden_units`."""
-    return config.hidden_units if config.ukd_hidden_units is None else config.ukd_hidden_units
+    """UKD's tower widths (teacher and student): `ukd.hidden_units`, else `hidden_units`."""
+    return config.hidden_units if config.ukd.hidden_units is None else config.ukd.hidden_units
 
 
 def twin_dropout_heads(config, name: str = "ukd_student") -> TwinDropoutHeads:
     """UKD's student head from `ModelConfig`: the CVR tower's hidden layers
-    (`ukd_hidden_units`), two linear predictors behind `ukd_dropout`, and a CTR
+    (`ukd.hidden_units`), two linear predictors behind `ukd.dropout`, and a CTR
     tower of the same shape."""
     c, units = config, ukd_hidden_units(config)
 
@@ -213,7 +214,7 @@ def twin_dropout_heads(config, name: str = "ukd_student") -> TwinDropoutHeads:
         return Tower(units, out, c.smelu_beta, c.init_stddev, name=name)
 
     return TwinDropoutHeads(tower(units[:-1], units[-1], "cvr_representation"),
-                            [tower((), 1, f"cvr_predictor_{i}") for i in range(2)], c.ukd_dropout,
+                            [tower((), 1, f"cvr_predictor_{i}") for i in range(2)], c.ukd.dropout,
                             tower(units, 1, "ctr_tower"), name=name)
 
 

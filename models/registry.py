@@ -20,7 +20,7 @@ _LEARNING_RATE = "learning_rate"
 _PRIVILEGED_ENCODING = "privileged_encoding"
 _TEACHER_TUNING = ("share_embeddings", "teacher_learning_rate")
 # 0 for a weight a strategy does not use is "off"; gamma is an exponent, not a weight.
-_NOT_A_WEIGHT = {"gamma"}
+_NOT_A_WEIGHT = {"kd.gamma"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +28,11 @@ class StrategySpec:
     name: str
     # Named per-example loss terms its layer adds to the task losses (HA-PFD Eq. 7).
     loss_terms: frozenset[str] = frozenset()
-    # ModelConfig fields weighting its terms: per-run tuning varies these, and all
-    # of them at 0 is "no distillation".
+    # Model settings weighting its terms, as dotted paths below `model` (`kd.lam`,
+    # pfdx/config/strategy_sections.py): per-run tuning varies these, and all of them
+    # at 0 is "no distillation".
     term_weights: tuple[str, ...] = ()
-    # Other ModelConfig fields it reads (shapes, schedules, serving), never tuned.
+    # Other model settings it reads (shapes, schedules, serving), never tuned.
     settings: tuple[str, ...] = ()
     space: str = CLICK
     # A teacher tower on the privileged inputs trains beside the student
@@ -51,7 +52,7 @@ class StrategySpec:
 
     @property
     def tuning_keys(self) -> tuple[str, ...]:
-        """The ModelConfig fields (`tuning.grid` keys) per-run tuning may vary."""
+        """The model settings (`tuning.grid` keys) per-run tuning may vary."""
         return (self.term_weights + (_PRIVILEGED_ENCODING,) * self.reads_privileged
                 + _TEACHER_TUNING * self.tunes_teacher + (_LEARNING_RATE,))
 
@@ -84,42 +85,42 @@ def _combined(name: str, *parts: StrategySpec) -> StrategySpec:
         tunes_teacher=any(p.tunes_teacher for p in parts))
 
 
-_MAPPING = ("mapping_hidden_units",)
-_KD = _distiller("kd", {"kd"}, ("lam",))
-_FOCAL_V1 = _distiller("focal_v1", {"focal_v1"}, ("lam", "gamma"))
-_FOCAL_V2 = _distiller("focal_v2", {"focal_v2"}, ("lam", "gamma"))
-_LAYER_ALIGN = _distiller("layer_align", {"layer_align"}, ("align_weight",), _MAPPING)
+_MAPPING = ("alignment.mapping_hidden_units",)
+_KD = _distiller("kd", {"kd"}, ("kd.lam",))
+_FOCAL_V1 = _distiller("focal_v1", {"focal_v1"}, ("kd.lam", "kd.gamma"))
+_FOCAL_V2 = _distiller("focal_v2", {"focal_v2"}, ("kd.lam", "kd.gamma"))
+_LAYER_ALIGN = _distiller("layer_align", {"layer_align"}, ("alignment.weight",), _MAPPING)
 # The student's heads teach each other: no privileged teacher, so nothing of one to
 # tune, and it still runs when selection keeps no privileged feature.
 _EKTF = StrategySpec("ektf", frozenset({"heads_task", "ektf_kd", "ektf_dml"}),
-                     settings=("ektf_heads", "ektf_serve"))
+                     settings=("ektf.heads", "ektf.serve"))
 _UKD_TEACHER = StrategySpec(
-    "ukd_teacher", frozenset({"click_discriminator"}), ("ukd_reversal_scale",),
-    ("adversarial_hidden_units", "ukd_hidden_units", "ukd_unclicked_rate"), IMPRESSION,
+    "ukd_teacher", frozenset({"click_discriminator"}), ("ukd.reversal_scale",),
+    ("ukd.discriminator_hidden_units", "ukd.hidden_units", "ukd.unclicked_rate"), IMPRESSION,
     samples_unclicked=True)
 
 _SPECS = (
     StrategySpec("none"),
-    StrategySpec("mtl", frozenset({"auxiliary"}), ("mtl_weight",), reads_privileged=True),
+    StrategySpec("mtl", frozenset({"auxiliary"}), ("mtl.weight",), reads_privileged=True),
     _KD, _FOCAL_V1, _FOCAL_V2, _LAYER_ALIGN,
     _combined("kd_layer_align", _LAYER_ALIGN, _KD),
     _combined("ha_pfd_v1", _LAYER_ALIGN, _FOCAL_V1),
     _combined("ha_pfd_v2", _LAYER_ALIGN, _FOCAL_V2),
-    _distiller("review_kd", {"review"}, ("review_weight",), _MAPPING),
-    _distiller("similarity_kd", {"similarity"}, ("similarity_weight",)),
-    _distiller("adversarial_kd", {"discriminator", "adversarial"}, ("adversarial_weight",),
-               ("adversarial_hidden_units", "adversarial_disc_weight",
-                "adversarial_warmup_steps")),
+    _distiller("review_kd", {"review"}, ("review_kd.weight",), _MAPPING),
+    _distiller("similarity_kd", {"similarity"}, ("similarity_kd.weight",)),
+    _distiller("adversarial_kd", {"discriminator", "adversarial"}, ("adversarial_kd.weight",),
+               ("adversarial_kd.discriminator_hidden_units",
+                "adversarial_kd.discriminator_weight", "adversarial_kd.warmup_steps")),
     _EKTF,
     _combined("ha_pfd_v2_ektf", _LAYER_ALIGN, _FOCAL_V2, _EKTF),
     StrategySpec("taml", frozenset({"ctr_task", "ctcvr_task", "ctr_self_kd", "cvr_self_kd"}),
-                 ("taml_alpha", "taml_beta"),
-                 ("taml_learners", "taml_experts", "taml_expert_units", "taml_hidden_units",
-                  "taml_activation", "serve_ctr"), IMPRESSION),
+                 ("taml.alpha", "taml.beta"),
+                 ("taml.learners", "taml.experts", "taml.expert_units", "taml.hidden_units",
+                  "taml.activation", "serve_ctr"), IMPRESSION),
     _UKD_TEACHER,
     StrategySpec("ukd", frozenset({"cvr_click", "cvr_unclick", "uncertainty", "ctr_task"}),
-                 ("ukd_pseudo_weight", "ukd_uncertainty_scale"),
-                 ("ukd_ctr_weight", "ukd_dropout", "ukd_hidden_units", "serve_ctr"), IMPRESSION,
+                 ("ukd.pseudo_weight", "ukd.uncertainty_scale"),
+                 ("ukd.ctr_weight", "ukd.dropout", "ukd.hidden_units", "serve_ctr"), IMPRESSION,
                  teacher_stage=_UKD_TEACHER.name),
 )
 # Name -> spec, in the order `pfdx compare` lists them.

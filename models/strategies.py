@@ -17,8 +17,8 @@ impression and get the click (and pseudo-) labels as `side`.
 `(config, privileged_vocab) -> Strategy`; the compound methods are sums of parts.
 What the code around the model knows of each (space, teacher stage, loss terms,
 hyperparameters) is declared TensorFlow-free in models/registry.py.
-Weights: the logit term (KD or focal) carries `lam` everywhere; Eq. 6's latent
-term carries `align_weight`; the baselines use appendix A's weights.
+Weights: the logit term (KD or focal) carries `kd.lam` everywhere; HA-PFD Eq. 6's
+latent term `alignment.weight`; the baselines use HA-PFD appendix A's weights.
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ class AuxiliaryTowers(Strategy):
             return {}
         per_feature = [tf.nn.sparse_softmax_cross_entropy_with_logits(ids[name], logits)
                        for name, logits in outputs.auxiliary.items()]
-        return {"auxiliary": self.config.mtl_weight * tf.add_n(per_feature)}
+        return {"auxiliary": self.config.mtl.weight * tf.add_n(per_feature)}
 
 
 _LOGIT_LOSSES = {
@@ -155,7 +155,7 @@ _LOGIT_LOSSES = {
 
 
 class LogitDistillation(Strategy):
-    """`kd` (Eq. 2), `focal_v1` (Eq. 3), `focal_v2` (Eq. 4), weighted by lam."""
+    """`kd` (HA-PFD Eq. 2), `focal_v1` (Eq. 3), `focal_v2` (Eq. 4), weighted by `kd.lam`."""
 
     def __init__(self, config, privileged_vocab, loss: str = "kd", **kwargs):
         super().__init__(config, privileged_vocab, **kwargs)
@@ -164,9 +164,10 @@ class LogitDistillation(Strategy):
         self.loss = loss
 
     def call(self, outputs, features, labels, step):
+        kd = self.config.kd
         value = _LOGIT_LOSSES[self.loss](labels, outputs.teacher_logit, outputs.student_logit,
-                                         self.config.gamma)
-        return {self.loss: self.config.lam * tf.reshape(value, [-1])}
+                                         kd.gamma)
+        return {self.loss: kd.lam * tf.reshape(value, [-1])}
 
 
 # (student latent index, teacher latent index). Layer alignment pairs layer i with
@@ -182,10 +183,11 @@ class LayerAlignment(Strategy):
     def __init__(self, config, privileged_vocab, review: bool = False, **kwargs):
         super().__init__(config, privileged_vocab, **kwargs)
         self.pairs = REVIEW_PAIRS if review else ALIGN_PAIRS
-        self.weight = config.review_weight if review else config.align_weight
+        self.weight = config.review_kd.weight if review else config.alignment.weight
         self.term = "review" if review else "layer_align"
-        self.mappings = [self._tower(config.mapping_hidden_units, config.hidden_units[t],
-                                     f"mapping_{s}_to_{t}") for s, t in self.pairs]
+        self.mappings = [self._tower(config.alignment.mapping_hidden_units,
+                                     config.hidden_units[t], f"mapping_{s}_to_{t}")
+                         for s, t in self.pairs]
 
     def call(self, outputs, features, labels, step):
         mapped = [g(outputs.student_latents[s])[0] for g, (s, _) in zip(self.mappings, self.pairs)]
@@ -203,30 +205,31 @@ class SimilarityKD(Strategy):
         value = losses.similarity_kd_loss(
             student, teacher, [gather_batch(f) for f in student],
             [gather_batch(tf.stop_gradient(f)) for f in teacher])
-        return {"similarity": self.config.similarity_weight * value}
+        return {"similarity": self.config.similarity_kd.weight * value}
 
 
 class AdversarialKD(Strategy):
     """`adversarial_kd`: one discriminator per latent layer learns teacher (1) vs
-    student (0); after `adversarial_warmup_steps` the student also learns to be
+    student (0); after `adversarial_kd.warmup_steps` the student also learns to be
     scored as the teacher, through the frozen discriminators."""
 
     def __init__(self, config, privileged_vocab, **kwargs):
         super().__init__(config, privileged_vocab, **kwargs)
-        self.discriminators = [self._tower(config.adversarial_hidden_units, 1, f"discriminator_{i}")
-                               for i in range(len(config.hidden_units))]
+        self.discriminators = [
+            self._tower(config.adversarial_kd.discriminator_hidden_units, 1, f"discriminator_{i}")
+            for i in range(len(config.hidden_units))]
 
     def call(self, outputs, features, labels, step):
-        c = self.config
+        c = self.config.adversarial_kd
         pairs = list(zip(self.discriminators, outputs.student_latents, outputs.teacher_latents))
         teacher_scores = [d(tf.stop_gradient(f_t))[0] for d, _, f_t in pairs]
         student_scores = [d(tf.stop_gradient(f_s))[0] for d, f_s, _ in pairs]
         fooled = [d(f_s, frozen=True)[0] for d, f_s, _ in pairs]
-        warm = tf.cast(step >= c.adversarial_warmup_steps, outputs.student_logit.dtype)
+        warm = tf.cast(step >= c.warmup_steps, outputs.student_logit.dtype)
         return {
-            "discriminator": c.adversarial_disc_weight
+            "discriminator": c.discriminator_weight
             * losses.discriminator_loss(teacher_scores, student_scores),
-            "adversarial": warm * c.adversarial_weight * losses.adversarial_student_loss(fooled),
+            "adversarial": warm * c.weight * losses.adversarial_student_loss(fooled),
         }
 
 
@@ -239,7 +242,7 @@ EXAM_DECAY = 0.99
 
 
 class EnsembleDistillation(Strategy):
-    """`ektf` (Ensemble Knowledge Transfer, paper 001): `ektf_heads` student towers
+    """`ektf` (Ensemble Knowledge Transfer, EKTF): `ektf.heads` student towers
     on the shared regular embeddings. Their mean probability p_t = mean_k p_k is
     the abstract teacher (EKTF Eq. 2: y_t = Mean(y_s,1..k), a mean of predictions)
     and the served prediction (the ensemble's logit is that of p_t). Per example
@@ -256,7 +259,7 @@ class EnsembleDistillation(Strategy):
     privileged teacher distils into the ensemble (the served logit and the heads'
     concatenated latents).
 
-    Serving (`ektf_serve`): the ensemble, or the one head with the best running
+    Serving (`ektf.serve`): the ensemble, or the one head with the best running
     exam score over training (the paper's cheaper option)."""
 
     uses_teacher = False
@@ -264,16 +267,17 @@ class EnsembleDistillation(Strategy):
 
     def __init__(self, config, privileged_vocab, **kwargs):
         super().__init__(config, privileged_vocab, **kwargs)
-        if config.ektf_heads < 2:
-            raise ValueError(f"model.ektf_heads: EKTF needs at least 2 heads, got {config.ektf_heads}")
-        if config.ektf_serve not in ("ensemble", "best"):
-            raise ValueError(f"model.ektf_serve: {config.ektf_serve!r} is not ensemble or best")
+        ektf = config.ektf
+        if ektf.heads < 2:
+            raise ValueError(f"model.ektf.heads: EKTF needs at least 2 heads, got {ektf.heads}")
+        if ektf.serve not in ("ensemble", "best"):
+            raise ValueError(f"model.ektf.serve: {ektf.serve!r} is not ensemble or best")
         self.heads = heads_lib.EnsembleHeads(
             [self._tower(config.hidden_units, 1, f"student_head_{k}")
-             for k in range(config.ektf_heads)], fusion="probability", name="student_heads")
+             for k in range(ektf.heads)], fusion="probability", name="student_heads")
         # Replicas hold the same value: the scores come from the gathered batch.
         self.exam_average = self.add_weight(
-            "exam_average", shape=[config.ektf_heads], initializer="zeros", trainable=False,
+            "exam_average", shape=[ektf.heads], initializer="zeros", trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     @property
@@ -282,7 +286,7 @@ class EnsembleDistillation(Strategy):
 
     @property
     def serving_head(self):
-        if self.config.ektf_serve == "ensemble":
+        if self.config.ektf.serve == "ensemble":
             return None
         return self.heads.towers[self.best_head()]
 
@@ -291,7 +295,7 @@ class EnsembleDistillation(Strategy):
 
     def call(self, outputs, features, labels, step, training=None):
         logits = tf.concat([outputs.student_heads[head_key("head", k)]
-                            for k in range(self.config.ektf_heads)], axis=-1)  # [B, K]
+                            for k in range(self.config.ektf.heads)], axis=-1)  # [B, K]
         scores = losses.exam_scores(gather_batch(labels), gather_batch(tf.sigmoid(logits)))
         if training:
             self.exam_average.assign(EXAM_DECAY * self.exam_average + (1.0 - EXAM_DECAY) * scores)
@@ -326,7 +330,7 @@ class _ImpressionNetwork(Strategy):
 
 
 class TaskAdaptiveMultiLearner(_ImpressionNetwork):
-    """`taml` (Task Adaptive Multi-Learner, paper 004), impression space: the
+    """`taml` (Task Adaptive Multi-Learner, TAML), impression space: the
     student is TAML's network (heads.TaskAdaptiveLearners: experts, gates (TAML
     Eq. 1), n learners per task fused by averaging logits, §2.3). Per impression
     (TAML Eq. 6):
@@ -340,33 +344,33 @@ class TaskAdaptiveMultiLearner(_ImpressionNetwork):
     Towers: the paper's learners are 64/32/1 ReLU MLPs (§3.1, with lr 1e-3, batch
     2000, L2 1e-6); by default pfdx's are HA-PFD's `hidden_units` SmeLU towers, so
     every strategy of a comparison has the same capacity and activation. The
-    paper's shape is `taml_hidden_units: [64, 32]`, `taml_activation: relu` away
+    paper's shape is `taml.hidden_units: [64, 32]`, `taml.activation: relu` away
     (and learning_rate / batch_size; pfdx has Adam's decoupled weight_decay, not an
     L2 term)."""
 
     network_factory = staticmethod(heads_lib.task_adaptive_learners)
 
     def call(self, outputs, features, labels, step, side):
-        c, heads, click = self.config, outputs.student_heads, side[CLICK]
+        c, heads, click = self.config.taml, outputs.student_heads, side[CLICK]
         ctr, cvr = heads[CTR], outputs.student_logit
-        learners = {task: [heads[head_key(task, l)] for l in range(c.taml_learners)]
+        learners = {task: [heads[head_key(task, l)] for l in range(c.learners)]
                     for task in ("cvr", CTR)}
         return {
             "ctr_task": _bce(click, ctr),
             "ctcvr_task": losses.ctcvr_loss(click * labels, ctr, cvr),
-            "ctr_self_kd": c.taml_alpha * losses.self_distillation(ctr, learners[CTR]),
-            "cvr_self_kd": c.taml_beta * losses.self_distillation(cvr, learners["cvr"]),
+            "ctr_self_kd": c.alpha * losses.self_distillation(ctr, learners[CTR]),
+            "cvr_self_kd": c.beta * losses.self_distillation(cvr, learners["cvr"]),
         }
 
 
 class ClickAdaptiveTeacher(Strategy):
-    """`ukd_teacher` (UKD stage 1, paper 003 §3.1), impression space: the student
-    model is the click-adaptive teacher T_f + T_p (a tower of `ukd_hidden_units`),
+    """`ukd_teacher` (UKD stage 1, UKD §3.1), impression space: the student
+    model is the click-adaptive teacher T_f + T_p (a tower of `ukd.hidden_units`),
     trained on clicked rows' labels (UKD Eq. 6: the model's student task, weighted
     by the click) while a click discriminator T_d on its last hidden layer learns
     clicked vs unclicked through a gradient reversal (UKD Eq. 7), which pushes T_f
     to make the two indistinguishable. It trains on every clicked row and, by
-    default, as many unclicked ones (`ukd_unclicked_rate: null`: the rate comes
+    default, as many unclicked ones (`ukd.unclicked_rate: null`: the rate comes
     from the observed CTR; appendix A.1's 1 : 1). Its exported student
     pseudo-labels unclicked impressions (models/impressions.py
     `with_pseudo_labels`)."""
@@ -376,8 +380,9 @@ class ClickAdaptiveTeacher(Strategy):
 
     def __init__(self, config, privileged_vocab, **kwargs):
         super().__init__(config, privileged_vocab, **kwargs)
-        self.reversal = heads_lib.GradientReversal(config.ukd_reversal_scale)
-        self.discriminator = self._tower(config.adversarial_hidden_units, 1, "click_discriminator")
+        self.reversal = heads_lib.GradientReversal(config.ukd.reversal_scale)
+        self.discriminator = self._tower(config.ukd.discriminator_hidden_units, 1,
+                                         "click_discriminator")
         self.tower = self._tower(heads_lib.ukd_hidden_units(config), 1, "student_tower")
 
     @property
@@ -390,7 +395,7 @@ class ClickAdaptiveTeacher(Strategy):
 
 
 class UncertaintyDistillation(_ImpressionNetwork):
-    """`ukd` (UKD stage 2, paper 003 §3.2), impression space: labels carry the
+    """`ukd` (UKD stage 2, UKD §3.2), impression space: labels carry the
     teacher's `pseudo_label` for every row. The student (heads.TwinDropoutHeads)
     has two dropout CVR heads p, p' (UKD Eq. 11) and a CTR tower. Per impression,
     the two heads treated equally and their losses *summed* (appendix A.1: L_CVR
@@ -408,13 +413,13 @@ class UncertaintyDistillation(_ImpressionNetwork):
 
     Towers: the paper's are [1024, 512, 256] + a linear predictor (with lr 0.005,
     batch 128); by default pfdx's are HA-PFD's `hidden_units`, so every strategy of
-    a comparison has the same capacity. The paper's shape is `ukd_hidden_units:
+    a comparison has the same capacity. The paper's shape is `ukd.hidden_units:
     [1024, 512, 256]` away (and learning_rate / batch_size)."""
 
     network_factory = staticmethod(heads_lib.twin_dropout_heads)
 
     def call(self, outputs, features, labels, step, side):
-        c, heads = self.config, outputs.student_heads
+        c, heads = self.config.ukd, outputs.student_heads
         if PSEUDO_LABEL not in side:
             raise ValueError(f"strategy 'ukd' needs the teacher's {PSEUDO_LABEL!r} in the labels "
                              "(models/impressions.py with_pseudo_labels)")
@@ -423,13 +428,13 @@ class UncertaintyDistillation(_ImpressionNetwork):
         kl, kl_ = (tf.reshape(losses.bernoulli_kl(a, b), [-1]) for a, b in ((p, p_), (p_, p)))
         unclicked = 1.0 - tf.reshape(click, [-1])
         # Soft-label BCE: the pseudo-label is a probability, and data (no gradient).
-        distilled = (tf.exp(-c.ukd_uncertainty_scale * kl) * _bce(pseudo, p)
-                     + tf.exp(-c.ukd_uncertainty_scale * kl_) * _bce(pseudo, p_))
+        distilled = (tf.exp(-c.uncertainty_scale * kl) * _bce(pseudo, p)
+                     + tf.exp(-c.uncertainty_scale * kl_) * _bce(pseudo, p_))
         return {
             "cvr_click": tf.reshape(click, [-1]) * (_bce(labels, p) + _bce(labels, p_)),
-            "cvr_unclick": c.ukd_pseudo_weight * unclicked * distilled,
+            "cvr_unclick": c.pseudo_weight * unclicked * distilled,
             "uncertainty": unclicked * kl,
-            "ctr_task": c.ukd_ctr_weight * _bce(click, heads[CTR]),
+            "ctr_task": c.ctr_weight * _bce(click, heads[CTR]),
         }
 
 

@@ -14,7 +14,7 @@ on the eval split -> `summarize` with the numpy metrics of `models/metrics.py`.
 Impression space (`PipelineConfig.space`, TAML / UKD): the examples hold every
 impression, the labels are a dict {label, click} (models/model.py), and the CVR
 metrics count clicked rows only. UKD's teacher trains on the clicked rows and a
-sample of the unclicked ones (`model.ukd_unclicked_rate`); UKD's student reads the
+sample of the unclicked ones (`model.ukd.unclicked_rate`); UKD's student reads the
 teacher's CVR as `pseudo_label`, either from a raw column written by a batch
 inference step (the pipeline's BulkInferrer) or from a teacher model in memory.
 """
@@ -277,11 +277,11 @@ def _truth_metrics(p: Predictions, num_bins: int, rows: str, avg: str,
 
 def sampled_impressions(batches: tf.data.Dataset, m: ModelConfig) -> tf.data.Dataset:
     """UKD's teacher data from unshuffled `(features, labels)` batches: every clicked
-    row and a `ukd_unclicked_rate` sample of the unclicked ones (None: as many as the
+    row and a `ukd.unclicked_rate` sample of the unclicked ones (None: as many as the
     clicked ones, from the batches' observed CTR), drawn in file order and then
     shuffled, so every epoch holds the same rows in as many steps as the first (what
     Keras expects of a dataset of unknown length)."""
-    rate = m.ukd_unclicked_rate
+    rate = m.ukd.unclicked_rate
     if rate is None:
         rate = impressions.balanced_unclicked_rate(batches)
     rows = impressions.sample_unclicked(batches.unbatch(), rate, m.seed)

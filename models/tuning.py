@@ -40,7 +40,7 @@ LOWER_IS_BETTER = {"student_ece", "student_mce"}
 
 @dataclasses.dataclass
 class Trial:
-    params: dict[str, Any]  # model fields changed from the config
+    params: dict[str, Any]  # model settings (dotted paths) changed from the config
     metrics: dict[str, Any]  # the run's metrics (validation_* among them)
     seconds: float
 
@@ -64,13 +64,14 @@ class Outcome:
 
 
 def grid_for(config: PipelineConfig, strategy: str) -> dict[str, tuple[Any, ...]]:
-    """`tuning.grid` for `strategy`: shared entries, replaced by `strategy:field`
-    ones, restricted to the fields the strategy reads."""
-    fields = registry.STRATEGIES[strategy].tuning_keys
+    """`tuning.grid` for `strategy`: shared entries, replaced by `strategy:path`
+    ones, restricted to the settings the strategy reads, sorted by path (the
+    seeded draws of `distillation_candidates` follow this order)."""
+    paths = registry.STRATEGIES[strategy].tuning_keys
     grid = {k: v for k, v in config.tuning.grid.items() if ":" not in k}
     grid.update({k.split(":", 1)[1]: v for k, v in config.tuning.grid.items()
                  if k.split(":", 1)[0] == strategy and ":" in k})
-    return {f: tuple(grid[f]) for f in sorted(grid) if f in fields}
+    return {p: tuple(grid[p]) for p in sorted(grid) if p in paths}
 
 
 SETUP_FIELDS = ("learning_rate", "teacher_learning_rate", "privileged_encoding")
@@ -84,10 +85,10 @@ def _distinct(points: list[dict[str, Any]], config: PipelineConfig,
               seen: set | None = None) -> list[dict[str, Any]]:
     """`points` without repeats of the values the strategy reads (nor of `seen`)."""
     m, seen = config.model, set() if seen is None else seen
-    fields = registry.STRATEGIES[m.strategy].tuning_keys
+    paths = registry.STRATEGIES[m.strategy].tuning_keys
     out = []
     for point in points:
-        key = tuple(point.get(f, getattr(m, f)) for f in fields)
+        key = tuple(point.get(p, m.get(p)) for p in paths)
         if key not in seen:
             seen.add(key)
             out.append(point)
@@ -106,7 +107,7 @@ def setup_candidates(config: PipelineConfig) -> list[dict[str, Any]]:
 
 def distillation_candidates(config: PipelineConfig, setup: dict[str, Any]) -> list[dict[str, Any]]:
     """Stage 2 at the chosen `setup` point: the configured weights, then up to
-    `tuning.max_trials` draws of the other grid fields; none that repeats `setup`."""
+    `tuning.max_trials` draws of the other grid settings; none that repeats `setup`."""
     m = config.model
     if not config.tuning.enabled or not registry.STRATEGIES[m.strategy].no_distillation():
         return []  # nothing to weigh (`none`, EKTF's own heads)
@@ -132,7 +133,7 @@ def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
         out = []
         for point in points:
             start = time.perf_counter()
-            result = train(config.with_model(**point), f"{stage}-{len(trials)}")
+            result = train(config.with_model(point), f"{stage}-{len(trials)}")
             trial = Trial(point, dict(result.metrics), time.perf_counter() - start)
             trials.append(trial)
             teacher = trial.metrics.get("validation_teacher_auc")
@@ -171,7 +172,7 @@ def reuse(config: PipelineConfig, params: dict[str, Any],
     """No tuning: one candidate at `params` (a warm start keeps the values its base
     run chose, models/champion.py), as an Outcome of one trial."""
     start = time.perf_counter()
-    result = train(config.with_model(**params), "warm")
+    result = train(config.with_model(params), "warm")
     trial = Trial(dict(params), dict(result.metrics), time.perf_counter() - start)
     return Outcome(trial, result, [trial])
 

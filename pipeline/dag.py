@@ -95,7 +95,7 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str,
     teacher_steps, teacher_run = [], {}
     stage = registry.STRATEGIES[config.model.strategy].teacher_stage
     if stage is not None:
-        teacher = make_trainer(config.with_model(strategy=stage), examples).with_id(
+        teacher = make_trainer(config.with_model({"strategy": stage}), examples).with_id(
             UKD_TEACHER_TRAINER_ID)
         pseudo_labels = tfx.components.BulkInferrer(
             examples=examples, model=teacher.outputs["model"],

@@ -33,7 +33,7 @@ def add_parsers(sub: argparse._SubParsersAction,
     p.add_argument("--cron", required=True, help='schedule, e.g. "0 3 * * *" (daily, 03:00 UTC)')
     p.add_argument("--spec", required=True, help="PipelineJob JSON from compile-kubeflow")
     p.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
-                   help="run parameter (data_path, strategy, epochs, gamma, lam) for every "
+                   help="run parameter (data_path, strategy, epochs, kd_gamma, kd_lam) for every "
                         "scheduled run instead of the compiled default (repeatable)")
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user Kubeflow)")
     p.add_argument("--experiment", help="KFP experiment (default: the pipeline name)")

@@ -10,7 +10,8 @@ pipeline, set per run or per recurring run, defaulting to the compiled config.
 - The hyperparameters (the signature of `RunHyperparameters` below) reach the
   Trainer through the `hyperparameters` input TFX's Trainer already has: it loads
   the JSON file of that artifact into `fn_args.hyperparameters`, and the Trainer's
-  run_fn applies each entry as a `model.<name>` override of the pipeline config.
+  run_fn applies each entry as a `model.<setting>` override of the pipeline config
+  (`HYPERPARAMETERS`: a run parameter is an identifier, `kd_lam` sets `model.kd.lam`).
   A small component writes that file, because a RuntimeParameter cannot sit inside
   the Trainer's `custom_config` (one JSON string of the whole config).
 """
@@ -33,19 +34,20 @@ HYPERPARAMETERS_FILE = "hyperparameters.json"
 STEP_ID = "run_hyperparameters"
 
 
+# Run parameter -> the model setting it overrides: the component's parameters below.
+HYPERPARAMETERS = {"strategy": "strategy", "epochs": "epochs", "kd_gamma": "kd.gamma",
+                   "kd_lam": "kd.lam"}
+
+
 @component
 def RunHyperparameters(
         hyperparameters: OutputArtifact[tfx.types.standard_artifacts.HyperParameters],
-        strategy: Parameter[str], epochs: Parameter[int], gamma: Parameter[float],
-        lam: Parameter[float]) -> None:
+        strategy: Parameter[str], epochs: Parameter[int], kd_gamma: Parameter[float],
+        kd_lam: Parameter[float]) -> None:
     """Writes this run's `model.*` overrides where the Trainer reads them."""
-    values = dict(strategy=strategy, epochs=epochs, gamma=gamma, lam=lam)
+    values = dict(strategy=strategy, epochs=epochs, kd_gamma=kd_gamma, kd_lam=kd_lam)
     with fileio.open(os.path.join(hyperparameters.uri, HYPERPARAMETERS_FILE), "w") as f:
-        json.dump(values, f, sort_keys=True)
-
-
-# The hyperparameter names are the component's parameters, which are ModelConfig fields.
-HYPERPARAMETERS = tuple(RunHyperparameters.SPEC_CLASS.PARAMETERS)
+        json.dump({HYPERPARAMETERS[k]: v for k, v in values.items()}, f, sort_keys=True)
 
 
 def declare(config: PipelineConfig) -> dict[str, tfx.dsl.experimental.RuntimeParameter]:
@@ -57,7 +59,8 @@ def declare(config: PipelineConfig) -> dict[str, tfx.dsl.experimental.RuntimePar
             name=NUM_SPANS, ptype=int, default=config.data.spans.num_spans)
     for name, spec in RunHyperparameters.SPEC_CLASS.PARAMETERS.items():
         params[name] = tfx.dsl.experimental.RuntimeParameter(
-            name=name, ptype=spec.type, default=spec.type(getattr(config.model, name)))
+            name=name, ptype=spec.type,
+            default=spec.type(config.model.get(HYPERPARAMETERS[name])))
     return params
 
 

@@ -29,8 +29,9 @@ from pfdx.simulator import schema, simulate
 ROWS = 100_000  # ~4.4k clicks
 STRATEGIES = ["none", "ha_pfd_v2"]
 LEARNING_RATES = [0.0001, 0.02]
-SMALL = ["model.epochs=1", "model.hidden_units=[16,8]", "model.mapping_hidden_units=[8]",
-         "model.hash_buckets=1000", "runner.direct_running_mode=in_memory",
+SMALL = ["model.epochs=1", "model.hidden_units=[16,8]",
+         "model.alignment.mapping_hidden_units=[8]", "model.hash_buckets=1000",
+         "runner.direct_running_mode=in_memory",
          "runner.direct_num_workers=1", "data.format=parquet", "tuning.max_trials=2"]
 
 
@@ -167,7 +168,7 @@ def test_tuning_chooses_the_best_validation_point(outcome):
         {"learning_rate": lr} for lr in LEARNING_RATES]
     # ha_pfd_v2 has no grid entry: no distillation, then its configured values.
     assert [json.loads(r["params"]) for r in by_strategy["ha_pfd_v2"]] == [
-        {"align_weight": 0.0, "lam": 0.0, "share_embeddings": False}, {}]
+        {"alignment.weight": 0.0, "kd.lam": 0.0, "share_embeddings": False}, {}]
     table = {r["strategy"]: r for r in _rows(out / "compare.csv")}
     for name, rows in by_strategy.items():
         best = max(rows, key=lambda r: _num(r["validation_student_auc"]))
@@ -180,7 +181,7 @@ def test_tuning_chooses_the_best_validation_point(outcome):
 @pytest.mark.parametrize("overrides, message", [
     (["compare.strategies=[none, distil_everything]"], "compare.strategies: unknown"),
     (["tuning.grid.lamda=[1, 10]"], "tuning.grid.lamda: 'lamda' is not a tunable"),
-    (["tuning.grid.kd_plus:lam=[1]"], "tuning.grid.kd_plus:lam: unknown strategy"),
+    (["tuning.grid.kd_plus:kd.lam=[1]"], "tuning.grid.kd_plus:kd.lam: unknown strategy"),
     (["compare.seeds=0"], "compare.seeds: 0 is below 1"),
     (["compare.strategies=[none, taml]", "data.columns.click=null"],
      r"compare.strategies: \['taml'\] train on every impression and need data.columns.click"),
@@ -206,7 +207,7 @@ def impressions(tmp_path_factory, frame, outcome):
     del outcome  # run after it: its results are the baseline
     return run_compare(tmp_path_factory.mktemp("compare-impressions"), frame,
                        IMPRESSION_STRATEGIES,
-                       "ukd:ukd_pseudo_weight=" + ",".join(map(str, UKD_PSEUDO_WEIGHTS)))
+                       "ukd:ukd.pseudo_weight=" + ",".join(map(str, UKD_PSEUDO_WEIGHTS)))
 
 
 def _roc_auc(labels, scores):

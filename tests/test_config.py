@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 
@@ -8,17 +9,17 @@ from pfdx.config import ConfigError, PipelineConfig, load_config
 
 def test_defaults_are_the_papers():
     c = load_config()
-    assert (c.model.gamma, c.model.lam, c.model.learning_rate) == (1.0, 10.0, 0.0025)
+    assert (c.model.kd.gamma, c.model.kd.lam, c.model.learning_rate) == (1.0, 10.0, 0.0025)
     assert (c.selection.drop_top_k, c.selection.keep_top_n) == (2, 12)
     assert c.selection.or_groups == {"interact": ("tag", "like", "share")}
 
 
 def test_file_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("model:\n  gamma: 2\ndata:\n  columns:\n    label: y\n    click: null\n")
-    c = load_config(str(f), ["model.lam=3.5", "runner.beam_args=[--a=1]"])
-    assert c.model.gamma == 2.0 and isinstance(c.model.gamma, float)
-    assert c.model.lam == 3.5
+    f.write_text("model:\n  kd:\n    gamma: 2\ndata:\n  columns:\n    label: y\n    click: null\n")
+    c = load_config(str(f), ["model.kd.lam=3.5", "runner.beam_args=[--a=1]"])
+    assert c.model.kd.gamma == 2.0 and isinstance(c.model.kd.gamma, float)
+    assert c.model.kd.lam == 3.5
     assert c.data.columns.label == "y" and c.data.columns.click is None
     assert c.runner.beam_args == ("--a=1",)
 
@@ -79,8 +80,8 @@ def test_shipped_configs_load(name):
     # No hand-tuned weights: every shipped config runs the library's model defaults
     # (the paper's), and per-run tuning adapts them to the log.
     defaults = load_config(None, [])
-    for key in ("lam", "gamma", "align_weight", "learning_rate"):
-        assert getattr(config.model, key) == getattr(defaults.model, key), key
+    for key in ("kd.lam", "kd.gamma", "alignment.weight", "learning_rate"):
+        assert config.model.get(key) == defaults.model.get(key), key
     assert config.tuning == defaults.tuning
 
 
@@ -122,5 +123,61 @@ def test_ukd_dag_pseudo_labels_the_students_examples_with_its_teacher(tmp_path):
 
 
 def test_ukd_unclicked_rate_is_checked():
-    with pytest.raises(ConfigError, match="model.ukd_unclicked_rate"):
-        load_config(None, ["model.ukd_unclicked_rate=0"])
+    with pytest.raises(ConfigError, match="model.ukd.unclicked_rate"):
+        load_config(None, ["model.ukd.unclicked_rate=0"])
+
+
+# Every flat model setting the strategy sections replaced (issue 18) -> its new key.
+MOVED = {
+    "lam": "kd.lam", "gamma": "kd.gamma", "align_weight": "alignment.weight",
+    "mapping_hidden_units": "alignment.mapping_hidden_units",
+    "review_weight": "review_kd.weight", "similarity_weight": "similarity_kd.weight",
+    "adversarial_weight": "adversarial_kd.weight",
+    "adversarial_disc_weight": "adversarial_kd.discriminator_weight",
+    "adversarial_warmup_steps": "adversarial_kd.warmup_steps",
+    "adversarial_hidden_units": "adversarial_kd.discriminator_hidden_units and "
+                                "model.ukd.discriminator_hidden_units",
+    "mtl_weight": "mtl.weight", "ektf_heads": "ektf.heads", "ektf_serve": "ektf.serve",
+    "taml_learners": "taml.learners", "taml_experts": "taml.experts",
+    "taml_expert_units": "taml.expert_units", "taml_hidden_units": "taml.hidden_units",
+    "taml_activation": "taml.activation", "taml_alpha": "taml.alpha", "taml_beta": "taml.beta",
+    "ukd_ctr_weight": "ukd.ctr_weight", "ukd_pseudo_weight": "ukd.pseudo_weight",
+    "ukd_uncertainty_scale": "ukd.uncertainty_scale", "ukd_dropout": "ukd.dropout",
+    "ukd_reversal_scale": "ukd.reversal_scale", "ukd_hidden_units": "ukd.hidden_units",
+    "ukd_unclicked_rate": "ukd.unclicked_rate",
+}
+
+
+@pytest.mark.parametrize("old, new", MOVED.items())
+def test_a_moved_setting_is_refused_naming_its_new_key(tmp_path, old, new):
+    f = tmp_path / "c.yaml"
+    f.write_text(f"model:\n  {old}: 1\n")
+    message = f"model.{old}: moved to model.{new}"
+    for path, overrides in ((str(f), []), (None, [f"model.{old}=1"])):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(path, overrides)
+
+
+@pytest.mark.parametrize("key, message", [
+    ("lam", "tuning.grid.lam: moved to tuning.grid.kd.lam"),
+    ("ha_pfd_v2:gamma", "tuning.grid.ha_pfd_v2:gamma: moved to tuning.grid.ha_pfd_v2:kd.gamma"),
+    ("taml_alpha", "tuning.grid.taml_alpha: moved to tuning.grid.taml.alpha"),
+])
+def test_a_moved_setting_is_refused_as_a_tuning_grid_key(key, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [f'tuning.grid={{"{key}": [1]}}'])
+
+
+def test_strategy_settings_load_from_their_sections(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  ukd:\n    dropout: 0.3\ntuning:\n  grid:\n"
+                 "    kd.lam: [1, 3]\n    'ha_pfd_v2:kd.gamma': [2]\n")
+    c = load_config(str(f), ["model.alignment.weight=10",
+                             "tuning.grid.ha_pfd_v1:alignment.weight=[0.5]"])
+    assert (c.model.ukd.dropout, c.model.alignment.weight, c.model.get("ukd.dropout")) == (
+        0.3, 10.0, 0.3)
+    assert c.tuning.grid == {"kd.lam": (1, 3), "ha_pfd_v2:kd.gamma": (2,),
+                             "ha_pfd_v1:alignment.weight": (0.5,)}
+    assert c.with_model({"kd.lam": 0.0}).model.kd == dataclasses.replace(c.model.kd, lam=0.0)
+    with pytest.raises(ConfigError, match=re.escape("tuning.grid.kd.lamda: 'kd.lamda' is not")):
+        load_config(None, ["tuning.grid.kd.lamda=[1]"])

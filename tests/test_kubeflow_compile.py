@@ -16,7 +16,7 @@ DATAFLOW = ["--project=acme-ml", "--region=europe-west4", "--temp_location=gs://
 SETTINGS = ["kubeflow.pipeline_root=gs://acme-ml/pfdx", "kubeflow.data_path=gs://acme-ml/logs",
             "kubeflow.trainer_gpus=2", "kubeflow.gpu_type=NVIDIA_TESLA_T4", "model.epochs=3"]
 RUN_PARAMETERS = {"data_path": "STRING", "strategy": "STRING", "epochs": "NUMBER_INTEGER",
-                  "gamma": "NUMBER_DOUBLE", "lam": "NUMBER_DOUBLE"}
+                  "kd_gamma": "NUMBER_DOUBLE", "kd_lam": "NUMBER_DOUBLE"}
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,8 @@ def test_run_parameters_default_to_the_config_and_reach_their_components(job, lo
     assert {k: v["parameterType"] for k, v in root["inputDefinitions"]["parameters"].items()} \
         == RUN_PARAMETERS
     assert job["runtimeConfig"]["parameterValues"] == {
-        "data_path": "gs://acme-ml/logs", "strategy": "ha_pfd_v2", "epochs": 3, "gamma": 1.0,
-        "lam": 10.0}
+        "data_path": "gs://acme-ml/logs", "strategy": "ha_pfd_v2", "epochs": 3, "kd_gamma": 1.0,
+        "kd_lam": 10.0}
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://acme-ml/pfdx"
     tasks = root["dag"]["tasks"]
     example_gen = tasks[_only(local_components, FileBasedExampleGen)]["inputs"]["parameters"]
@@ -141,14 +141,15 @@ def test_trainer_applies_what_the_hyperparameters_step_writes(tmp_path):
     artifact.uri = str(tmp_path)
     executor = kubeflow_params.RunHyperparameters.EXECUTOR_SPEC.executor_class()
     executor.Do({}, {"hyperparameters": [artifact]},
-                {"strategy": "kd", "epochs": 7, "gamma": 2.0, "lam": 0.5})
+                {"strategy": "kd", "epochs": 7, "kd_gamma": 2.0, "kd_lam": 0.5})
     # What TFX's Trainer executor does with its `hyperparameters` input ...
     values = json.loads(io_utils.read_string_file(io_utils.get_only_uri_in_dir(str(tmp_path))))
     # ... and what the run_fn makes of it.
     config = trainer._config(tfx.components.FnArgs(
         hyperparameters=values, custom_config=trainer.trainer_custom_config(load_config())))
     m = config.model
-    assert (m.strategy, m.epochs, m.gamma, m.lam) == ("kd", 7, 2.0, 0.5)
+    assert values == {"strategy": "kd", "epochs": 7, "kd.gamma": 2.0, "kd.lam": 0.5}
+    assert (m.strategy, m.epochs, m.kd.gamma, m.kd.lam) == ("kd", 7, 2.0, 0.5)
 
 
 def test_run_parameters_cannot_switch_to_a_strategy_the_compiled_dag_cannot_feed():

@@ -141,7 +141,7 @@ def test_schedule_uploads_the_spec_and_creates_a_daily_recurring_run(kfp_api, sp
     assert run["runtime_config"] == {
         "pipeline_root": "gs://acme-ml/pfdx",
         "parameters": {"data_path": "gs://acme-ml/logs/2025-06-01", "epochs": 5,
-                       "strategy": "ha_pfd_v2", "gamma": 1.0, "lam": 10.0}}
+                       "strategy": "ha_pfd_v2", "kd_gamma": 1.0, "kd_lam": 10.0}}
     assert run["experiment_id"] == kfp_api.experiments[0]["experiment_id"]
     assert kfp_api.experiments[0]["display_name"] == pipeline["display_name"] == "pfdx"
     assert kfp_api.experiments[0]["namespace"] == "ads-team"
@@ -160,7 +160,7 @@ def test_schedule_uploads_the_spec_and_creates_a_daily_recurring_run(kfp_api, sp
 @pytest.mark.parametrize("argv, message", [
     (["--cron", "0 3 * *"], "expected 5 fields"),
     (["--param", "epoch=5"], "--param epoch: not a run parameter of this pipeline; known: "
-                             "data_path, epochs, gamma, lam, strategy"),
+                             "data_path, epochs, kd_gamma, kd_lam, strategy"),
     (["--param", "epochs=many"], "--param epochs=many: expected int"),
     (["--param", "epochs"], "expected NAME=VALUE"),
 ], ids=["cron", "unknown-param", "param-type", "param-syntax"])

@@ -28,8 +28,9 @@ def _data(seed, n=256):
 def test_after_fit_each_side_holds_its_own_best_epoch():
     tf.keras.utils.set_random_seed(3)
     # A large step makes the validation AUCs move from epoch to epoch.
-    model = build_model(small_config("ha_pfd_v2", share_embeddings=False, lam=0.0,
-                                     align_weight=0.0, learning_rate=0.05),
+    model = build_model(small_config("ha_pfd_v2", {"share_embeddings": False, "kd.lam": 0.0,
+                                                   "alignment.weight": 0.0,
+                                                   "learning_rate": 0.05}),
                         REGULAR, PRIVILEGED)
     assert model.teacher_stands_alone
     stopping = tf.keras.callbacks.EarlyStopping(monitor="val_student_auc", mode="max",
@@ -48,7 +49,8 @@ def test_after_fit_each_side_holds_its_own_best_epoch():
 
 def test_a_given_epoch_is_kept_and_the_other_side_is_untouched():
     tf.keras.utils.set_random_seed(3)
-    model = build_model(small_config("ha_pfd_v2", share_embeddings=False), REGULAR, PRIVILEGED)
+    model = build_model(small_config("ha_pfd_v2", {"share_embeddings": False}), REGULAR,
+                        PRIVILEGED)
     snapshots = []
     record = tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.append(
         [v.numpy() for v in best_epochs.teacher_side(model)]))
@@ -65,7 +67,8 @@ def test_a_given_epoch_is_kept_and_the_other_side_is_untouched():
 
 
 def test_a_teacher_on_shared_tables_cannot_stand_alone():
-    model = build_model(small_config("ha_pfd_v2", share_embeddings=True), REGULAR, PRIVILEGED)
+    model = build_model(small_config("ha_pfd_v2", {"share_embeddings": True}), REGULAR,
+                        PRIVILEGED)
     assert not model.teacher_stands_alone
     assert not build_model(small_config("none"), REGULAR, PRIVILEGED).teacher_stands_alone
     with pytest.raises(ValueError, match="exactly one"):

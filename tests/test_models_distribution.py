@@ -58,13 +58,14 @@ def main() -> None:
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from pfdx.config import ModelConfig
+    from pfdx.config import AlignmentConfig, ModelConfig
 
     batch = _batch(np, tf)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     results = []
     for name, optimizer in CHECKS:
-        config = ModelConfig(strategy=name, hidden_units=(32, 16), mapping_hidden_units=(8,))
+        config = ModelConfig(strategy=name, hidden_units=(32, 16),
+                             alignment=AlignmentConfig(mapping_hidden_units=(8,)))
         tf.keras.utils.set_random_seed(0)
         one = _one_step(tf, tf.distribute.get_strategy(), config, batch, optimizer)
         two = _one_step(tf, mirrored, config, batch, optimizer)

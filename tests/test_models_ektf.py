@@ -8,7 +8,7 @@ import pytest
 import pfdx  # noqa: F401
 import tensorflow as tf
 
-from pfdx.config import ModelConfig
+from pfdx.config import PipelineConfig
 from pfdx.models import losses
 from pfdx.models.heads import mean_probability_logit
 from pfdx.models.model import JointModel, build_model
@@ -20,9 +20,9 @@ PRIVILEGED = {"privileged__page_jump": 3, "privileged__duration": 3}
 K = 3
 
 
-def config(strategy="ektf", **overrides):
-    settings = dict(hidden_units=(16, 8), mapping_hidden_units=(8,), ektf_heads=K)
-    return ModelConfig(strategy=strategy, **{**settings, **overrides})
+def config(strategy="ektf", settings=None):
+    small = {"hidden_units": (16, 8), "alignment.mapping_hidden_units": (8,), "ektf.heads": K}
+    return PipelineConfig().with_model({"strategy": strategy, **small, **(settings or {})}).model
 
 
 def make_batch(n, seed):
@@ -202,7 +202,7 @@ def test_served_student_is_the_ensemble_or_the_best_head(strategy, batch):
     if model.has_teacher:
         assert not refs(student) & refs(model.teacher_tower, model.privileged_embeddings)
 
-    best = JointModel(config(strategy, ektf_serve="best"), REGULAR, PRIVILEGED)
+    best = JointModel(config(strategy, {"ektf.serve": "best"}), REGULAR, PRIVILEGED)
     best.loss_terms(*batch)
     part = best.strategy if strategy == "ektf" else best.strategy.parts[-1]
     part.exam_average.assign([0.2, 0.9, 0.5])
@@ -218,7 +218,7 @@ def test_evaluation_scores_the_served_best_head_not_the_ensemble(batch):
     from pfdx.models import training
 
     features, y = batch
-    model = JointModel(config("ha_pfd_v2_ektf", ektf_serve="best"), REGULAR, PRIVILEGED)
+    model = JointModel(config("ha_pfd_v2_ektf", {"ektf.serve": "best"}), REGULAR, PRIVILEGED)
     model.loss_terms(*batch)
     model.strategy.parts[-1].exam_average.assign([0.2, 0.3, 0.9])
     data = tf.data.Dataset.from_tensors((features, y, tf.zeros([0])))
@@ -230,14 +230,14 @@ def test_evaluation_scores_the_served_best_head_not_the_ensemble(batch):
 
 
 def test_saved_best_head_asks_for_regular_features_only(batch, tmp_path):
-    model = JointModel(config("ha_pfd_v2_ektf", ektf_serve="best"), REGULAR, PRIVILEGED)
+    model = JointModel(config("ha_pfd_v2_ektf", {"ektf.serve": "best"}), REGULAR, PRIVILEGED)
     model.loss_terms(*batch)
     assert_saved_student_is_regular_only(model.student_model(), batch, REGULAR, tmp_path)
 
 
 def test_training_updates_the_running_exam_scores_and_learns():
     tf.keras.utils.set_random_seed(0)
-    model = build_model(config(learning_rate=0.01), REGULAR, PRIVILEGED)
+    model = build_model(config(settings={"learning_rate": 0.01}), REGULAR, PRIVILEGED)
     features, y = make_batch(256, 5)
     model.loss_terms(features, y)  # evaluation-mode terms leave the scores alone
     np.testing.assert_array_equal(model.strategy.exam_average.numpy(), np.zeros(K))
@@ -254,6 +254,6 @@ def test_training_updates_the_running_exam_scores_and_learns():
 
 def test_bad_settings_fail_clearly():
     with pytest.raises(ValueError, match="at least 2 heads"):
-        JointModel(config(ektf_heads=1), REGULAR, PRIVILEGED)
-    with pytest.raises(ValueError, match="ektf_serve"):
-        JointModel(config(ektf_serve="median"), REGULAR, PRIVILEGED)
+        JointModel(config(settings={"ektf.heads": 1}), REGULAR, PRIVILEGED)
+    with pytest.raises(ValueError, match="ektf.serve"):
+        JointModel(config(settings={"ektf.serve": "median"}), REGULAR, PRIVILEGED)

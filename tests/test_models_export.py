@@ -5,7 +5,7 @@ import pytest
 import pfdx  # noqa: F401
 import tensorflow as tf
 
-from pfdx.config import ModelConfig
+from pfdx.config import AlignmentConfig, ModelConfig
 from pfdx.models.model import JointModel
 from tests.student_export_checks import assert_saved_student_is_regular_only
 
@@ -26,7 +26,8 @@ def batch():
 
 def built(strategy, batch):
     model = JointModel(ModelConfig(strategy=strategy, hidden_units=(16, 8),
-                                   mapping_hidden_units=(8,)), REGULAR, PRIVILEGED)
+                                   alignment=AlignmentConfig(mapping_hidden_units=(8,))),
+                       REGULAR, PRIVILEGED)
     model.loss_terms(*batch)  # creates every variable, the strategy's included
     return model
 

@@ -12,7 +12,7 @@ import pytest
 import pfdx  # noqa: F401
 import tensorflow as tf
 
-from pfdx.config import ModelConfig
+from pfdx.config import ModelConfig, PipelineConfig
 from pfdx.models.model import JointModel
 from pfdx.models.registry import IMPRESSION
 from pfdx.models.registry import STRATEGIES as SPECS
@@ -27,10 +27,13 @@ OWN_TESTS = {n for n, spec in SPECS.items() if spec.space == IMPRESSION
              or make_strategy(ModelConfig(strategy=n), PRIVILEGED).owns_student_task}
 
 
-def small_config(strategy: str, **overrides) -> ModelConfig:
-    settings = dict(hidden_units=(16, 8), mapping_hidden_units=(8,),
-                    adversarial_hidden_units=(8, 4), adversarial_warmup_steps=0)
-    return ModelConfig(strategy=strategy, **{**settings, **overrides})
+SMALL = {"hidden_units": (16, 8), "alignment.mapping_hidden_units": (8,),
+         "adversarial_kd.discriminator_hidden_units": (8, 4), "adversarial_kd.warmup_steps": 0}
+
+
+def small_config(strategy: str, settings: dict | None = None) -> ModelConfig:
+    """A small model of `strategy`, with `settings` (dotted paths: `kd.lam`) replaced."""
+    return PipelineConfig().with_model({"strategy": strategy, **SMALL, **(settings or {})}).model
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def test_registry_holds_every_configured_method():
                                "similarity_kd", "adversarial_kd"} | OWN_TESTS
     assert ModelConfig().strategy == "ha_pfd_v2"
     with pytest.raises(ValueError, match="unknown strategy"):
-        JointModel(small_config("nope"), REGULAR, PRIVILEGED)
+        JointModel(ModelConfig(strategy="nope"), REGULAR, PRIVILEGED)
 
 
 @pytest.mark.parametrize("strategy", sorted(set(STRATEGIES) - OWN_TESTS))
@@ -117,7 +120,7 @@ def test_each_term_trains_only_its_side(strategy, batch):
 
 
 def test_adversarial_student_term_waits_for_the_warm_up(batch):
-    config = small_config("adversarial_kd", adversarial_warmup_steps=5)
+    config = small_config("adversarial_kd", {"adversarial_kd.warmup_steps": 5})
     model = JointModel(config, REGULAR, PRIVILEGED)
     model.compile(optimizer=tf.keras.optimizers.SGD())
     terms, moved = term_gradients(model, batch)
@@ -133,12 +136,12 @@ def test_adversarial_student_term_waits_for_the_warm_up(batch):
 def test_lambda_and_gamma_reach_the_focal_term(batch):
     base = JointModel(small_config("focal_v2"), REGULAR, PRIVILEGED)
     base.loss_terms(*batch)
-    for overrides in ({"lam": 3.0}, {"gamma": 2.0}):
-        other = JointModel(small_config("focal_v2", **overrides), REGULAR, PRIVILEGED)
+    for overrides in ({"kd.lam": 3.0}, {"kd.gamma": 2.0}):
+        other = JointModel(small_config("focal_v2", overrides), REGULAR, PRIVILEGED)
         other.loss_terms(*batch)
         other.set_weights(base.get_weights())
         a, b = base.loss_terms(*batch)["focal_v2"], other.loss_terms(*batch)["focal_v2"]
-        if "lam" in overrides:
+        if "kd.lam" in overrides:
             np.testing.assert_allclose(b, a * 3.0 / 10.0, rtol=1e-5)
         else:
             assert np.all(b.numpy() <= a.numpy() + 1e-6) and not np.allclose(a, b)

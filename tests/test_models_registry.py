@@ -1,7 +1,7 @@
 """models/registry.py, the TensorFlow-free declaration of every strategy, against
 models/strategies.py's factories: the same names in the same order, and per
 strategy the same example space, teacher and loss terms; its hyperparameters are
-ModelConfig fields; the config and the registry load without TensorFlow."""
+model settings; the config and the registry load without TensorFlow."""
 import subprocess
 import sys
 
@@ -11,7 +11,7 @@ import pytest
 import pfdx  # noqa: F401
 import tensorflow as tf
 
-from pfdx.config import ModelConfig
+from pfdx.config import AdversarialKdConfig, AlignmentConfig, EktfConfig, ModelConfig, UkdConfig
 from pfdx.models import registry
 from pfdx.models.model import JointModel
 from pfdx.models.strategies import STRATEGIES
@@ -41,8 +41,10 @@ def test_registry_and_factories_name_the_same_strategies_in_the_same_order():
 @pytest.mark.parametrize("name", list(registry.STRATEGIES))
 def test_each_strategy_is_what_its_spec_declares(name, batch):
     spec = registry.STRATEGIES[name]
-    config = ModelConfig(strategy=name, hidden_units=(8, 4), mapping_hidden_units=(4,),
-                         adversarial_hidden_units=(4,), ektf_heads=2)
+    config = ModelConfig(strategy=name, hidden_units=(8, 4),
+                         alignment=AlignmentConfig(mapping_hidden_units=(4,)),
+                         adversarial_kd=AdversarialKdConfig(discriminator_hidden_units=(4,)),
+                         ektf=EktfConfig(heads=2), ukd=UkdConfig(discriminator_hidden_units=(4,)))
     model = JointModel(config, REGULAR, PRIVILEGED)
     assert model.strategy.space == spec.space
     assert model.has_teacher == spec.privileged_teacher
@@ -53,10 +55,10 @@ def test_each_strategy_is_what_its_spec_declares(name, batch):
 
 
 @pytest.mark.parametrize("name", list(registry.STRATEGIES))
-def test_a_spec_declares_model_fields_and_a_known_teacher_stage(name):
+def test_a_spec_declares_model_settings_and_a_known_teacher_stage(name):
     spec = registry.STRATEGIES[name]
-    fields = set(ModelConfig.__dataclass_fields__)
-    assert set(spec.term_weights + spec.settings + spec.tuning_keys) <= fields
+    settings = set(ModelConfig.setting_types())
+    assert set(spec.term_weights + spec.settings + spec.tuning_keys) <= settings
     assert set(spec.no_distillation()) <= set(spec.tuning_keys)
     # A teacher is a privileged reader whose tables and rate tuning varies.
     assert spec.reads_privileged >= spec.privileged_teacher

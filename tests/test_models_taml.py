@@ -7,7 +7,7 @@ import pytest
 import pfdx  # noqa: F401
 import tensorflow as tf
 
-from pfdx.config import ConfigError, ModelConfig, from_dict
+from pfdx.config import ConfigError, PipelineConfig, from_dict
 from pfdx.models import losses
 from pfdx.models.model import JointModel, build_model
 
@@ -16,9 +16,10 @@ PRIVILEGED = {"privileged__page_jump": 3}
 N = 2  # learners per task
 
 
-def config(**overrides):
-    settings = dict(strategy="taml", hidden_units=(16, 8), taml_learners=N, taml_expert_units=8)
-    return ModelConfig(**{**settings, **overrides})
+def config(settings=None):
+    small = {"strategy": "taml", "hidden_units": (16, 8), "taml.learners": N,
+             "taml.expert_units": 8}
+    return PipelineConfig().with_model({**small, **(settings or {})}).model
 
 
 def make_batch(n, seed):
@@ -89,7 +90,7 @@ def test_loss_terms_match_the_reference(batch):
 
 def test_each_learner_reads_its_gated_experts(batch):
     """Eq. 1: learner l's input is sum_i softmax(W^l x)_i e_i over [general, task, own]."""
-    model = JointModel(config(taml_experts=2), REGULAR, PRIVILEGED)
+    model = JointModel(config({"taml.experts": 2}), REGULAR, PRIVILEGED)
     features, _ = batch
     h, _ = heads(model, features)
     network = model.student.tower
@@ -128,9 +129,9 @@ def mlp(x, layers, activation):
 @pytest.mark.parametrize("activation", ["relu", "smelu"])
 def test_the_papers_learners_are_one_setting_away(activation, batch):
     """TAML §3.1: learners are 64/32/1 MLPs and experts one 64-unit layer, with
-    ReLU: `taml_hidden_units`, `taml_expert_units`, `taml_activation: relu`."""
+    ReLU: `taml.hidden_units`, `taml.expert_units`, `taml.activation: relu`."""
     act = {"relu": relu, "smelu": smelu}[activation]
-    model = JointModel(config(taml_hidden_units=(12, 6), taml_activation=activation),
+    model = JointModel(config({"taml.hidden_units": (12, 6), "taml.activation": activation}),
                        REGULAR, PRIVILEGED)
     features, labels = batch
     model.loss_terms(features, labels)
@@ -193,7 +194,7 @@ def refs(*holders):
 
 @pytest.mark.parametrize("serve_ctr", [False, True])
 def test_served_student_takes_regular_features_and_serves_cvr(serve_ctr, batch):
-    model = JointModel(config(serve_ctr=serve_ctr), REGULAR, PRIVILEGED)
+    model = JointModel(config({"serve_ctr": serve_ctr}), REGULAR, PRIVILEGED)
     features, labels = batch
     model.loss_terms(features, labels)
     student = model.student_model()
@@ -225,7 +226,7 @@ def test_impression_labels_contract_and_click_space_metrics(batch):
 
 def test_training_on_impressions_learns():
     tf.keras.utils.set_random_seed(0)
-    model = build_model(config(learning_rate=0.01), REGULAR, PRIVILEGED)
+    model = build_model(config({"learning_rate": 0.01}), REGULAR, PRIVILEGED)
     features, labels = make_batch(256, 4)
     data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(128)
     first = float(model.compute_loss((features, labels)))

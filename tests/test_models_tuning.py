@@ -12,7 +12,7 @@ def _config(*overrides):
     return load_config(None, list(overrides))
 
 
-NO_DISTILLATION = {"align_weight": 0.0, "lam": 0.0, "share_embeddings": False}
+NO_DISTILLATION = {"alignment.weight": 0.0, "kd.lam": 0.0, "share_embeddings": False}
 
 
 def test_setup_trains_every_learning_rate_and_encoding_without_distillation():
@@ -41,9 +41,9 @@ def test_distillation_stage_keeps_the_setup_and_starts_from_the_configured_weigh
 
 def test_a_strategy_specific_grid_entry_replaces_the_shared_one():
     config = _config("model.strategy=kd", "tuning.max_trials=50",
-                     'tuning.grid={"lam": [1, 10], "kd:lam": [3], "learning_rate": [0.0025]}')
-    points = tuning.distillation_candidates(config, {"lam": 0.0, "learning_rate": 0.0025})
-    assert [p.get("lam") for p in points] == [None, 3]
+                     'tuning.grid={"kd.lam": [1, 10], "kd:kd.lam": [3], "learning_rate": [0.0025]}')
+    points = tuning.distillation_candidates(config, {"kd.lam": 0.0, "learning_rate": 0.0025})
+    assert [p.get("kd.lam") for p in points] == [None, 3]
 
 
 def test_tuning_off_trains_the_configured_values_only():
@@ -54,8 +54,8 @@ def test_tuning_off_trains_the_configured_values_only():
 
 def test_every_strategy_declares_its_term_weights():
     assert set(registry.STRATEGIES) == set(strategies.STRATEGIES)
-    fields = set(load_config().model.__dataclass_fields__)
-    assert all(set(s.term_weights) <= fields for s in registry.STRATEGIES.values())
+    settings = set(load_config().model.setting_types())
+    assert all(set(s.term_weights) <= settings for s in registry.STRATEGIES.values())
 
 
 def _fake_train(score):
@@ -70,11 +70,11 @@ def _fake_train(score):
 
 def test_setup_picks_the_student_learning_rate_and_the_teacher_encoding():
     config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=1",
-                     'tuning.grid={"lam": [1], "learning_rate": [0.0025, 0.025], '
+                     'tuning.grid={"kd.lam": [1], "learning_rate": [0.0025, 0.025], '
                      '"privileged_encoding": [binary, quantiles]}')
 
     def score(m):
-        student = {0.0025: 0.70, 0.025: 0.72}[m.learning_rate] + 0.05 * (m.lam == 1)
+        student = {0.0025: 0.70, 0.025: 0.72}[m.learning_rate] + 0.05 * (m.kd.lam == 1)
         teacher = {"binary": 0.80, "quantiles": 0.85}[m.privileged_encoding]
         return {"validation_student_auc": student, "validation_teacher_auc": teacher}
 
@@ -83,7 +83,7 @@ def test_setup_picks_the_student_learning_rate_and_the_teacher_encoding():
     assert len(calls) == 4 + 2  # setup grid, then the configured weights and one draw
     second_stage = calls[4:]
     assert {(m.learning_rate, m.privileged_encoding) for m in second_stage} == {(0.025, "quantiles")}
-    assert outcome.best.params["lam"] == 1 and outcome.best.params["learning_rate"] == 0.025
+    assert outcome.best.params["kd.lam"] == 1 and outcome.best.params["learning_rate"] == 0.025
 
 
 
@@ -105,7 +105,7 @@ def test_setup_gives_the_teacher_its_own_learning_rate_when_it_prefers_another()
     pair = calls[4]
     assert (pair.learning_rate, pair.teacher_learning_rate, pair.privileged_encoding) == (
         0.025, 0.0025, "binary")
-    assert (pair.lam, pair.align_weight, pair.share_embeddings) == (0.0, 0.0, False)
+    assert (pair.kd.lam, pair.alignment.weight, pair.share_embeddings) == (0.0, 0.0, False)
     assert outcome.best.params["teacher_learning_rate"] == 0.0025
     assert {(m.learning_rate, m.teacher_learning_rate) for m in calls[5:]} == {(0.025, 0.0025)}
     # Agreeing sides: no extra trial, one rate for both.
@@ -115,18 +115,19 @@ def test_setup_gives_the_teacher_its_own_learning_rate_when_it_prefers_another()
     assert len(calls) == 4 + 1
 
 def test_tune_keeps_the_no_distillation_point_when_distillation_loses_and_nan_never_wins():
-    config = _config("model.strategy=kd", "model.lam=10", 'tuning.grid={"lam": [1]}')
+    config = _config("model.strategy=kd", "model.kd.lam=10", 'tuning.grid={"kd.lam": [1]}')
     scores = {0.0: 0.72, 10.0: math.nan, 1.0: 0.70}
-    train, calls = _fake_train(lambda m: {"validation_student_auc": scores[m.lam]})
+    train, calls = _fake_train(lambda m: {"validation_student_auc": scores[m.kd.lam]})
     outcome = tuning.tune(config, train)
-    assert [m.lam for m in calls] == [0.0, 10.0, 1.0]
-    assert outcome.best.params == {"lam": 0.0, "share_embeddings": False}
+    assert [m.kd.lam for m in calls] == [0.0, 10.0, 1.0]
+    assert outcome.best.params == {"kd.lam": 0.0, "share_embeddings": False}
     assert outcome.best_result.metrics["validation_student_auc"] == 0.72
     # A lower-is-better metric flips the choice.
-    config = _config("model.strategy=kd", "model.lam=10", 'tuning.grid={"lam": [1]}',
+    config = _config("model.strategy=kd", "model.kd.lam=10", 'tuning.grid={"kd.lam": [1]}',
                      "tuning.metric=student_ece")
     scores = {0.0: 0.05, 10.0: 0.01, 1.0: 0.02}
-    outcome = tuning.tune(config, _fake_train(lambda m: {"validation_student_ece": scores[m.lam]})[0])
+    train, _ = _fake_train(lambda m: {"validation_student_ece": scores[m.kd.lam]})
+    outcome = tuning.tune(config, train)
     assert outcome.best.params == {}
 
 

@@ -9,7 +9,7 @@ import pytest
 import pfdx  # noqa: F401
 import tensorflow as tf
 
-from pfdx.config import ModelConfig
+from pfdx.config import PipelineConfig
 from pfdx.models import impressions
 from pfdx.models.heads import reverse_gradient
 from pfdx.models.model import JointModel, build_model
@@ -19,9 +19,10 @@ REGULAR = {"user_id": 40, "bid": 9}
 PRIVILEGED = {"privileged__page_jump": 3}
 
 
-def config(strategy, **overrides):
-    settings = dict(strategy=strategy, hidden_units=(16, 8), adversarial_hidden_units=(8,))
-    return ModelConfig(**{**settings, **overrides})
+def config(strategy, settings=None):
+    small = {"strategy": strategy, "hidden_units": (16, 8),
+             "ukd.discriminator_hidden_units": (8,)}
+    return PipelineConfig().with_model({**small, **(settings or {})}).model
 
 
 def make_rows(n, seed):
@@ -64,7 +65,7 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
 
 
 def test_teacher_terms_and_the_reversed_discriminator_gradient(batch):
-    model = JointModel(config("ukd_teacher", ukd_reversal_scale=0.7), REGULAR, PRIVILEGED)
+    model = JointModel(config("ukd_teacher", {"ukd.reversal_scale": 0.7}), REGULAR, PRIVILEGED)
     features, labels = batch
     with tf.GradientTape(persistent=True) as tape:
         terms = model.loss_terms(features, labels)
@@ -120,7 +121,7 @@ def test_student_terms_follow_the_paper_with_asymmetric_heads():
     click, conv = np.array([1.0, 0.0, 0.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0, 0.0, 0.0])
     pseudo = np.array([0.4, 0.1, 0.7, 0.2, 0.5])
     assert not np.allclose(kl(sigmoid(a), sigmoid(b)), kl(sigmoid(b), sigmoid(a)), rtol=0.1)
-    model = JointModel(config("ukd", ukd_uncertainty_scale=2.0), REGULAR, PRIVILEGED)
+    model = JointModel(config("ukd", {"ukd.uncertainty_scale": 2.0}), REGULAR, PRIVILEGED)
     column = lambda x: tf.constant(x.reshape(-1, 1), tf.float32)  # noqa: E731
     out = Outputs(column((a + b) / 2), (), student_heads={
         "cvr_0": column(a), "cvr_1": column(b), "ctr": column(c)})
@@ -136,7 +137,7 @@ def test_student_terms_follow_the_paper_with_asymmetric_heads():
 
 
 def test_student_terms_match_the_reference(batch):
-    model = JointModel(config("ukd", ukd_uncertainty_scale=30.0), REGULAR, PRIVILEGED)
+    model = JointModel(config("ukd", {"ukd.uncertainty_scale": 30.0}), REGULAR, PRIVILEGED)
     features, labels = batch
     terms = model.loss_terms(features, labels)  # evaluation mode: no dropout
     assert set(terms) == {"cvr_click", "cvr_unclick", "uncertainty", "ctr_task"}
@@ -152,7 +153,7 @@ def test_student_terms_match_the_reference(batch):
 
 
 def test_the_two_heads_drop_out_independently_in_training_only(batch):
-    model = JointModel(config("ukd", ukd_dropout=0.5), REGULAR, PRIVILEGED)
+    model = JointModel(config("ukd", {"ukd.dropout": 0.5}), REGULAR, PRIVILEGED)
     features, _ = batch
     ones = tf.ones([32, 8])  # the shape of h_conv
     masks = [d(ones, training=True).numpy() > 0 for d in model.student.tower.dropouts]
@@ -166,7 +167,7 @@ def test_the_two_heads_drop_out_independently_in_training_only(batch):
 @pytest.mark.parametrize("serve_ctr", [False, True])
 def test_served_student_is_the_mean_of_the_cvr_heads_probabilities(serve_ctr, batch):
     """Appendix A.1: inference serves (p_conv + p'_conv) / 2."""
-    model = JointModel(config("ukd", serve_ctr=serve_ctr), REGULAR, PRIVILEGED)
+    model = JointModel(config("ukd", {"serve_ctr": serve_ctr}), REGULAR, PRIVILEGED)
     features, labels = batch
     model.loss_terms(features, labels)
     student = model.student_model()
@@ -189,7 +190,7 @@ def test_served_student_is_the_mean_of_the_cvr_heads_probabilities(serve_ctr, ba
 
 
 def test_the_papers_towers_are_one_setting_away(batch):
-    """`ukd_hidden_units` shapes the teacher's tower and the student's CVR
+    """`ukd.hidden_units` shapes the teacher's tower and the student's CVR
     representation and CTR tower (appendix A.1: [1024, 512, 256] + a predictor);
     unset, both follow `hidden_units`."""
     features, labels = batch
@@ -198,10 +199,11 @@ def test_the_papers_towers_are_one_setting_away(batch):
         return [d.kernel.shape[-1] for d in tower.hidden] + [tower.out.kernel.shape[-1]]
 
     for units, expected in (((32, 16, 12), [32, 16, 12]), (None, [16, 8])):
-        teacher = JointModel(config("ukd_teacher", ukd_hidden_units=units), REGULAR, PRIVILEGED)
+        teacher = JointModel(config("ukd_teacher", {"ukd.hidden_units": units}), REGULAR,
+                             PRIVILEGED)
         teacher.loss_terms(features, labels)
         assert widths(teacher.student.tower) == expected + [1]
-        student = JointModel(config("ukd", ukd_hidden_units=units), REGULAR, PRIVILEGED)
+        student = JointModel(config("ukd", {"ukd.hidden_units": units}), REGULAR, PRIVILEGED)
         student.loss_terms(features, labels)
         network = student.student.tower
         assert widths(network.representation) == expected
@@ -238,7 +240,7 @@ def test_two_stages_end_to_end():
     np.testing.assert_allclose(pseudo, served, rtol=1e-6)
     assert pseudo.shape == (400,) and np.all((pseudo > 0) & (pseudo < 1))
 
-    student = build_model(config("ukd", learning_rate=0.01), REGULAR, PRIVILEGED)
+    student = build_model(config("ukd", {"learning_rate": 0.01}), REGULAR, PRIVILEGED)
     history = student.fit(labelled, epochs=1, verbose=0).history
     assert np.all(np.isfinite(history["loss"]))
     assert student.student_model()({k: tf.constant(features[k]) for k in REGULAR}).shape == (400,)
@@ -269,8 +271,8 @@ def test_the_teacher_samples_one_unclicked_row_per_click_by_default():
     from pfdx.models.training import sampled_impressions
 
     click, batches = click_batches(4000, 0.06, 8)
-    assert config("ukd_teacher").ukd_unclicked_rate is None
-    data = sampled_impressions(batches, config("ukd_teacher", batch_size=256))
+    assert config("ukd_teacher").ukd.unclicked_rate is None
+    data = sampled_impressions(batches, config("ukd_teacher", {"batch_size": 256}))
     sampled = np.concatenate([b[1]["click"] for b in data.as_numpy_iterator()])
     n_click = click.sum()
     assert sampled.sum() == n_click
@@ -284,8 +286,8 @@ def test_teacher_epochs_hold_the_same_rows_in_the_same_number_of_steps():
     features, labels = make_rows(2000, 4)
     del labels["pseudo_label"]
     batches = tf.data.Dataset.from_tensor_slices((features, labels)).batch(128)
-    data = sampled_impressions(batches, config("ukd_teacher", ukd_unclicked_rate=0.3,
-                                               batch_size=64))
+    data = sampled_impressions(batches, config("ukd_teacher", {"ukd.unclicked_rate": 0.3,
+                                                "batch_size": 64}))
     epochs = [list(data.as_numpy_iterator()) for _ in range(2)]
     rows = [sorted(zip(*(np.concatenate([b[0][k] for b in e]).tolist()
                          for k in ("user_id", "bid", "privileged__page_jump")),

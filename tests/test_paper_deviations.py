@@ -8,19 +8,19 @@ from pfdx.config import ConfigError, ModelConfig, TuningConfig, from_dict
 
 def test_defaults_and_the_papers_settings_load():
     m = ModelConfig()
-    assert m.ukd_unclicked_rate is None  # derived: 1 : 1 (UKD appendix A.1)
-    assert (m.ukd_hidden_units, m.taml_hidden_units, m.taml_activation) == (None, None, "smelu")
-    paper = from_dict({"model": {"ukd_hidden_units": [1024, 512, 256], "ukd_unclicked_rate": 0.05,
-                                 "taml_hidden_units": [64, 32], "taml_activation": "relu"}}).model
-    assert paper.ukd_hidden_units == (1024, 512, 256) and paper.taml_hidden_units == (64, 32)
-    assert paper.ukd_unclicked_rate == 0.05 and paper.taml_activation == "relu"
-    assert from_dict({"model": {"ukd_unclicked_rate": None}}).model.ukd_unclicked_rate is None
+    assert m.ukd.unclicked_rate is None  # derived: 1 : 1 (UKD appendix A.1)
+    assert (m.ukd.hidden_units, m.taml.hidden_units, m.taml.activation) == (None, None, "smelu")
+    paper = from_dict({"model": {"ukd": {"hidden_units": [1024, 512, 256], "unclicked_rate": 0.05},
+                                 "taml": {"hidden_units": [64, 32], "activation": "relu"}}}).model
+    assert paper.ukd.hidden_units == (1024, 512, 256) and paper.taml.hidden_units == (64, 32)
+    assert paper.ukd.unclicked_rate == 0.05 and paper.taml.activation == "relu"
+    assert from_dict({"model": {"ukd": {"unclicked_rate": None}}}).model.ukd.unclicked_rate is None
 
 
 @pytest.mark.parametrize("model,match", [
-    ({"ukd_unclicked_rate": 0.0}, "ukd_unclicked_rate"),
-    ({"ukd_unclicked_rate": 1.5}, "ukd_unclicked_rate"),
-    ({"taml_activation": "tanh"}, "taml_activation"),
+    ({"ukd": {"unclicked_rate": 0.0}}, "model.ukd.unclicked_rate"),
+    ({"ukd": {"unclicked_rate": 1.5}}, "model.ukd.unclicked_rate"),
+    ({"taml": {"activation": "tanh"}}, "model.taml.activation"),
 ])
 def test_bad_values_fail_at_load_time(model, match):
     with pytest.raises(ConfigError, match=match):
@@ -30,4 +30,4 @@ def test_bad_values_fail_at_load_time(model, match):
 def test_tuning_tries_both_readings_of_ha_pfd():
     grid = TuningConfig().grid
     assert {0.0025, 0.025} <= set(grid["learning_rate"])  # appendix A, §4.1
-    assert {1.0, 10.0} <= set(grid["align_weight"])  # Eq. 6, appendix A
+    assert {1.0, 10.0} <= set(grid["alignment.weight"])  # Eq. 6, appendix A

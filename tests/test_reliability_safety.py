@@ -63,11 +63,11 @@ def test_the_scan_catches_what_it_bans(tmp_path):
 
 
 @pytest.mark.parametrize("override", [
-    "model.lam=__import__('os').system('touch /tmp/pfdx-pwned')",
-    "model.lam=!!python/object/apply:os.system ['touch /tmp/pfdx-pwned']",
+    "model.kd.lam=__import__('os').system('touch /tmp/pfdx-pwned')",
+    "model.kd.lam=!!python/object/apply:os.system ['touch /tmp/pfdx-pwned']",
 ])
 def test_overrides_are_parsed_as_data(override):
-    with pytest.raises(ConfigError, match="model.lam"):
+    with pytest.raises(ConfigError, match="model.kd.lam"):
         load_config(None, [override])
     assert not os.path.exists("/tmp/pfdx-pwned")
 

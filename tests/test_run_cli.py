@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small model on a small log: what is under test is what the user sees.
 SMALL = ["data.simulated_rows=20000", "model.epochs=1", "model.hash_buckets=1000",
-         "model.batch_size=64", "model.hidden_units=[32,16]", "model.mapping_hidden_units=[16]"]
+         "model.batch_size=64", "model.hidden_units=[32,16]",
+         "model.alignment.mapping_hidden_units=[16]"]
 
 
 def _pfdx_run(tmp_path, *overrides):

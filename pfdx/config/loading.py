@@ -2,23 +2,42 @@
 (`yaml.safe_load`: nothing is evaluated), then `key.sub=value` overrides."""
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import json
+import typing
 from typing import Any, Mapping
 
 import yaml
 
 from pfdx.config.coercion import ConfigError, build
+from pfdx.config.model import moved
 from pfdx.config.pipeline import PipelineConfig
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """`value` at `dotted` in `tree`, a section per dot; below a mapping setting the
+    rest is one key (`tuning.grid.kd.lam`: the grid's keys are dotted paths)."""
     keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
+    node, section = tree, PipelineConfig
+    for i, k in enumerate(keys[:-1]):
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        hint = typing.get_type_hints(section).get(k) if section is not None else None
+        if typing.get_origin(hint) in (collections.abc.Mapping, dict):
+            node[".".join(keys[i + 1:])] = value
+            return
+        section = hint if dataclasses.is_dataclass(hint) else None
     node[keys[-1]] = value
+
+
+def _refuse_moved(tree: Mapping[str, Any]) -> None:
+    """A moved model setting fails naming its new key (`model.lam` is `model.kd.lam`)."""
+    model = tree.get("model")
+    for key in model if isinstance(model, Mapping) else ():
+        if (where := moved(key, "model.")) is not None:
+            raise ConfigError(f"model.{key}: moved to {where}")
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
@@ -50,4 +69,5 @@ def from_dict(tree: Mapping[str, Any], overrides: list[str] | tuple[str, ...] = 
         except yaml.YAMLError:
             value = raw  # not YAML, e.g. the glob *.csv: the text itself (types are checked below)
         _set_dotted(tree, key.strip(), value)
+    _refuse_moved(tree)
     return build(PipelineConfig, tree, "").validate()

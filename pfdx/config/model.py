@@ -1,7 +1,20 @@
-"""The `model` section: the strategy and the joint model's shape and training."""
+"""The `model` section: the strategy, what every strategy shares (features, towers,
+optimizers, training schedule) and one section per strategy building block
+(strategy_sections.py). A setting is named by its dotted path below `model`:
+`learning_rate`, `kd.lam`; per-run tuning (`tuning.grid`), the registry and the
+chosen values a run records use these paths."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
+from typing import Any
+
+from pfdx.config.coercion import ConfigError
+from pfdx.config.strategy_sections import (AdversarialKdConfig, AlignmentConfig, EktfConfig,
+                                           KdConfig, MtlConfig, ReviewKdConfig,
+                                           SimilarityKdConfig, TamlConfig, UkdConfig)
+from pfdx.models import registry  # TensorFlow-free: strategy names checked at load time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -9,7 +22,7 @@ class ModelConfig:
     strategy: str = "ha_pfd_v2"
     embedding_dim: int = 16
     # How a categorical id becomes an embedding row (features/transform.py): "hash"
-    # (appendix A), `hash_buckets` rows whatever the data, an unseen id lands on an
+    # (HA-PFD appendix A), `hash_buckets` rows whatever the data, an unseen id lands on an
     # arbitrary (mostly never trained) row; or "vocabulary", a table sized to the
     # train split: a row per id seen at least `min_id_count` times (at most the
     # `max_vocabulary` most frequent) and `oov_buckets` shared rows for the rest and
@@ -27,8 +40,6 @@ class ModelConfig:
     numeric_buckets: int = 32
     hidden_units: tuple[int, ...] = (256, 128)
     smelu_beta: float = 1.0
-    gamma: float = 1.0
-    lam: float = 10.0
     # HA-PFD gives two: appendix A's 0.0025 (the default) and §4.1's 0.025. Per-run
     # tuning tries both (tuning.grid); docs/paper-deviations.md item 9.
     learning_rate: float = 0.0025
@@ -46,62 +57,7 @@ class ModelConfig:
     embedding_optimizer: str = "adam"
     clipnorm: float = 600.0
     init_stddev: float = 0.1
-    # Distillation settings (models/strategies.py). The logit-distillation term (KD or
-    # focal) always carries `lam`; the latent-alignment term carries `align_weight`
-    # (Eq. 6: 1). Appendix A gives the baselines' weights below; it also says
-    # ReviewKD's 10 is "the same as our layer aligning strategy", a second reading of
-    # this weight. Per-run tuning tries 0.1, 1 and 10 (tuning.grid); see
-    # docs/paper-deviations.md item 10.
-    align_weight: float = 1.0
-    # Hidden layers of each mapping DNN g^(i) (Eq. 5); its output has the teacher
-    # latent's width. The paper says only "a DNN".
-    mapping_hidden_units: tuple[int, ...] = (128,)
-    review_weight: float = 10.0
-    similarity_weight: float = 100.0
-    adversarial_hidden_units: tuple[int, ...] = (128, 64)
-    adversarial_disc_weight: float = 1.0
-    adversarial_weight: float = 10.0
-    # Steps the discriminators train alone before the student is pushed to fool
-    # them (paper: 5M batches of a 1.39B-row log).
-    adversarial_warmup_steps: int = 1_000
-    # Weight of the auxiliary privileged-feature tasks of the `mtl` baseline.
-    mtl_weight: float = 1.0
-    # Multi-head students (models/heads.py). EKTF: `ektf_heads` student towers on
-    # the shared embeddings, taught by their mean probability (EKTF Eq. 2); serve
-    # that mean (`ensemble`) or the head with the best running exam score (`best`).
-    ektf_heads: int = 3
-    ektf_serve: str = "ensemble"
-    # TAML (impression space): learners per task; experts per group (general, per
-    # task; each learner also has its own, so a gate weighs 2e + 1 experts) of
-    # `taml_expert_units`; self-distillation weights alpha (CTR), beta (CVR).
-    taml_learners: int = 2
-    taml_experts: int = 1
-    taml_expert_units: int = 64
-    # Learner towers' hidden layers (None: hidden_units) and the experts' and
-    # learners' activation, smelu | relu. The paper's: (64, 32), relu (with lr 1e-3,
-    # batch 2000); the defaults keep HA-PFD's towers so strategies compare on one
-    # architecture (models/strategies.py TaskAdaptiveMultiLearner).
-    taml_hidden_units: tuple[int, ...] | None = None
-    taml_activation: str = "smelu"
-    taml_alpha: float = 0.1
-    taml_beta: float = 0.1
-    # UKD (impression space): CTR loss weight gamma, pseudo-label weight alpha,
-    # uncertainty scale lambda, dropout before the two CVR heads; the teacher's
-    # gradient-reversal scale (its click discriminator: adversarial_hidden_units).
-    ukd_ctr_weight: float = 0.2
-    ukd_pseudo_weight: float = 0.5
-    ukd_uncertainty_scale: float = 100.0
-    ukd_dropout: float = 0.2
-    ukd_reversal_scale: float = 1.0
-    # UKD's towers, teacher and student (None: hidden_units). The paper's:
-    # (1024, 512, 256), with lr 0.005 and batch 128; the default keeps HA-PFD's
-    # towers so strategies compare on one architecture.
-    ukd_hidden_units: tuple[int, ...] | None = None
-    # Share of the unclicked impressions UKD's teacher trains on (all clicked rows
-    # do). None: derived from the train split's observed CTR as CTR / (1 - CTR), so
-    # clicked : unclicked is 1 : 1 (UKD appendix A.1); a number fixes it.
-    ukd_unclicked_rate: float | None = None
-    # TAML / UKD students also serve their CTR.
+    # TAML and UKD students also serve their CTR.
     serve_ctr: bool = False
     batch_size: int = 512
     # At most this many passes over the train split: early stopping on the
@@ -116,15 +72,103 @@ class ModelConfig:
     # sorted (by time, user, outcome); a small buffer would feed one-class batches.
     shuffle_buffer_rows: int = 1_000_000
     # What the teacher receives of a continuous privileged feature: `binary`, the
-    # Eq. 8 threshold's bit (paper), or `quantiles`: `privileged_buckets` quantile
-    # buckets of its value (selection still ranks by the Eq. 8 bit). Per-run tuning
+    # HA-PFD Eq. 8 threshold's bit (the paper's), or `quantiles`: `privileged_buckets`
+    # quantile buckets of its value (selection still ranks by the Eq. 8 bit). Per-run tuning
     # picks one on the validation split when both are in tuning.grid.
     privileged_encoding: str = "binary"
     privileged_buckets: int = 16
-    # Teacher and student share the regular-feature embeddings (paper §3.1). Off:
+    # Teacher and student share the regular-feature embeddings (HA-PFD §3.1). Off:
     # the teacher has its own tables, so it trains as if alone (models/model.py).
     share_embeddings: bool = True
     seed: int = 42
     # tf.distribute strategy: auto (MultiWorkerMirrored when TF_CONFIG names more
     # than one host, else Mirrored over the local GPUs) | mirrored | multi_worker.
     distribution: str = "auto"
+    # The strategies' own settings, a section per building block (strategy_sections.py).
+    kd: KdConfig = KdConfig()
+    alignment: AlignmentConfig = AlignmentConfig()
+    review_kd: ReviewKdConfig = ReviewKdConfig()
+    similarity_kd: SimilarityKdConfig = SimilarityKdConfig()
+    adversarial_kd: AdversarialKdConfig = AdversarialKdConfig()
+    mtl: MtlConfig = MtlConfig()
+    ektf: EktfConfig = EktfConfig()
+    taml: TamlConfig = TamlConfig()
+    ukd: UkdConfig = UkdConfig()
+
+    def get(self, path: str) -> Any:
+        """The setting at dotted `path`: `get("kd.lam")` is `self.kd.lam`."""
+        return functools.reduce(getattr, path.split("."), self)
+
+    @classmethod
+    def setting_types(cls) -> dict[str, Any]:
+        """Every setting's dotted path -> its type (the sections' settings, not the
+        sections themselves)."""
+        return _setting_types(cls)
+
+    def validate(self) -> None:
+        if self.strategy not in registry.STRATEGIES:
+            raise ConfigError(f"model.strategy: {self.strategy!r} is not one of "
+                              f"{', '.join(sorted(registry.STRATEGIES))}")
+        if self.embedding_optimizer not in ("adam", "lazy_adam"):
+            raise ConfigError(f"model.embedding_optimizer: {self.embedding_optimizer!r} is not "
+                              "one of adam, lazy_adam")
+        if self.categorical_encoding not in ("vocabulary", "hash"):
+            raise ConfigError(f"model.categorical_encoding: {self.categorical_encoding!r} is "
+                              "not one of vocabulary, hash")
+        if self.privileged_encoding not in ("binary", "quantiles"):
+            raise ConfigError(f"model.privileged_encoding: {self.privileged_encoding!r} is not "
+                              "one of binary, quantiles")
+        for key in ("epochs", "early_stopping_patience", "batch_size", "privileged_buckets",
+                    "shuffle_buffer_rows", "embedding_dim", "hash_buckets", "numeric_buckets",
+                    "max_vocabulary", "min_id_count", "oov_buckets"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}: {getattr(self, key)} is below 1")
+        for key in ("learning_rate", "teacher_learning_rate"):
+            value = getattr(self, key)
+            if value is not None and not value > 0.0:
+                raise ConfigError(f"model.{key}: {value} is not positive")
+        self.taml.validate()
+        self.ukd.validate()
+
+
+def _setting_types(cls: type, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out.update(_setting_types(hint, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = hint
+    return out
+
+
+# ModelConfig's flat settings before the strategy sections (issue 18), refused at load
+# time naming their new paths. EKTF's, TAML's and UKD's lost their prefix (`taml_alpha`
+# is `taml.alpha`); the others were renamed:
+_RENAMED = {
+    "lam": "kd.lam", "gamma": "kd.gamma",
+    "align_weight": "alignment.weight",
+    "mapping_hidden_units": "alignment.mapping_hidden_units",
+    "review_weight": "review_kd.weight", "similarity_weight": "similarity_kd.weight",
+    "adversarial_weight": "adversarial_kd.weight",
+    "adversarial_disc_weight": "adversarial_kd.discriminator_weight",
+    "adversarial_warmup_steps": "adversarial_kd.warmup_steps",
+    "mtl_weight": "mtl.weight",
+}
+_SECTIONS = {hint: name for name, hint in typing.get_type_hints(ModelConfig).items()
+             if dataclasses.is_dataclass(hint)}
+# Old key -> its new paths below `model`.
+_MOVED: dict[str, tuple[str, ...]] = {
+    **{f"{_SECTIONS[section]}_{f.name}": (f"{_SECTIONS[section]}.{f.name}",)
+       for section in (EktfConfig, TamlConfig, UkdConfig) for f in dataclasses.fields(section)},
+    **{old: (new,) for old, new in _RENAMED.items()},
+    # It shaped both discriminators, adversarial KD's and UKD's: two settings now.
+    "adversarial_hidden_units": ("adversarial_kd.discriminator_hidden_units",
+                                 f"{_SECTIONS[UkdConfig]}.discriminator_hidden_units"),
+}
+
+
+def moved(key: str, below: str) -> str | None:
+    """Where the old setting `key` is now, as keys below `below` (`model.`,
+    `tuning.grid.`); None for any other key."""
+    paths = _MOVED.get(key)
+    return None if paths is None else " and ".join(below + path for path in paths)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from pfdx.config.coercion import ConfigError
 from pfdx.config.data import DataConfig, span_specs
 from pfdx.config.model import ModelConfig
 from pfdx.config.run import (CompareConfig, EvaluationConfig, KubeflowConfig, RunnerConfig,
                              SelectionConfig, TuningConfig, WarmStartConfig)
-from pfdx.models import registry  # TensorFlow-free: names and spaces checked at load time
+from pfdx.models import registry  # TensorFlow-free: the example space
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,37 +32,10 @@ class PipelineConfig:
         self.evaluation.validate()
         self.tuning.validate()
         self.compare.validate()
-        m = self.model
-        if m.strategy not in registry.STRATEGIES:
-            raise ConfigError(f"model.strategy: {m.strategy!r} is not one of "
-                              f"{', '.join(sorted(registry.STRATEGIES))}")
-        if m.embedding_optimizer not in ("adam", "lazy_adam"):
-            raise ConfigError(f"model.embedding_optimizer: {m.embedding_optimizer!r} is not "
-                              "one of adam, lazy_adam")
-        if m.categorical_encoding not in ("vocabulary", "hash"):
-            raise ConfigError(f"model.categorical_encoding: {m.categorical_encoding!r} is not "
-                              "one of vocabulary, hash")
-        if m.privileged_encoding not in ("binary", "quantiles"):
-            raise ConfigError(f"model.privileged_encoding: {m.privileged_encoding!r} is not "
-                              "one of binary, quantiles")
-        for key in ("epochs", "early_stopping_patience", "batch_size", "privileged_buckets",
-                    "shuffle_buffer_rows", "embedding_dim", "hash_buckets", "numeric_buckets",
-                    "max_vocabulary", "min_id_count", "oov_buckets"):
-            if getattr(m, key) < 1:
-                raise ConfigError(f"model.{key}: {getattr(m, key)} is below 1")
-        for field in ("learning_rate", "teacher_learning_rate"):
-            value = getattr(m, field)
-            if value is not None and not value > 0.0:
-                raise ConfigError(f"model.{field}: {value} is not positive")
+        self.model.validate()
         if self.space == registry.IMPRESSION and self.data.columns.click is None:
             raise ConfigError(f"model.strategy: {self.model.strategy!r} trains on every "
                               "impression and needs data.columns.click")
-        rate = self.model.ukd_unclicked_rate
-        if rate is not None and not 0.0 < rate <= 1.0:
-            raise ConfigError(f"model.ukd_unclicked_rate: {rate} is not in (0, 1] or null")
-        if m.taml_activation not in ("smelu", "relu"):
-            raise ConfigError(f"model.taml_activation: {m.taml_activation!r} is not one of "
-                              "smelu, relu")
         return self
 
     @property
@@ -116,8 +89,9 @@ class PipelineConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def with_model(self, **fields: Any) -> "PipelineConfig":
-        """This config with model fields replaced, typed and checked like `--set model.x=v`."""
+    def with_model(self, values: Mapping[str, Any]) -> "PipelineConfig":
+        """This config with the model settings at `values`' dotted paths (`strategy`,
+        `kd.lam`) replaced, typed and checked like `--set model.kd.lam=v`."""
         from pfdx.config.loading import from_dict  # it builds PipelineConfigs
 
-        return from_dict(self.to_dict(), [f"model.{k}={json.dumps(v)}" for k, v in fields.items()])
+        return from_dict(self.to_dict(), [f"model.{k}={json.dumps(v)}" for k, v in values.items()])

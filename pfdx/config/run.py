@@ -3,11 +3,10 @@ baseline gate, the runners, per-run tuning, `pfdx compare` and warm starts."""
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any, Mapping
 
 from pfdx.config.coercion import ConfigError, coerce
-from pfdx.config.model import ModelConfig
+from pfdx.config.model import ModelConfig, moved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,15 +109,16 @@ class TuningConfig:
     (the encoding whose teacher scores best), then the configured distillation
     weights and up to `max_trials` draws (seeded by model.seed) of the rest of
     `grid`; the no-distillation winner stays a candidate. A strategy varies only the
-    fields it reads (models/registry.py `StrategySpec.tuning_keys`)."""
+    settings it reads (models/registry.py `StrategySpec.tuning_keys`)."""
 
     enabled: bool = True
-    # ModelConfig field -> values, for every strategy (`lam: [1, 10]`) or for one
-    # (`"ha_pfd_v2:gamma": [0.5, 1]`, which replaces the shared entry for it).
-    # Both readings of HA-PFD's alignment weight (Eq. 6: 1; appendix A: 10) and of
-    # its learning rate (appendix A: 0.0025; section 4.1: 0.025) are in the grid.
+    # A model setting's dotted path -> values, for every strategy (`kd.lam: [1, 10]`)
+    # or for one (`"ha_pfd_v2:kd.gamma": [0.5, 1]`, which replaces the shared entry
+    # for it). Both readings of HA-PFD's alignment weight (HA-PFD Eq. 6: 1; appendix
+    # A: 10) and of its learning rate (appendix A: 0.0025; §4.1: 0.025) are in the grid.
     grid: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=lambda: {
-        "lam": (0.1, 1.0, 10.0), "gamma": (1.0, 2.0), "align_weight": (0.1, 1.0, 10.0),
+        "kd.lam": (0.1, 1.0, 10.0), "kd.gamma": (1.0, 2.0),
+        "alignment.weight": (0.1, 1.0, 10.0),
         "learning_rate": (0.0025, 0.025), "privileged_encoding": ("binary", "quantiles"),
         "share_embeddings": (True, False)})
     max_trials: int = 4
@@ -131,17 +131,20 @@ class TuningConfig:
         if self.metric not in ("student_auc", "student_ece", "student_mce"):
             raise ConfigError(f"tuning.metric: {self.metric!r} is not one of "
                               "student_auc, student_ece, student_mce")
-        hints = typing.get_type_hints(ModelConfig)
-        fields = set(hints) - {"strategy", "seed"}
+        types = ModelConfig.setting_types()
+        tunable = set(types) - {"strategy", "seed"}
         for key, values in self.grid.items():
-            field = key.rsplit(":", 1)[-1]
-            if field not in fields:
-                raise ConfigError(f"tuning.grid.{key}: {field!r} is not a tunable "
-                                  f"model field; known: {sorted(fields)}")
+            strategy, _, path = key.rpartition(":")
+            prefix = f"{strategy}:" if strategy else ""
+            if (where := moved(path, f"tuning.grid.{prefix}")) is not None:
+                raise ConfigError(f"tuning.grid.{key}: moved to {where}")
+            if path not in tunable:
+                raise ConfigError(f"tuning.grid.{key}: {path!r} is not a tunable "
+                                  f"model setting; known: {sorted(tunable)}")
             if not values:
                 raise ConfigError(f"tuning.grid.{key}: no values")
             for i, v in enumerate(values):
-                coerce(hints[field], v, f"tuning.grid.{key}[{i}]")
+                coerce(types[path], v, f"tuning.grid.{key}[{i}]")
 
 
 @dataclasses.dataclass(frozen=True)
