@@ -174,7 +174,7 @@ def EvaluationReport(
 ) -> None:
     import tensorflow_model_analysis as tfma
 
-    from pfdx.components.click_log_example_gen import read_row_counts
+    from pfdx.components.click_log_outputs import read_row_counts
     from pfdx.components.trainer import TRAINING_METRICS_FILE
 
     def training_metrics(run) -> dict:

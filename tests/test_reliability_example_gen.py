@@ -21,8 +21,9 @@ from apache_beam.pvalue import TaggedOutput
 
 from pfdx.components import log_rows
 from pfdx.components.splits import SPLITS
-from pfdx.components.click_log_example_gen import (DEAD_LETTER_DIR, DataError, _ParseFile,
-                                                 check_rows, check_splits, format_dead_rows)
+from pfdx.components.click_log_example_gen import (DEAD_LETTER_DIR, DataError, check_rows,
+                                                 check_splits, format_dead_rows)
+from pfdx.components.click_log_transforms import ParseLogFile
 from pfdx.config import ConfigError, load_config
 from pfdx.simulator import simulate
 from tests.pipeline_helpers import int_props, latest, make_config, run_example_gen, store
@@ -138,7 +139,7 @@ def test_no_matching_file_fails_naming_the_pattern(tmp_path):
 def _parse(path: str, fmt: str):
     (match,) = FileSystems.match([path])
     used, dead, counts = [], [], collections.Counter()
-    for out in _ParseFile(SCHEMA, fmt, ",").process(fileio.ReadableFile(match.metadata_list[0])):
+    for out in ParseLogFile(SCHEMA, fmt, ",").process(fileio.ReadableFile(match.metadata_list[0])):
         if not isinstance(out, TaggedOutput):
             used.append(out)
         elif out.tag == "dead":
