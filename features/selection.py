@@ -27,7 +27,9 @@ class SplitGroups:
     `lo`/`hi` are each group's smallest/largest value (equal for a distinct value);
     `n`/`ny` its rows and positive labels (exact integers); `sz`, `szz`, `szy` are
     Σ(z−c), Σ(z−c)², Σ(z−c)·y for one centre c shared by all groups — r does not
-    depend on c, and centring keeps the running sums well conditioned.
+    depend on c. Raw sums (c = 0) add up across tables (the Beam job's
+    `ValueTable`); `centred()` moves c to the mean, which keeps the running sums
+    of the scan well conditioned.
     """
 
     lo: np.ndarray
@@ -37,6 +39,9 @@ class SplitGroups:
     sz: np.ndarray
     szz: np.ndarray
     szy: np.ndarray
+
+    # The additive statistics: a merged group's are the sums of its parts'.
+    SUMS = ("n", "ny", "sz", "szz", "szy")
 
     @classmethod
     def from_distinct(cls, values: np.ndarray, n: np.ndarray, ny: np.ndarray) -> "SplitGroups":
@@ -48,15 +53,16 @@ class SplitGroups:
         d = values - centre
         return cls(values, values, n, ny, d * n, d * d * n, d * ny)
 
-    @classmethod
-    def from_sums(cls, lo, hi, n, ny, sz, szz, szy) -> "SplitGroups":
-        """Groups holding several values, with raw (uncentred) sums Σz, Σz², Σzy."""
-        n = np.asarray(n, dtype=np.int64)
-        ny = np.asarray(ny, dtype=np.int64)
-        centre = float(np.sum(sz) / n.sum()) if n.sum() else 0.0
-        return cls(np.asarray(lo, np.float64), np.asarray(hi, np.float64), n, ny,
-                   sz - centre * n, szz - 2.0 * centre * sz + centre * centre * n,
-                   szy - centre * ny)
+    def centred(self) -> "SplitGroups":
+        """The same groups with c moved to the mean of z (a plain SplitGroups, also
+        from a subclass)."""
+        n = np.asarray(self.n, dtype=np.int64)
+        ny = np.asarray(self.ny, dtype=np.int64)
+        centre = float(np.sum(self.sz) / n.sum()) if n.sum() else 0.0
+        return SplitGroups(np.asarray(self.lo, np.float64), np.asarray(self.hi, np.float64),
+                           n, ny, self.sz - centre * n,
+                           self.szz - 2.0 * centre * self.sz + centre * centre * n,
+                           self.szy - centre * ny)
 
     def flag_counts(self, split: int) -> np.ndarray:
         """The discretised feature × label table of a split: rows are flag 0 (below

@@ -119,26 +119,18 @@ def _float_keys(z: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class ValueTable:
-    """A continuous candidate's rows grouped by value, ascending.
+class ValueTable(eq.SplitGroups):
+    """A continuous candidate's rows grouped by value, ascending: Eq. 8's groups with
+    raw sums (c = 0), so that tables from any split of the rows add up.
 
     Level 0: one group per distinct float32 value. Level L: one group per range of
-    2**L consecutive float32 values (key >> L). `lo`/`hi` are the smallest/largest
-    value seen in a group; `sz`, `szz`, `szy` raw float sums.
+    2**L consecutive float32 values (`keys` >> L). `lo`/`hi` are the smallest/largest
+    float32 value seen in a group.
     """
 
     level: int
     keys: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
-    n: np.ndarray
-    ny: np.ndarray
-    sz: np.ndarray
-    szz: np.ndarray
-    szy: np.ndarray
     missing: int
-
-    _SUMS = ("n", "ny", "sz", "szz", "szy")
 
     @classmethod
     def from_rows(cls, z: np.ndarray, y: np.ndarray, missing: int, cap: int) -> "ValueTable":
@@ -147,8 +139,8 @@ class ValueTable:
         order = np.argsort(keys, kind="stable")
         z32, y = z32[order], y[order].astype(np.int64)
         z64 = z32.astype(np.float64)
-        table = cls(0, keys[order], z32, z32, np.ones(len(z32), np.int64), y,
-                    z64, z64 * z64, z64 * y, missing)
+        table = cls(z32, z32, np.ones(len(z32), np.int64), y, z64, z64 * z64, z64 * y,
+                    level=0, keys=keys[order], missing=missing)
         return table.regroup(table.keys, 0).fit(cap)
 
     @classmethod
@@ -157,8 +149,9 @@ class ValueTable:
         keys = np.concatenate([t.keys >> np.uint64(level - t.level) for t in tables])
         order = np.argsort(keys, kind="stable")
         cat = {f: np.concatenate([getattr(t, f) for t in tables])[order]
-               for f in ("lo", "hi") + cls._SUMS}
-        table = cls(level, keys[order], missing=sum(t.missing for t in tables), **cat)
+               for f in ("lo", "hi") + cls.SUMS}
+        table = cls(level=level, keys=keys[order], missing=sum(t.missing for t in tables),
+                    **cat)
         return table.regroup(table.keys, level).fit(cap)
 
     def regroup(self, keys: np.ndarray, level: int) -> "ValueTable":
@@ -166,7 +159,7 @@ class ValueTable:
         if len(keys) == 0:
             return dataclasses.replace(self, level=level)
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        sums = {f: np.add.reduceat(getattr(self, f), starts) for f in self._SUMS}
+        sums = {f: np.add.reduceat(getattr(self, f), starts) for f in self.SUMS}
         return dataclasses.replace(self, level=level, keys=keys[starts],
                                    lo=np.minimum.reduceat(self.lo, starts),
                                    hi=np.maximum.reduceat(self.hi, starts), **sums)
@@ -187,7 +180,7 @@ class ValueTable:
             return eq.SplitGroups.from_distinct(self.lo, self.n, self.ny), None
         before = np.cumsum(self.n) - self.n
         b = self.regroup(before * quantile_buckets // int(self.n.sum()), self.level)
-        return eq.SplitGroups.from_sums(b.lo, b.hi, b.n, b.ny, b.sz, b.szz, b.szy), len(b.n)
+        return b.centred(), len(b.n)
 
 
 class _MergeTables(beam.CombineFn):
