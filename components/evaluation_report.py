@@ -20,6 +20,7 @@ import os
 from tfx import v1 as tfx
 from tfx.types import artifact
 
+from pfdx.models import registry
 from pfdx.reports import plots
 from pfdx.reports.tables import markdown_table, number
 
@@ -27,6 +28,11 @@ _ROW_KEYS = ("read", "used", "unclicked", "quarantined", "empty_files")
 # Runs the history shows: two weeks of daily runs.
 HISTORY_RUNS = 14
 HISTORY_PROPERTY = "history"
+# metrics.json's key for `teacher_run`: the teacher stage's name and "_eval". The report
+# is not told the strategy; the registry's one teacher stage (UKD's) is the one the DAG
+# wires in, and a second would fail this unpacking rather than mislabel a teacher.
+(_TEACHER_STAGE,) = {s.teacher_stage for s in registry.STRATEGIES.values()} - {None}
+TEACHER_EVAL_KEY = f"{_TEACHER_STAGE}_eval"
 
 
 class EvaluationReportArtifact(artifact.Artifact):
@@ -210,7 +216,7 @@ def EvaluationReport(
     summary = {"blessed": blessed, "blessing_failures": failures, "rows": counts,
                "trainer_eval": training, "tfma": table}
     if teacher is not None:
-        summary["ukd_teacher_eval"] = teacher
+        summary[TEACHER_EVAL_KEY] = teacher
     with open(os.path.join(report.uri, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     # What shipped and the tuned values, queryable in MLMD beside the lineage.
