@@ -123,6 +123,16 @@ def _ranking_task(prefix: str, calibration: bool) -> tfrs.tasks.Ranking:
         name=f"{prefix}_task")
 
 
+class _CatchUpRows(tf.keras.callbacks.Callback):
+    """`JointModel.catch_up_rows` at every epoch's and the training's end."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.catch_up_rows()
+
+    def on_train_end(self, logs=None):
+        self.model.catch_up_rows()
+
+
 class JointModel(tfrs.Model):
     """Teacher + student + the configured strategy (`ModelConfig.strategy`)."""
 
@@ -176,6 +186,25 @@ class JointModel(tfrs.Model):
         if CTR in out.student_heads:
             probs[CTR] = tf.sigmoid(tf.reshape(out.student_heads[CTR], [-1]))
         return probs
+
+    def catch_up_rows(self) -> None:
+        """Bring embedding rows a `LazyAdam` left behind to where Adam has them
+        (models/optimizers.py): before weights are read beyond a training step."""
+        for optimizer in (self.optimizer, getattr(self, "teacher_optimizer", None)):
+            if isinstance(optimizer, LazyAdam):
+                optimizer.flush()
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        # First of the epoch-end callbacks: those that keep or restore weights read them.
+        return super().fit(*args, callbacks=[_CatchUpRows(), *(callbacks or [])], **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        self.catch_up_rows()
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        self.catch_up_rows()
+        return super().predict(*args, **kwargs)
 
     def predict_both(self, features) -> dict[str, tf.Tensor]:
         """Student and teacher predictions for evaluation (same as calling the model)."""

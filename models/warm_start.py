@@ -39,6 +39,7 @@ from pfdx.config import PipelineConfig
 from pfdx.features import selection_report, transform
 from pfdx.models.layers import FeatureEmbeddings
 from pfdx.models.model import JointModel
+from pfdx.models.optimizers import LazyAdam
 
 JOINT_DIR = "joint"
 STATE_PREFIX = "state"
@@ -325,6 +326,8 @@ class Restorer:
             if key in entries and (o == "optimizer" or self.plan.teacher):
                 slots[o][key].assign(value(key))
             steps[o] = int(slots[o][key].numpy())
+            if isinstance(getattr(model, o), LazyAdam):  # saved caught up, at that step
+                getattr(model, o).mark_caught_up()
         for line in fresh:
             self.log(f"warm start {name}: fresh {line}")
         for path, counts in tables.items():

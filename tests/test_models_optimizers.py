@@ -1,6 +1,7 @@
 """LazyAdam (models/optimizers.py) against a numpy Adam with decoupled weight decay:
 dense variables as Keras' Adam, embedding rows in a batch as Adam on those rows
-(duplicate ids summed), rows outside it untouched, moments included."""
+(duplicate ids summed), rows outside it untouched until they are caught up; and,
+caught up (`flush`), every row as Keras' own Adam leaves it."""
 import numpy as np
 import pytest
 
@@ -31,6 +32,7 @@ def test_matches_numpy_adam_on_dense_and_on_the_batchs_rows():
     w_t, m_t, v_t = table0.copy(), np.zeros_like(table0), np.zeros_like(table0)
     w_d, m_d, v_d = dense0.copy(), np.zeros_like(dense0), np.zeros_like(dense0)
     steps = [np.array([1, 4, 1]), np.array([4, 2])]  # row 1 twice in step 1; 0, 3, 5 never
+    last = np.zeros(6, np.int64)
     for t, ids in enumerate(steps, start=1):
         values = rng.normal(size=(ids.size, 3))
         g_dense = rng.normal(size=(4,))
@@ -40,12 +42,54 @@ def test_matches_numpy_adam_on_dense_and_on_the_batchs_rows():
         rows = np.unique(ids)
         g = np.zeros_like(table0)
         np.add.at(g, ids, values)
+        # A row first seen now catches up on the weight decay of the steps before
+        # (no momentum yet: nothing else to catch up on in these two steps).
+        w_t[rows] *= (1 - LR * WD) ** (t - 1 - last[rows])[:, None]
+        last[rows] = t
         w_t[rows], m_t[rows], v_t[rows] = _adam(w_t[rows], m_t[rows], v_t[rows], g[rows], t)
         w_d, m_d, v_d = _adam(w_d, m_d, v_d, g_dense, t)
         np.testing.assert_allclose(table.numpy(), w_t, rtol=1e-6)  # the optimizer keeps lr in float32
         np.testing.assert_allclose(dense.numpy(), w_d, rtol=1e-6)  # the optimizer keeps lr in float32
     untouched = [0, 3, 5]
     np.testing.assert_array_equal(table.numpy()[untouched], table0[untouched])
+
+
+def _sparse_steps(rows=40, dim=3, steps=300, seed=2):
+    """Row gradients without duplicate ids: a few hot rows in most steps, rare rows
+    now and then, some rows never (Keras' Adam sums squares of duplicates; LazyAdam
+    squares their sum)."""
+    rng = np.random.default_rng(seed)
+    hot = np.arange(4)
+    for _ in range(steps):
+        rare = rng.choice(np.arange(4, rows - 5), size=rng.integers(0, 4), replace=False)
+        ids = np.concatenate([hot[rng.random(4) < 0.7], rare]).astype(np.int64)
+        yield ids, rng.normal(size=(ids.size, dim)) * rng.choice([1e-4, 1e-2, 1.0], ids.size)[:, None]
+
+
+@pytest.mark.parametrize("flush_every", [None, 7])
+def test_caught_up_rows_equal_keras_adam(flush_every):
+    """Rows keep moving on their momentum and decay while absent, as in Keras' Adam:
+    after `flush` the table, both moments included, is Keras' to float32 rounding,
+    whether or not it was flushed in between (a flush mid-run changes nothing)."""
+    start = np.random.default_rng(3).normal(size=(40, 3)).astype(np.float32)
+    lazy_table, keras_table = tf.Variable(start), tf.Variable(start)
+    lazy = LazyAdam(learning_rate=0.01, weight_decay=0.001)
+    keras = tf.keras.optimizers.Adam(learning_rate=0.01, weight_decay=0.001)
+    for step, (ids, values) in enumerate(_sparse_steps(), start=1):
+        for opt, table in ((lazy, lazy_table), (keras, keras_table)):
+            grad = tf.IndexedSlices(tf.constant(values, tf.float32), tf.constant(ids),
+                                    tf.constant(start.shape, tf.int64))
+            opt.apply_gradients([(grad, table)])
+        if flush_every and step % flush_every == 0:
+            lazy.flush()
+    moved = np.abs(keras_table.numpy() - start).max()
+    assert not np.allclose(lazy_table.numpy(), keras_table.numpy(), atol=1e-3 * moved)
+    lazy.flush()
+    np.testing.assert_allclose(lazy_table.numpy(), keras_table.numpy(), atol=2e-4 * moved)
+    for slot in ("_momentums", "_velocities"):
+        np.testing.assert_allclose(getattr(lazy, slot)[0].numpy(), getattr(keras, slot)[0].numpy(),
+                                   rtol=1e-4, atol=1e-12)
+    assert lazy.iterations.numpy() == keras.iterations.numpy() == 300
 
 
 def test_dense_updates_equal_keras_adam():
