@@ -7,7 +7,7 @@ Runs the pipeline's DAG up to the Transform (LocalDagRunner; cached on a re-run
 with the same --work), then reads the train split exactly as the Trainer does: TFX's
 `data_accessor.tf_dataset_factory` for the Examples artifact (tfx-bsl: interleaved
 gzip TFRecord reads, whole-split shuffle, batch, `parse_example_dataset`) and
-`models/training.py transformed_dataset` (the TFT layer mapped with AUTOTUNE,
+`models/datasets.py transformed_dataset` (the TFT layer mapped with AUTOTUNE,
 prefetch). It reports, for the configured strategy's model (`Fitter._build`):
 
 - input alone: batches/s of the dataset iterated without training, and the first
@@ -37,7 +37,7 @@ from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
 
 from pfdx.components import splits  # noqa: E402
 from pfdx.config import load_config  # noqa: E402
-from pfdx.models import training  # noqa: E402
+from pfdx.models import datasets, training  # noqa: E402
 from pfdx.pipeline import dag, local_runner  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,13 +111,13 @@ def measure(args: argparse.Namespace, work: str) -> None:
     tft_output = tft.TFTransformOutput(graph.uri)
     factory = tfxio_utils.get_tf_dataset_factory_from_artifact([examples], [])
     train = [os.path.join(artifact_utils.get_split_uri([examples], splits.TRAIN), "*")]
-    rows = training.count_records(train)
+    rows = datasets.count_records(train)
     m = config.model
     print(f"train split: {rows} rows, batch {m.batch_size}, strategy {m.strategy}, "
           f"{m.hash_buckets} hash buckets, {os.cpu_count()} CPU cores")
 
     def stream():
-        return training.transformed_dataset(factory, train, tft_output, config, shuffle=True)
+        return datasets.transformed_dataset(factory, train, tft_output, config, shuffle=True)
 
     # Input alone.
     for _ in range(args.rounds):

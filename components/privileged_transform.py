@@ -13,7 +13,7 @@ can tell whether the teacher's inputs still mean the same (models/warm_start.py)
 The stock spec's `transformed_examples` is not declared: TFX 1.16 materializes the
 transformed data whenever that output exists (`transform/executor.py`), and nothing
 would read it -- the Trainer and `pfdx compare` apply the graph's TFT layer to the
-raw examples in tf.data (models/training.py `transformed_dataset`).
+raw examples in tf.data (models/datasets.py `transformed_dataset`).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from tfx import v1 as tfx
 from pfdx.config import ConfigError, PipelineConfig, from_dict
 from pfdx.components import resume, splits
 from pfdx.features import selection_report
-from pfdx.models import champion, registry, training, warm_start
+from pfdx.models import champion, datasets, registry, training, warm_start
 from pfdx.models.distributed import distribution_strategy
 from pfdx.serving import export
 
@@ -114,7 +114,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         pseudo_label_column=fn_args.custom_config.get(PSEUDO_LABEL_COLUMN_KEY),
         initialize=restorer)
     if config.space == registry.CLICK:
-        _, privileged = training.vocabularies(config, tf_transform_output)
+        _, privileged = datasets.vocabularies(config, tf_transform_output)
         winner = champion.train_champion(config, fitter, bool(privileged), logging.info,
                                          plan.params)
         result, metrics = winner.shipped, winner.metrics()

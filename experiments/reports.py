@@ -36,7 +36,7 @@ MIN_BIN_ROWS = 20
 
 
 def load_predictions(out: str, run_row: dict[str, Any]):
-    from pfdx.models.training import Predictions
+    from pfdx.models.predictions import Predictions
 
     return Predictions.load(os.path.join(out, run_row["predictions"]))
 

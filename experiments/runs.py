@@ -48,7 +48,7 @@ def train(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[
     {strategy: the values its tuning chose}); predictions under `out/predictions`."""
     import tensorflow as tf
 
-    from pfdx.models import training, tuning
+    from pfdx.models import predictions, tuning
 
     bins = config.evaluation.calibration_bins
     runs, tuning_rows, chosen = [], [], {}
@@ -82,7 +82,7 @@ def train(config: PipelineConfig, names: Sequence[str], windows: dict[str, dict[
         seconds += time.perf_counter() - tic
         del fitted
         if space == CLICK and IMPRESSION in windows:  # the same impressions as the others
-            result.metrics.update(training.impression_metrics(fit.predict(
+            result.metrics.update(predictions.impression_metrics(fit.predict(
                 run_config, result.model, [windows[IMPRESSION][TEST].pattern]), bins))
         path = os.path.join(out, PREDICTIONS_DIR, f"{name}-seed{seed}.npz")
         result.predictions.save(path)

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from pfdx.config import ConfigError, load_config
 from pfdx.models import metrics, registry
-from pfdx.models.training import Predictions
+from pfdx.models.predictions import Predictions
 from pfdx.experiments import compare, reports, strategies
 from pfdx.pipeline import cli
 from pfdx.simulator import schema, simulate

@@ -215,14 +215,14 @@ def test_served_student_is_the_ensemble_or_the_best_head(strategy, batch):
 
 
 def test_evaluation_scores_the_served_best_head_not_the_ensemble(batch):
-    from pfdx.models import training
+    from pfdx.models import predictions
 
     features, y = batch
     model = JointModel(config("ha_pfd_v2_ektf", {"ektf.serve": "best"}), REGULAR, PRIVILEGED)
     model.loss_terms(*batch)
     model.strategy.parts[-1].exam_average.assign([0.2, 0.3, 0.9])
     data = tf.data.Dataset.from_tensors((features, y, tf.zeros([0])))
-    p = training.predict(model, data)
+    p = predictions.predict(model, data)
     head_2 = model.forward(features).student_heads["head_2"].numpy().reshape(-1)
     np.testing.assert_allclose(p.student, sigmoid(head_2), rtol=1e-5)
     assert not np.allclose(p.student, model.predict_both(features)["student"], rtol=1e-3)

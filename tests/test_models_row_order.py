@@ -5,7 +5,7 @@ import tensorflow as tf
 from tensorflow_transform.tf_metadata import schema_utils
 
 from pfdx.config import ModelConfig
-from pfdx.models import training
+from pfdx.models import datasets
 from pfdx.experiments.windows import dataset_factory
 
 ROWS, POSITIVES = 30_000, 24_000  # KuaiRand-like: 80 % positives, all first
@@ -21,14 +21,14 @@ def _sorted_log(path):
 
 def _batch_means(path, m):
     schema = schema_utils.schema_from_feature_spec({"label": tf.io.FixedLenFeature([], tf.int64)})
-    ds = dataset_factory([path], training.dataset_options([path], m, shuffle=True), schema)
+    ds = dataset_factory([path], datasets.dataset_options([path], m, shuffle=True), schema)
     return np.array([b["label"].numpy().mean() for b in ds])
 
 
 def test_count_records_counts_every_example(tmp_path):
     path = str(tmp_path / "log.tfrecord.gz")
     _sorted_log(path)
-    assert training.count_records([str(tmp_path / "*.gz")]) == ROWS
+    assert datasets.count_records([str(tmp_path / "*.gz")]) == ROWS
 
 
 def test_batches_of_a_label_sorted_split_hold_both_classes(tmp_path):

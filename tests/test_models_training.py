@@ -79,7 +79,7 @@ def pairwise_auc(labels, scores) -> float:
 
 
 def test_impression_space_summary_scores_cvr_on_clicks_and_ctcvr_on_impressions():
-    from pfdx.models.training import Predictions, summarize
+    from pfdx.models.predictions import Predictions, summarize
 
     rng = np.random.default_rng(3)
     n = 400

@@ -268,7 +268,7 @@ def test_the_balanced_rate_is_the_observed_odds_of_a_click():
 
 
 def test_the_teacher_samples_one_unclicked_row_per_click_by_default():
-    from pfdx.models.training import sampled_impressions
+    from pfdx.models.datasets import sampled_impressions
 
     click, batches = click_batches(4000, 0.06, 8)
     assert config("ukd_teacher").ukd.unclicked_rate is None
@@ -281,7 +281,7 @@ def test_the_teacher_samples_one_unclicked_row_per_click_by_default():
 
 
 def test_teacher_epochs_hold_the_same_rows_in_the_same_number_of_steps():
-    from pfdx.models.training import sampled_impressions
+    from pfdx.models.datasets import sampled_impressions
 
     features, labels = make_rows(2000, 4)
     del labels["pseudo_label"]
