@@ -23,7 +23,7 @@ from tfx_bsl.public import tfxio
 from pfdx.config import ModelConfig, PipelineConfig
 from pfdx.features import transform
 from pfdx.models import impressions, registry
-from pfdx.models.strategies import CLICK, LABEL, PSEUDO_LABEL
+from pfdx.models.strategy_base import CLICK, LABEL, PSEUDO_LABEL
 
 # (file patterns, options, raw schema) -> batches of raw feature dicts.
 DatasetFactory = Callable[[list[str], tfxio.TensorFlowDatasetOptions, schema_pb2.Schema],

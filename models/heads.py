@@ -199,25 +199,6 @@ def task_adaptive_learners(config, name: str = "taml") -> TaskAdaptiveLearners:
                                 {t: TaskBranch(config, t) for t in ("cvr", CTR)}, name=name)
 
 
-def ukd_hidden_units(config) -> tuple[int, ...]:
-    """UKD's tower widths (teacher and student): `ukd.hidden_units`, else `hidden_units`."""
-    return config.hidden_units if config.ukd.hidden_units is None else config.ukd.hidden_units
-
-
-def twin_dropout_heads(config, name: str = "ukd_student") -> TwinDropoutHeads:
-    """UKD's student head from `ModelConfig`: the CVR tower's hidden layers
-    (`ukd.hidden_units`), two linear predictors behind `ukd.dropout`, and a CTR
-    tower of the same shape."""
-    c, units = config, ukd_hidden_units(config)
-
-    def tower(units, out, name):
-        return Tower(units, out, c.smelu_beta, c.init_stddev, name=name)
-
-    return TwinDropoutHeads(tower(units[:-1], units[-1], "cvr_representation"),
-                            [tower((), 1, f"cvr_predictor_{i}") for i in range(2)], c.ukd.dropout,
-                            tower(units, 1, "ctr_tower"), name=name)
-
-
 def reverse_gradient(x: tf.Tensor, scale: float) -> tf.Tensor:
     """Identity forward; the gradient is multiplied by -scale on the way back."""
 

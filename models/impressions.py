@@ -12,7 +12,7 @@ from __future__ import annotations
 import pfdx  # noqa: F401  (Keras 2 flag before TensorFlow)
 import tensorflow as tf
 
-from pfdx.models.strategies import CLICK, PSEUDO_LABEL
+from pfdx.models.strategy_base import CLICK, PSEUDO_LABEL
 
 
 def sample_unclicked(rows: tf.data.Dataset, rate: float, seed: int) -> tf.data.Dataset:

@@ -38,7 +38,8 @@ from pfdx.models.distributed import global_batch_size
 from pfdx.models.heads import CTR, HeadOutputs
 from pfdx.models.layers import FeatureEmbeddings, Tower
 from pfdx.models.optimizers import LazyAdam
-from pfdx.models.strategies import CLICK, LABEL, Outputs, make_strategy
+from pfdx.models.strategies import make_strategy
+from pfdx.models.strategy_base import CLICK, LABEL, Outputs
 
 
 class StudentOutputs(NamedTuple):

@@ -14,7 +14,7 @@ import tensorflow as tf
 from pfdx.models import metrics as model_metrics
 from pfdx.models.heads import CTR
 from pfdx.models.model import JointModel
-from pfdx.models.strategies import CLICK, LABEL
+from pfdx.models.strategy_base import CLICK, LABEL
 
 
 @dataclasses.dataclass(frozen=True)

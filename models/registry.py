@@ -36,7 +36,7 @@ class StrategySpec:
     settings: tuple[str, ...] = ()
     space: str = CLICK
     # A teacher tower on the privileged inputs trains beside the student
-    # (models/strategies.py `Strategy.uses_teacher`).
+    # (models/strategy_base.py `Strategy.uses_teacher`).
     privileged_teacher: bool = False
     # Its nets read the privileged inputs (a teacher, MTL's targets): it is not
     # trained when selection keeps none, and tuning varies their encoding.

@@ -13,7 +13,7 @@ from pfdx.config import PipelineConfig
 from pfdx.models import impressions
 from pfdx.models.heads import reverse_gradient
 from pfdx.models.model import JointModel, build_model
-from pfdx.models.strategies import Outputs
+from pfdx.models.strategy_base import Outputs
 
 REGULAR = {"user_id": 40, "bid": 9}
 PRIVILEGED = {"privileged__page_jump": 3}
