@@ -13,19 +13,17 @@ and the checks across them), `loading` (files and overrides), `coercion` (plain 
 to typed sections, `ConfigError`).
 """
 from pfdx.config.coercion import ConfigError
-from pfdx.config.data import EVAL_SPLITS, ColumnRoles, DataConfig, SpanConfig, span_specs
+from pfdx.config.data import ColumnRoles, DataConfig, SpanConfig, span_specs
 from pfdx.config.loading import from_dict, load_config
 from pfdx.config.model import ModelConfig
 from pfdx.config.strategy_sections import (AdversarialKdConfig, AlignmentConfig, EktfConfig,
-                                           KdConfig, MtlConfig, ReviewKdConfig,
-                                           SimilarityKdConfig, TamlConfig, UkdConfig)
+                                           KdConfig, TamlConfig, TermWeightConfig, UkdConfig)
 from pfdx.config.pipeline import PipelineConfig
 from pfdx.config.run import (CompareConfig, EvaluationConfig, KubeflowConfig, RunnerConfig,
                              SelectionConfig, TuningConfig, WarmStartConfig)
 
-__all__ = ["EVAL_SPLITS", "AdversarialKdConfig", "AlignmentConfig", "ColumnRoles",
-           "CompareConfig", "ConfigError", "DataConfig", "EktfConfig", "EvaluationConfig",
-           "KdConfig", "KubeflowConfig", "ModelConfig", "MtlConfig", "PipelineConfig",
-           "ReviewKdConfig", "RunnerConfig", "SelectionConfig", "SimilarityKdConfig",
-           "SpanConfig", "TamlConfig", "TuningConfig", "UkdConfig", "WarmStartConfig",
-           "from_dict", "load_config", "span_specs"]
+__all__ = ["AdversarialKdConfig", "AlignmentConfig", "ColumnRoles", "CompareConfig",
+           "ConfigError", "DataConfig", "EktfConfig", "EvaluationConfig", "KdConfig",
+           "KubeflowConfig", "ModelConfig", "PipelineConfig", "RunnerConfig",
+           "SelectionConfig", "SpanConfig", "TamlConfig", "TermWeightConfig", "TuningConfig",
+           "UkdConfig", "WarmStartConfig", "from_dict", "load_config", "span_specs"]

@@ -1,6 +1,6 @@
 """Plain data (YAML, JSON, `--set` values) to the typed config: every key is checked
-against the dataclass fields and every value against its type, so a typo or a wrong
-type fails with the key's dotted name."""
+against the dataclass fields and every value against its type (a `Literal` field's
+against its choices), so a typo or a wrong value fails with the key's dotted name."""
 from __future__ import annotations
 
 import collections.abc
@@ -14,8 +14,10 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; names the key."""
 
 
-def build(cls: type, raw: Any, where: str) -> Any:
-    """Build dataclass `cls` from plain data, checking every key and type."""
+def build(cls: type, raw: Any, where: str, base: Any = None) -> Any:
+    """Build dataclass `cls` from plain data, checking every key and type. The keys
+    `raw` leaves out keep their value in `base` (a section's default where its
+    parent declares it), else the class default."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
@@ -23,15 +25,21 @@ def build(cls: type, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {k: coerce(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in raw.items()}
-    return cls(**kwargs)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    kwargs = {k: coerce(hints[k], v, f"{where}.{k}".lstrip("."), defaults[k])
+              for k, v in raw.items()}
+    return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
 
 
-def coerce(hint: Any, value: Any, where: str) -> Any:
+def coerce(hint: Any, value: Any, where: str, default: Any = None) -> Any:
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
+        return build(hint, value, where, default if dataclasses.is_dataclass(default) else None)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import Literal
 
 from pfdx.config.coercion import ConfigError
 from pfdx.simulator import scenarios as sim_scenarios
@@ -60,7 +61,6 @@ class ColumnRoles:
 _SPAN_SPEC = re.compile(r"{SPAN(:[^}]*)?}")
 _VERSION_SPEC = re.compile(r"{VERSION(:[^}]*)?}")
 _DATE_SPECS = ("{YYYY}", "{MM}", "{DD}")
-EVAL_SPLITS = ("tail", "newest_span")
 
 
 def span_specs(pattern: str) -> str | None:
@@ -82,14 +82,11 @@ class SpanConfig:
     # The eval split: "tail" = the last data.eval_fraction of the newest span's time
     # range (with one span: the split of a run without spans); "newest_span" = all of
     # the newest span (needs num_spans >= 2: the older spans train and validate).
-    eval_split: str = "tail"
+    eval_split: Literal["tail", "newest_span"] = "tail"
 
     def validate(self, file_pattern: str) -> None:
         if self.num_spans < 1:
             raise ConfigError(f"data.spans.num_spans: {self.num_spans} is below 1")
-        if self.eval_split not in EVAL_SPLITS:
-            raise ConfigError(f"data.spans.eval_split: {self.eval_split!r} is not one of "
-                              f"{', '.join(EVAL_SPLITS)}")
         kind = span_specs(file_pattern)
         if kind is None and self != SpanConfig():
             key = "num_spans" if self.num_spans != 1 else "eval_split"
@@ -125,7 +122,7 @@ class SpanConfig:
 class DataConfig:
     # None: the pipeline simulates `simulated_rows` rows into <output_root>/data.
     path: str | None = None
-    format: str = "csv"  # csv | parquet | tfrecord
+    format: Literal["csv", "parquet", "tfrecord"] = "csv"
     # Files under `path` to read (glob); gzip-compressed TFRecords need "*.gz".
     file_pattern: str = "*"
     separator: str = ","
@@ -164,8 +161,6 @@ class DataConfig:
     spans: SpanConfig = SpanConfig()
 
     def validate(self) -> None:
-        if self.format not in ("csv", "parquet", "tfrecord"):
-            raise ConfigError(f"data.format: {self.format!r} is not one of csv, parquet, tfrecord")
         if self.simulated_scenario not in sim_scenarios.SCENARIOS:
             raise ConfigError(f"data.simulated_scenario: {self.simulated_scenario!r} is not one "
                               f"of {', '.join(sim_scenarios.SCENARIOS)}")

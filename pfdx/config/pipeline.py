@@ -15,6 +15,12 @@ from pfdx.config.run import (CompareConfig, EvaluationConfig, KubeflowConfig, Ru
 from pfdx.models import registry  # TensorFlow-free: the example space
 
 
+def _output_path(relative: str) -> property:
+    """A read-only attribute: the path `relative` under the output root (`resolve`)."""
+    return property(lambda config: config.resolve(relative),
+                    doc=f"<runner.output_root>/{relative}")
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     data: DataConfig = DataConfig()
@@ -29,7 +35,6 @@ class PipelineConfig:
 
     def validate(self) -> "PipelineConfig":
         self.data.validate()
-        self.evaluation.validate()
         self.tuning.validate()
         self.compare.validate()
         self.model.validate()
@@ -60,21 +65,10 @@ class PipelineConfig:
             raise ConfigError(f"path {relative!r} escapes the output root {root}")
         return path
 
-    @property
-    def pipeline_root(self) -> str:
-        return self.resolve("pipeline_root")
-
-    @property
-    def metadata_path(self) -> str:
-        return self.resolve("metadata.sqlite")
-
-    @property
-    def serving_dir(self) -> str:
-        return self.resolve("serving")
-
-    @property
-    def reports_dir(self) -> str:
-        return self.resolve("reports")
+    pipeline_root = _output_path("pipeline_root")
+    metadata_path = _output_path("metadata.sqlite")
+    serving_dir = _output_path("serving")
+    reports_dir = _output_path("reports")
 
     @property
     def beam_pipeline_args(self) -> list[str]:

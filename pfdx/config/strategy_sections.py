@@ -9,6 +9,7 @@ Papers by short name: HA-PFD, EKTF, TAML, UKD (docs/architecture.md lists them).
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from pfdx.config.coercion import ConfigError
 
@@ -37,18 +38,11 @@ class AlignmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ReviewKdConfig:
-    """The `review_kd` baseline (HA-PFD appendix A): layer alignment over more
-    layer pairs, with `alignment.mapping_hidden_units` mapping DNNs."""
+class TermWeightConfig:
+    """A block whose one setting is its loss term's weight: HA-PFD appendix A's
+    baselines `review_kd`, `similarity_kd` and `mtl` (their defaults: ModelConfig)."""
 
-    weight: float = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class SimilarityKdConfig:
-    """The `similarity_kd` baseline (HA-PFD appendix A: weight tuned to 100)."""
-
-    weight: float = 100.0
+    weight: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +56,6 @@ class AdversarialKdConfig:
     # Steps the discriminators train alone before the student is pushed to fool
     # them (paper: 5M batches of a 1.39B-row log).
     warmup_steps: int = 1_000
-
-
-@dataclasses.dataclass(frozen=True)
-class MtlConfig:
-    """The `mtl` baseline (HA-PFD appendix A): the privileged features as auxiliary tasks."""
-
-    weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,14 +83,9 @@ class TamlConfig:
     # batch 2000); the defaults keep HA-PFD's towers so strategies compare on one
     # architecture (docs/paper-deviations.md item 8).
     hidden_units: tuple[int, ...] | None = None
-    activation: str = "smelu"
+    activation: Literal["smelu", "relu"] = "smelu"
     alpha: float = 0.1
     beta: float = 0.1
-
-    def validate(self) -> None:
-        if self.activation not in ("smelu", "relu"):
-            raise ConfigError(f"model.taml.activation: {self.activation!r} is not one of "
-                              "smelu, relu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,18 +93,19 @@ class UkdConfig:
     """UKD (`ukd_teacher`, then `ukd`; impression space). The student: CTR loss
     weight gamma (UKD Eq. 10), pseudo-label weight alpha and uncertainty scale lambda
     (UKD Eq. 12), dropout before its two CVR heads (UKD Eq. 11). The teacher: the
-    gradient-reversal scale and the tower of its click discriminator (UKD Eq. 7)."""
+    gradient-reversal scale and the tower of its click discriminator (UKD Eq. 7), and
+    its sample of the unclicked rows."""
 
     ctr_weight: float = 0.2
     pseudo_weight: float = 0.5
     uncertainty_scale: float = 100.0
     dropout: float = 0.2
-    reversal_scale: float = 1.0
-    discriminator_hidden_units: tuple[int, ...] = (128, 64)
     # The towers of teacher and student (None: model.hidden_units). The paper's:
     # (1024, 512, 256), with lr 0.005 and batch 128; the default keeps HA-PFD's
     # towers so strategies compare on one architecture (docs/paper-deviations.md item 5).
     hidden_units: tuple[int, ...] | None = None
+    reversal_scale: float = 1.0
+    discriminator_hidden_units: tuple[int, ...] = (128, 64)
     # Share of the unclicked impressions the teacher trains on (all clicked rows do,
     # UKD §3.1). None: derived from the train split's observed CTR as CTR / (1 - CTR),
     # so clicked : unclicked is 1 : 1 (UKD appendix A.1); a number fixes it.
