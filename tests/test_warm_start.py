@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pfdx.config import ModelConfig, load_config
+from pfdx.config import AlignmentConfig, ModelConfig, load_config
 from pfdx.models import warm_start
 from pfdx.models.model import build_model
 
@@ -36,7 +36,8 @@ def test_remap_rows_starts_oov_rows_fresh_when_their_count_changed():
     assert counts["oov_copied"] == 0
 
 
-SMALL = dataclasses.replace(ModelConfig(), hidden_units=(8, 4), mapping_hidden_units=(4,))
+SMALL = dataclasses.replace(ModelConfig(), hidden_units=(8, 4),
+                            alignment=AlignmentConfig(mapping_hidden_units=(4,)))
 PRIVILEGED = {"privileged__x": 3}
 
 
@@ -67,9 +68,9 @@ def _restore(tmp_path, base, new_tokens, teacher=True):
     """Saves `base` as a run would, builds a model whose user_id vocabulary is
     `new_tokens` (+1 OOV row) and restores it; returns it and the restorer."""
     old = _write_tokens(tmp_path / "old", "vocabulary__user_id", TOKENS)
-    warm_start.save(str(tmp_path / "base"), "ha_pfd_v2", base, {"lam": 1.0}, ["day1"])
+    warm_start.save(str(tmp_path / "base"), "ha_pfd_v2", base, {"kd.lam": 1.0}, ["day1"])
     warm_start.save_inputs(str(tmp_path / "base"), {"user_id": old}, None)
-    plan = warm_start.Plan(str(tmp_path / "base"), {"ha_pfd_v2": {"lam": 1.0}}, teacher, "test")
+    plan = warm_start.Plan(str(tmp_path / "base"), {"ha_pfd_v2": {"kd.lam": 1.0}}, teacher, "test")
     new = _write_tokens(tmp_path / "new", "vocabulary__user_id", new_tokens)
     restorer = warm_start.Restorer(plan, {"user_id": new}, tf.distribute.get_strategy(),
                                    log=lambda _: None)
@@ -177,7 +178,7 @@ def test_trainer_and_selection_get_the_blessed_base_model_only_when_warm_startin
 
 # Tiny and quick: one epoch per run, no tuning, no refit, every run blessed.
 TINY = [f"data.file_pattern={DATES}", "tuning.enabled=false", "model.refit=false",
-        "model.epochs=1", "model.hidden_units=[16,8]", "model.mapping_hidden_units=[8]",
+        "model.epochs=1", "model.hidden_units=[16,8]", "model.alignment.mapping_hidden_units=[8]",
         "model.batch_size=128", "model.categorical_encoding=vocabulary",
         "evaluation.min_auc=0", "evaluation.max_auc_drop=1",
         "evaluation.max_ece=1", "runner.enable_cache=true",
