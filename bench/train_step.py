@@ -2,6 +2,7 @@
 
     python bench/train_step.py [--batch 512] [--steps 20] [--rounds 5]
         [--hash-buckets 1000 100000 1000000] [--round-seconds 2]
+        [--embedding-optimizer adam|lazy_adam]
 
 Runs Keras' own train function (forward, loss, metrics, Adam with weight decay and
 clipping) on one in-memory batch shaped like the Transform's output: the simulated
@@ -99,13 +100,17 @@ def main() -> None:
     parser.add_argument("--round-seconds", type=float, default=2.0)
     parser.add_argument("--hash-buckets", type=int, nargs="+", default=[1_000, 100_000, 1_000_000],
                         help="rows per categorical table, one measurement each")
+    parser.add_argument("--embedding-optimizer", choices=["adam", "lazy_adam"],
+                        default=ModelConfig().embedding_optimizer,
+                        help="model.embedding_optimizer (default: the library's)")
     args = parser.parse_args()
     print(f"batch {args.batch}, {args.rounds} rounds of up to {args.steps} steps, "
           f"{len(schema.REGULAR_CATEGORICAL)} hashed features, {len(PRIVILEGED)} privileged "
           f"features, {os.cpu_count()} CPU cores")
     table = []
     for buckets in args.hash_buckets:
-        base = dataclasses.replace(ModelConfig(), hash_buckets=buckets)
+        base = dataclasses.replace(ModelConfig(), hash_buckets=buckets,
+                                   embedding_optimizer=args.embedding_optimizer)
         result, n = measure(base, args.batch, args.steps, args.rounds, args.round_seconds)
         print(f"{buckets} rows per table ({n} steps per round):")
         for strategy, (wall, cpu) in result.items():

@@ -49,10 +49,11 @@ class ModelConfig:
     teacher_learning_rate: float | None = None
     weight_decay: float = 0.001
     # How the embedding tables step: "adam", Keras' Adam on every row every step (the
-    # paper's); "lazy_adam", only the rows a batch looks up (models/optimizers.py):
-    # a step then costs the batch, not the tables (5.7x faster at 100k rows per
-    # table), but on KuaiRand the student alone lost 0.04 AUC on average over 3 seeds
-    # (docs/paper-deviations.md item 12), so it is not the default.
+    # paper's); "lazy_adam", only the rows a batch looks up, each row caught up on the
+    # steps it missed (models/optimizers.py): a step then costs the batch, not the
+    # tables (5.7x faster at 100k rows per table). Matches Adam on the simulator and
+    # the student alone on KuaiRand, but too few seeds so far at lr 0.025
+    # (docs/paper-deviations.md item 12) to make it the default.
     embedding_optimizer: Literal["adam", "lazy_adam"] = "adam"
     clipnorm: float = 600.0
     init_stddev: float = 0.1
