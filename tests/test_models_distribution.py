@@ -7,11 +7,13 @@ prints its findings as JSON for the test to assert on.
 
 SGD makes the updated weights proportional to the gradient, so a gradient scaled
 by the number of replicas (a per-replica mean) shows; the Adam step checks the
-configured optimizer (weight decay, global-norm clip) on the same path. The global
+configured optimizer (weight decay, global-norm clip) on the same path, and the
+row-sparse one (`lazy_adam`) with its end-of-epoch catch-up. The global
 batch (63) is odd, so the replicas get 32 and 31 rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,7 +23,9 @@ import pytest
 
 GLOBAL_BATCH = 63
 # similarity_kd: its batch-level loss must see the whole global batch.
-CHECKS = (("ha_pfd_v2", "sgd"), ("ha_pfd_v2", "adam"), ("similarity_kd", "sgd"))
+# lazy_adam: row-sparse steps and the flush at the epoch's end on mirrored tables.
+CHECKS = (("ha_pfd_v2", "sgd"), ("ha_pfd_v2", "adam"), ("ha_pfd_v2", "lazy_adam"),
+          ("similarity_kd", "sgd"))
 
 
 def _batch(np, tf):
@@ -45,8 +49,9 @@ def _one_step(tf, strategy, config, batch, optimizer: str):
         model = JointModel(config, regular, privileged)
         # One loss computation creates every variable, the strategy's included.
         strategy.run(model.compute_loss, args=(batch,))
-        model.compile(optimizer=make_optimizer(config) if optimizer == "adam"
-                      else tf.keras.optimizers.SGD(learning_rate=0.5))
+        model.compile(optimizer=tf.keras.optimizers.SGD(learning_rate=0.5) if optimizer == "sgd"
+                      else make_optimizer(dataclasses.replace(config,
+                                                              embedding_optimizer=optimizer)))
     return model
 
 
