@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pfdx.config import PipelineConfig
+from pfdx.config import ConfigError, PipelineConfig
 from pfdx.features import selection_report, transform
 from pfdx.models.layers import FeatureEmbeddings
 from pfdx.models.model import JointModel
@@ -233,6 +233,10 @@ def plan(base_serving_dir: str | None, train_files: Sequence[str],
         return Plan(base, {}, False, "the base model trained on these examples (a re-run of "
                     "its span): cold start")
     params = {side: m["params"] for side, m in manifests.items()}
+    unread = _unreadable(params)
+    if unread:
+        return Plan(base, {}, False, f"the base model {base} recorded its chosen values "
+                    f"under a setting this version does not read ({unread}): cold start")
     before = base_selection(base)
     if selection is None or before is None or selection_key(before) != selection_key(selection):
         return Plan(base, params, False, "warm start; the privileged selection changed "
@@ -247,6 +251,17 @@ def _selection_change(before, now) -> str:
     if a["selected"] != b["selected"]:
         return f"selected {a['selected']} -> {b['selected']}"
     return f"thresholds {a['thresholds']} -> {b['thresholds']}"
+
+
+def _unreadable(params: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Why a base's chosen values do not make a config here (a base saved before a
+    setting moved, e.g. `lam` -> `kd.lam`), or None: its models cannot be rebuilt."""
+    for values in params.values():
+        try:
+            PipelineConfig().with_model(values)
+        except ConfigError as e:
+            return str(e)
+    return None
 
 
 class Restorer:

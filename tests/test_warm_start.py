@@ -153,6 +153,10 @@ def test_plan_names_why_it_starts_cold(tmp_path):
     assert (same.params, same.teacher) == ({"none": {"learning_rate": 0.025}}, True)
     moved = warm_start.plan(serving, ["day2"], _selection({"duration": 4.0}))
     assert not moved.teacher and "thresholds {'duration': 3.0" in moved.reason
+    # A base from before a setting moved (its values under `lam`, now `kd.lam`).
+    warm_start.save(str(tmp_path), "none", base, {"lam": 1.0}, ["day1"])
+    old = warm_start.plan(serving, ["day2"], _selection({"duration": 3.0}))
+    assert old.params == {} and "moved to model.kd.lam" in old.reason
 
 
 def test_warm_start_needs_spans_and_can_be_turned_off():
