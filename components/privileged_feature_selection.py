@@ -1,4 +1,4 @@
-"""PrivilegedFeatureSelection: paper §3.3 (Eq. 8 thresholds, Eq. 9 ranking) as a TFX component.
+"""PrivilegedFeatureSelection: HA-PFD §3.3 (Eq. 8 thresholds, Eq. 9 ranking) as a TFX component.
 
 Reads the train split of ExampleGen's output with a Beam job
 (features/selection_beam.py) and writes a `PrivilegedFeatureSelectionResult`
@@ -10,7 +10,7 @@ feature list and OR-groups) and `mi.png`. The Transform reads it with
 Continuous training: given the `base_model` a run warm-starts from, the selection
 that model's teacher was trained on is carried over (nothing is read; the result
 says `carried_over_from`, MLMD `carried_over`) as long as the policy (`selection.*`,
-the candidate columns) is unchanged. Refitted on each span, Eq. 8's thresholds
+the candidate columns) is unchanged. Refitted on each span, HA-PFD Eq. 8's thresholds
 (exact data values) would move every day, and a teacher whose inputs change meaning
 cannot continue (models/warm_start.py). A changed policy, a forced cold start or a
 first run fits it afresh.

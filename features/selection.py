@@ -1,6 +1,6 @@
 """Eq. 8 (correlation threshold) and Eq. 9 (mutual information) of HA-PFD §3.3, in numpy.
 
-Eq. 8 only ever needs, for each candidate split, the Pearson r of the rows below
+HA-PFD Eq. 8 only ever needs, for each candidate split, the Pearson r of the rows below
 and above it. Rows are therefore reduced to `SplitGroups`: runs of rows in
 ascending value order (one group per distinct value; the Beam job may use
 quantile buckets instead) with their sufficient statistics (rows, Σy, Σz, Σz²,
@@ -87,7 +87,7 @@ def _pearson(n, ny, sz, szz, szy, z_varies):
 
 
 def best_split(groups: SplitGroups, min_part_fraction: float = 0.0) -> tuple[int | None, float]:
-    """Eq. 8 over groups: (index of the first group of the upper part, gap).
+    """HA-PFD Eq. 8 over groups: (index of the first group of the upper part, gap).
 
     Splits lie between groups; a split is admissible when both parts hold at least
     `min_part_fraction` of the rows. Ties go to the lowest split. (None, 0.0)
@@ -146,14 +146,14 @@ def distinct_groups(values: np.ndarray, labels: np.ndarray) -> SplitGroups:
 
 def correlation_threshold(values: np.ndarray, labels: np.ndarray, *,
                           min_part_fraction: float = 0.0) -> tuple[float | None, float]:
-    """Eq. 8: (threshold, gap). z >= threshold is the upper part.
+    """HA-PFD Eq. 8: (threshold, gap). z >= threshold is the upper part.
 
     Rows are ranked by value and split only between distinct values; each part's
     Pearson r uses that part's own means; a part with < 2 rows or a constant z or y
     has r = 0; the split maximising |r_lower − r_upper| wins, the lowest on ties.
     The threshold is the smallest value of the upper part; (None, 0.0) when there
     is no split (fewer than two distinct values). `min_part_fraction` (0: the
-    exact, unguarded Eq. 8) is the selection policy's guard on each part's size.
+    exact, unguarded HA-PFD Eq. 8) is the selection policy's guard on each part's size.
     """
     groups = distinct_groups(values, labels)
     split, gap = best_split(groups, min_part_fraction)
@@ -161,7 +161,7 @@ def correlation_threshold(values: np.ndarray, labels: np.ndarray, *,
 
 
 def mutual_information_table(counts: np.ndarray) -> float:
-    """Eq. 9 in nats from a value × label table of row counts."""
+    """HA-PFD Eq. 9 in nats from a value × label table of row counts."""
     c = np.asarray(counts, dtype=np.float64)
     total = c.sum()
     if total == 0:
@@ -173,7 +173,7 @@ def mutual_information_table(counts: np.ndarray) -> float:
 
 
 def mutual_information(feature: np.ndarray, labels: np.ndarray) -> float:
-    """Eq. 9: I(z; y) in nats for a discrete feature and 0/1 labels."""
+    """HA-PFD Eq. 9: I(z; y) in nats for a discrete feature and 0/1 labels."""
     z = _check_values(feature, "feature")
     y = check_labels(labels, len(z))
     _, inverse = np.unique(z, return_inverse=True)

@@ -1,4 +1,4 @@
-"""Privileged-feature selection (paper §3.3) as a Beam job that scales past one machine.
+"""Privileged-feature selection (HA-PFD §3.3) as a Beam job that scales past one machine.
 
 Reading: tf.Example TFRecords (gzip or not, by file extension) through tfx-bsl's
 TFXIO (`RawRecordBeamSource`), in batches of `BATCH_SIZE` serialized examples,
@@ -120,7 +120,7 @@ def _float_keys(z: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ValueTable(eq.SplitGroups):
-    """A continuous candidate's rows grouped by value, ascending: Eq. 8's groups with
+    """A continuous candidate's rows grouped by value, ascending: HA-PFD Eq. 8's groups with
     raw sums (c = 0), so that tables from any split of the rows add up.
 
     Level 0: one group per distinct float32 value. Level L: one group per range of
@@ -173,7 +173,7 @@ class ValueTable(eq.SplitGroups):
         return self.regroup(self.keys >> np.uint64(shift), self.level + shift)
 
     def split_groups(self, quantile_buckets: int) -> tuple[eq.SplitGroups, int | None]:
-        """Eq. 8's groups: exact per distinct value at level 0, else equal-count
+        """HA-PFD Eq. 8's groups: exact per distinct value at level 0, else equal-count
         buckets (bucket = ⌊rows before the group × buckets / rows⌋); with the
         number of buckets, None in exact mode."""
         if self.level == 0:

@@ -13,7 +13,7 @@ def add_cli_parser(subparsers: argparse._SubParsersAction,
     """Registers `select-features`; `add_config_args` adds the CLI's --config/--set."""
     p = subparsers.add_parser(
         "select-features",
-        help="rank privileged features (paper §3.3, Eq. 8 + 9) with the selection Beam job")
+        help="rank privileged features (HA-PFD §3.3, Eq. 8 + 9) with the selection Beam job")
     p.add_argument("--data", required=True,
                    help="tf.Example TFRecords, gzip or not: a glob, a directory, or an "
                         "ExampleGen output directory (its Split-train/ is read)")

@@ -1,14 +1,14 @@
-"""The privileged-feature selection policy of paper §3.3, over per-feature statistics.
+"""The privileged-feature selection policy of HA-PFD §3.3, over per-feature statistics.
 
 Every candidate is first reduced to a binary flag: a continuous signal by its
-Eq. 8 threshold (z >= threshold -> 1, each part holding >= `min_part_fraction` of
+HA-PFD Eq. 8 threshold (z >= threshold -> 1, each part holding >= `min_part_fraction` of
 the rows), a discrete one is its own 0/1 flag. What the policy then needs of a
 candidate is its flag × label table of row counts (`CandidateStats`), and of an
 OR-group the joint table of its members' states × label (`GroupStats`); the
 numpy reference (`reference_stats`) and the Beam job produce the same ones.
 
 `select` applies the policy in the paper's order:
-1. rank the candidates alone by Eq. 9 mutual information (nats; name breaks ties);
+1. rank the candidates alone by HA-PFD Eq. 9 mutual information (nats; name breaks ties);
 2. drop the `drop_top_k` most informative (`too_informative`: the teacher would
    copy them), keep the next `keep_top_n`, drop the rest (`below_top_n`);
 3. the kept members of an OR-group become one feature, the OR of the kept members
@@ -138,7 +138,7 @@ def group_pattern(states: list[np.ndarray]) -> np.ndarray:
 def continuous_stats(name: str, groups: eq.SplitGroups, min_part_fraction: float,
                      missing: int, mode: str = EXACT, distinct_values: int | None = None,
                      buckets: int | None = None) -> CandidateStats:
-    """Eq. 8 on `groups`, then the flag table of the chosen split."""
+    """HA-PFD Eq. 8 on `groups`, then the flag table of the chosen split."""
     split, gap = eq.best_split(groups, min_part_fraction)
     return CandidateStats(
         name=name, kind=CONTINUOUS, present=int(groups.n.sum()), missing=missing,

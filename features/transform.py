@@ -85,7 +85,7 @@ def feature_vocab(custom_config: Mapping[str, Any],
 
 def privileged_vocab(transformed_names, encoding: str, buckets: int) -> dict[str, int]:
     """The teacher's privileged inputs -> number of ids, among the Transform's
-    outputs `transformed_names`: every selected feature's Eq. 8 flag (`binary`), or
+    outputs `transformed_names`: every selected feature's HA-PFD Eq. 8 flag (`binary`), or
     with `quantiles` its quantile buckets in place of the flag where it has them."""
     names = set(transformed_names)
     vocab = {}

@@ -108,7 +108,7 @@ def _experts(n: int, config, name: str) -> list[tf.keras.Sequential]:
 class TaskBranch(tf.keras.layers.Layer):
     """One task of TAML: its experts, one gate and one learner tower per learner.
     Learner l reads softmax(W^l x)-weighted experts [general..., task..., its own]
-    (Eq. 1); the learners are fused by averaging logits (§2.3), each a tower of
+    (TAML Eq. 1); the learners are fused by averaging logits (§2.3), each a tower of
     `taml.hidden_units` (None: `hidden_units`) with `taml.activation`."""
 
     def __init__(self, config, task: str, **kwargs):

@@ -53,14 +53,14 @@ class TaskAdaptiveMultiLearner(_ImpressionNetwork):
     student is TAML's network (heads.TaskAdaptiveLearners: experts, gates (TAML
     Eq. 1), n learners per task fused by averaging logits, §2.3). Per impression
     (TAML Eq. 6):
-        ctr_task   = BCE(y_click, p_ctr),                        (Eq. 4)
-        ctcvr_task = BCE(y_click * y_conv, p_ctr * p_cvr),       (Eq. 5)
-        ctr_self_kd = alpha * sum_l KD(p_ctr -> p_ctr^l),        (Eq. 2)
-        cvr_self_kd = beta  * sum_l KD(p_cvr -> p_cvr^l),        (Eq. 3)
+        ctr_task   = BCE(y_click, p_ctr),                        (TAML Eq. 4)
+        ctcvr_task = BCE(y_click * y_conv, p_ctr * p_cvr),       (TAML Eq. 5)
+        ctr_self_kd = alpha * sum_l KD(p_ctr -> p_ctr^l),        (TAML Eq. 2)
+        cvr_self_kd = beta  * sum_l KD(p_cvr -> p_cvr^l),        (TAML Eq. 3)
     the fused outputs fixed in the self-distillation. No privileged teacher.
     Serves the fused CVR (and the fused CTR with `serve_ctr`).
 
-    Towers: the paper's learners are 64/32/1 ReLU MLPs (§3.1, with lr 1e-3, batch
+    Towers: the paper's learners are 64/32/1 ReLU MLPs (TAML §3.2, with lr 1e-3, batch
     2000, L2 1e-6); by default pfdx's are HA-PFD's `hidden_units` SmeLU towers, so
     every strategy of a comparison has the same capacity and activation. The
     paper's shape is `taml.hidden_units: [64, 32]`, `taml.activation: relu` away
@@ -109,7 +109,7 @@ class ClickAdaptiveTeacher(Strategy):
     clicked vs unclicked through a gradient reversal (UKD Eq. 7), which pushes T_f
     to make the two indistinguishable. It trains on every clicked row and, by
     default, as many unclicked ones (`ukd.unclicked_rate: null`: the rate comes
-    from the observed CTR; appendix A.1's 1 : 1). Its exported student
+    from the observed CTR; UKD appendix A.1's 1 : 1). Its exported student
     pseudo-labels unclicked impressions (models/impressions.py
     `with_pseudo_labels`)."""
 
@@ -136,18 +136,18 @@ class UncertaintyDistillation(_ImpressionNetwork):
     """`ukd` (UKD stage 2, UKD §3.2), impression space: labels carry the
     teacher's `pseudo_label` for every row. The student (heads.TwinDropoutHeads)
     has two dropout CVR heads p, p' (UKD Eq. 11) and a CTR tower. Per impression,
-    the two heads treated equally and their losses *summed* (appendix A.1: L_CVR
+    the two heads treated equally and their losses *summed* (UKD appendix A.1: L_CVR
     "also contains the symmetrical terms"):
-        cvr_click   = click * (BCE(y_conv, p) + BCE(y_conv, p')),           (Eq. 9)
+        cvr_click   = click * (BCE(y_conv, p) + BCE(y_conv, p')),           (UKD Eq. 9)
         cvr_unclick = alpha * (1 - click) * (exp(-lambda KL(p || p')) BCE(p_T, p)
-                                 + exp(-lambda KL(p' || p)) BCE(p_T, p')),  (Eq. 12, A.1)
-        uncertainty = (1 - click) * KL(p || p'),          (the regulariser after Eq. 12)
-        ctr_task    = gamma * BCE(y_click, p_ctr).                          (Eq. 10)
-    Each head's weight uses the KL from its own prediction (Eq. 12 for p, A.1 for
-    p'); the regulariser is the one KL §3.2.2 writes. The weight keeps its
+                                 + exp(-lambda KL(p' || p)) BCE(p_T, p')),  (UKD Eq. 12, appendix A.1)
+        uncertainty = (1 - click) * KL(p || p'),          (the regulariser after UKD Eq. 12)
+        ctr_task    = gamma * BCE(y_click, p_ctr).                          (UKD Eq. 10)
+    Each head's weight uses the KL from its own prediction (UKD Eq. 12 for p, appendix
+    A.1 for p'); the regulariser is the one KL §3.2.2 writes. The weight keeps its
     gradient, as in the paper: the KL term is what stops the heads from disagreeing
     to silence the pseudo-labels. Serves the mean of the two CVR heads'
-    probabilities, (p + p') / 2 (appendix A.1; and the CTR with `serve_ctr`).
+    probabilities, (p + p') / 2 (UKD appendix A.1; and the CTR with `serve_ctr`).
 
     Towers: the paper's are [1024, 512, 256] + a linear predictor (with lr 0.005,
     batch 128); by default pfdx's are HA-PFD's `hidden_units`, so every strategy of

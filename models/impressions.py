@@ -1,11 +1,11 @@
-"""Impression-space data steps of UKD (paper 003), on `tf.data` batches of
+"""Impression-space data steps of UKD, on `tf.data` batches of
 `(features, labels dict)` as models/model.py describes them.
 
 1. `sample_unclicked`: the click-adaptive teacher trains on the clicked rows
-   and a sample of the unclicked ones (§3.1), by default as many as the clicked
+   and a sample of the unclicked ones (UKD §3.1), by default as many as the clicked
    ones (`balanced_unclicked_rate`, appendix A.1).
 2. `with_pseudo_labels`: the trained teacher's CVR on every impression becomes
-   the student's `pseudo_label` (§3.1.2); the student reads it on unclicked rows.
+   the student's `pseudo_label` (UKD §3.1.2); the student reads it on unclicked rows.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 - `SmeLU`: the smooth ReLU the paper's towers use.
 - `FeatureIds` / `FeatureEmbeddings`: feature dict -> ids -> one 16-dim table per
-  feature (appendix A: "all features ... 16-dimensional dense embeddings through hash
+  feature (HA-PFD appendix A: "all features ... 16-dimensional dense embeddings through hash
   mapping"); the regular tables are shared by teacher and student.
 - `Tower`: the 3-layer DNN (256 -> 128 -> 1) that returns its output and its hidden
   latents, reused with other widths for the mapping nets g^(i), the MTL auxiliary
@@ -17,7 +17,7 @@ import tensorflow as tf
 
 
 def truncated_normal(stddev: float) -> tf.keras.initializers.Initializer:
-    """Appendix A: every parameter starts from a truncated normal, mean 0."""
+    """HA-PFD appendix A: every parameter starts from a truncated normal, mean 0."""
     return tf.keras.initializers.TruncatedNormal(mean=0.0, stddev=stddev)
 
 
@@ -61,7 +61,7 @@ class FeatureIds(tf.keras.layers.Layer):
     (`features/contract.py`: a regular feature by its column, a privileged one by
     `privileged_flag` / `privileged_quantiles`), each an int64 tensor of shape [B]
     or [B, 1] with ids in [0, vocab_sizes[name]). A tf.string
-    feature is hashed into vocab_sizes[name] bins instead (appendix A's hash
+    feature is hashed into vocab_sizes[name] bins instead (HA-PFD appendix A's hash
     mapping). Keys not in `vocab_sizes` are ignored, so the teacher's and the
     student's sides can read the same dict.
     """

@@ -1,5 +1,6 @@
-"""Per-example distillation losses (paper §3.1-3.2, the appendix A baselines, and
-the multi-head / impression-space methods EKTF, TAML, UKD of papers/README.md).
+"""Per-example distillation losses (HA-PFD §3.1-3.2, HA-PFD appendix A's baselines,
+and the multi-head / impression-space methods EKTF, TAML, UKD; docs/architecture.md
+maps each equation to its function).
 
 Every loss returns one value per example (no reduction): the joint model sums
 the terms and divides by the *global* batch size, which is what makes the step
@@ -49,7 +50,7 @@ def _prepare(p_teacher, p_student):
 
 
 def kd_loss(p_teacher, p_student, from_logits: bool = False) -> tf.Tensor:
-    """Eq. 2: -p_t log p_s - (1 - p_t) log(1 - p_s)."""
+    """HA-PFD Eq. 2: -p_t log p_s - (1 - p_t) log(1 - p_s)."""
     p_teacher, p_student = _prepare(p_teacher, p_student)
     t, not_t = _teacher_probs(p_teacher, from_logits)
     log_s, log_not_s = _log_probs(p_student, from_logits)
@@ -57,7 +58,7 @@ def kd_loss(p_teacher, p_student, from_logits: bool = False) -> tf.Tensor:
 
 
 def focal_v1(p_teacher, p_student, gamma: float = 1.0, from_logits: bool = False) -> tf.Tensor:
-    """Eq. 3: -p_t (1 - p_s)^gamma log p_s - (1 - p_t) p_s^gamma log(1 - p_s).
+    """HA-PFD Eq. 3: -p_t (1 - p_s)^gamma log p_s - (1 - p_t) p_s^gamma log(1 - p_s).
 
     The hardness factors come from the student's own prediction."""
     p_teacher, p_student = _prepare(p_teacher, p_student)
@@ -71,7 +72,7 @@ def focal_v1(p_teacher, p_student, gamma: float = 1.0, from_logits: bool = False
 
 def focal_v2(labels, p_teacher, p_student, gamma: float = 1.0,
              from_logits: bool = False) -> tf.Tensor:
-    """Eq. 4: -y (1 - p_t)^gamma log p_s - (1 - y) p_t^gamma log(1 - p_s).
+    """HA-PFD Eq. 4: -y (1 - p_t)^gamma log p_s - (1 - y) p_t^gamma log(1 - p_s).
 
     The student learns the label; the teacher only sets each example's weight."""
     p_teacher, p_student = _prepare(p_teacher, p_student)
@@ -87,7 +88,7 @@ def _as_list(latents) -> list[tf.Tensor]:
 
 
 def layer_align_loss(mapped_student_latents, teacher_latents) -> tf.Tensor:
-    """Eq. 5: sum_i ||g^(i)(f_s^(i)) - f_t^(i)||_2^2 per example.
+    """HA-PFD Eq. 5: sum_i ||g^(i)(f_s^(i)) - f_t^(i)||_2^2 per example.
 
     Arguments are matching sequences (or single [B, d] tensors) of the mapped
     student latents g^(i)(f_s^(i)) and the teacher latents f_t^(i). ReviewKD is this
@@ -160,7 +161,7 @@ def exam_scores(labels, head_probs) -> tf.Tensor:
 
     `labels` is [B] or [B, 1], `head_probs` [B, K]. The scores weight losses but
     are not themselves optimised, so they carry no gradient. This follows the
-    formula, under which a *larger* S_k is better; the paper's text after Eq. 4 says
+    formula, under which a *larger* S_k is better; the paper's text after EKTF Eq. 4 says
     "a smaller S_k indicates better learning progress", which contradicts it (and
     its own use in Eq. 5: the teacher teaches low scorers harder)."""
     probs = tf.stop_gradient(tf.convert_to_tensor(head_probs))
@@ -188,10 +189,10 @@ def ektf_losses(labels, head_logits, scores=None) -> dict[str, tf.Tensor]:
     """EKTF's per-example, per-head terms, each [B, K] (column k is head k's loss):
 
     - `task`: BCE(y, p_k);
-    - `kd`: lambda_k (p_t - p_k)^2, p_t = mean_k p_k, the abstract teacher (Eq. 2);
+    - `kd`: lambda_k (p_t - p_k)^2, p_t = mean_k p_k, the abstract teacher (EKTF Eq. 2);
     - `dml`: sum_{l != k} mu[k, l] (p_l - p_k)^2.
 
-    Eq. 6 is mean_k task + sum_k kd + mean_k dml. The teacher and the peers enter
+    EKTF Eq. 6 is mean_k task + sum_k kd + mean_k dml. The teacher and the peers enter
     column k as constants, so a head's loss trains that head only. `scores` are the
     exam scores S [K]; by default those of this batch."""
     logits = tf.convert_to_tensor(head_logits)

@@ -1,4 +1,4 @@
-"""Ranking and calibration metrics of paper §4.1: AUC, ECE, MCE, prediction vs label average.
+"""Ranking and calibration metrics of HA-PFD §4.1: AUC, ECE, MCE, prediction vs label average.
 
 Two forms of the same definitions:
 - numpy functions (`auc`, `expected_auc`, `calibration_errors`, `summary`) for evaluation code;

@@ -1,4 +1,4 @@
-"""The joint teacher/student model (paper Eq. 7) and its exportable student.
+"""The joint teacher/student model (HA-PFD Eq. 7) and its exportable student.
 
 Data: batches are `(features, labels)` tuples, as `model.fit` and the Trainer's
 dataset give them: `features` maps feature names to ids (see
@@ -11,9 +11,9 @@ count clicked rows only.
 
 One optimizer step minimises, per example and averaged over the global batch,
     L_task(teacher) + L_task(student) + sum of the strategy's terms,
-so teacher, student and the strategy's nets train together, online (Algorithm 1).
+so teacher, student and the strategy's nets train together, online (HA-PFD Algorithm 1).
 The regular-feature embeddings belong to the student and are shared with the
-teacher (paper §3.1; `model.share_embeddings`), whose input is [regular
+teacher (HA-PFD appendix A; `model.share_embeddings`), whose input is [regular
 embeddings, privileged embeddings].
 
 Built on tensorflow-recommenders: `tfrs.Model.train_step` differentiates
@@ -106,7 +106,7 @@ class Student(tf.keras.Model):
 
 
 def _ranking_task(prefix: str, calibration: bool) -> tfrs.tasks.Ranking:
-    """BCE on logits (Eq. 1), per example; AUC, prediction average (and
+    """BCE on logits (HA-PFD Eq. 1), per example; AUC, prediction average (and
     calibration and label average for the student) as streaming metrics."""
     ranking = [metrics.auc_metric(f"{prefix}_auc", from_logits=True)]
     labels = []
@@ -271,10 +271,10 @@ class JointModel(tfrs.Model):
         return [v for part in parts if part is not None for v in part.trainable_variables]
 
     def train_step(self, inputs):
-        """tfrs' step, with the gradient clip (appendix A: 600) applied to the
+        """tfrs' step, with the gradient clip (HA-PFD appendix A: 600) applied to the
         teacher's gradients and to the rest *separately*, each by its own global norm,
         after the replicas' gradients are summed. One clip over both would let a
-        large distillation term (Eq. 5's sum over 384 dimensions) shrink the
+        large distillation term (HA-PFD Eq. 5's sum over 384 dimensions) shrink the
         teacher's update: on KuaiRand, alignment weight 10 under one clip left the
         teacher constant (validation AUC 0.5) where it otherwise reaches 0.92
         (docs/strategies.md "How a run picks the student it ships"). Each side then
@@ -303,7 +303,7 @@ class JointModel(tfrs.Model):
     # a third of the time.
     @tf.autograph.experimental.do_not_convert
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-        """This replica's share of the global-batch mean of the total loss (Eq. 7)."""
+        """This replica's share of the global-batch mean of the total loss (HA-PFD Eq. 7)."""
         features, labels = inputs
         per_example = tf.add_n(list(self.loss_terms(features, labels, training).values()))
         n = tf.cast(global_batch_size(tf.shape(per_example)[0]), per_example.dtype)
@@ -323,7 +323,7 @@ def split_labels(labels) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
 
 def make_optimizer(config: ModelConfig, learning_rate: float | None = None
                    ) -> tf.keras.optimizers.Optimizer:
-    """Appendix A: Adam, lr 0.0025, weight decay 0.001 (`learning_rate`: another rate,
+    """HA-PFD appendix A: Adam, lr 0.0025, weight decay 0.001 (`learning_rate`: another rate,
     e.g. the teacher's); with `embedding_optimizer: lazy_adam` row-sparse on the
     embedding tables (models/optimizers.py). Its gradient clip (600) is applied by
     `JointModel.train_step`, per side."""

@@ -83,7 +83,7 @@ def predict(model: JointModel, dataset: tf.data.Dataset) -> Predictions:
 
 
 def summarize(p: Predictions, num_bins: int) -> dict[str, float]:
-    """Paper §4.1 metrics of the student (and teacher); with a true probability, the
+    """HA-PFD §4.1 metrics of the student (and teacher); with a true probability, the
     student's gap to it: mean |p - true|, and ECE / MCE with the true probability in
     place of the label (how far each prediction bin is from the real CVR, free of the
     label noise that keeps even a perfect model's label ECE above 0).

@@ -39,7 +39,7 @@ class NoPrivileged(Strategy):
 class AuxiliaryEncoder(tf.keras.layers.Layer):
     """MTL's auxiliary towers: one DNN per privileged feature, from the regular
     embeddings to that feature's logits over its ids; these logits are the extra
-    embeddings the main tower reads (paper §2, Fig. 2a)."""
+    embeddings the main tower reads (HA-PFD §2, Fig. 2a)."""
 
     def __init__(self, towers: Mapping[str, Tower], **kwargs):
         super().__init__(**kwargs)
@@ -100,13 +100,13 @@ class LogitDistillation(Strategy):
 
 
 # (student latent index, teacher latent index). Layer alignment pairs layer i with
-# layer i; ReviewKD also aligns student latent 2 with teacher latent 1 (appendix B).
+# layer i; ReviewKD also aligns student latent 2 with teacher latent 1 (HA-PFD appendix B).
 ALIGN_PAIRS = ((0, 0), (1, 1))
 REVIEW_PAIRS = ALIGN_PAIRS + ((1, 0),)
 
 
 class LayerAlignment(Strategy):
-    """`layer_align` (Eq. 5) and, with `review=True`, `review_kd`: per pair a
+    """`layer_align` (HA-PFD Eq. 5) and, with `review=True`, `review_kd`: per pair a
     mapping DNN g maps the student latent to the teacher latent's width."""
 
     def __init__(self, config, privileged_vocab, review: bool = False, **kwargs):
@@ -172,11 +172,11 @@ class EnsembleDistillation(Strategy):
     and the served prediction (the ensemble's logit is that of p_t). Per example
     (EKTF Eq. 6):
         heads_task = mean_k BCE(y, p_k),
-        ektf_kd    = sum_k lambda_k (p_t - p_k)^2,    lambda = softmin(S)  (Eq. 2, 5),
+        ektf_kd    = sum_k lambda_k (p_t - p_k)^2,    lambda = softmin(S)  (EKTF Eq. 2, 5),
         ektf_dml   = mean_k sum_{l != k} mu_kl (p_l - p_k)^2,  mu_k = softmax_l(S_l - S_k)
-                                                                          (Eq. 3, 5),
+                                                                           (EKTF Eq. 3, 5),
     with exam scores S_k = 1 - mean |y - p_k| over the global batch (EKTF Eq. 4);
-    teacher and peers are constants in head k's terms. Eq. 4 is followed as written,
+    teacher and peers are constants in head k's terms. EKTF Eq. 4 is followed as written,
     so a larger S_k is a better head; the paper's sentence after it ("a smaller S_k
     indicates better learning progress") contradicts the formula and Eq. 5's use of
     it. Alone it has no privileged teacher; combined (`ha_pfd_v2_ektf`) the

@@ -13,7 +13,7 @@ SMALL_CATEGORICALS = ("device", "os", "region", "placement", "ad_category", "hou
 REGULAR_CATEGORICAL = ID_FEATURES + SMALL_CATEGORICALS
 REGULAR_NUMERIC = ("user_past_clicks", "user_past_conversions", "bid")
 
-# Logged after the click (paper Table 1, tag/like/share as three sparse flags) ...
+# Logged after the click (HA-PFD Table 1, tag/like/share as three sparse flags) ...
 PAPER_DISCRETE = ("page_jump", "done_loading", "play_2s", "button_click", "page_click",
                   "swipe_click", "tag", "like", "share")
 PAPER_CONTINUOUS = ("duration", "click_leave_time", "in_platform_time")

@@ -44,7 +44,7 @@ def sigmoid(x):
 
 
 def reference_weights(y, p):
-    """Eq. 4-5 with explicit loops: S, lambda = softmin(S), mu[k, l] over l != k."""
+    """EKTF Eq. 4-5 with explicit loops: S, lambda = softmin(S), mu[k, l] over l != k."""
     k = p.shape[1]
     s = np.array([1.0 - np.mean(np.abs(y - p[:, j])) for j in range(k)])
     lam = np.exp(-s) / np.exp(-s).sum()
@@ -58,7 +58,7 @@ def reference_weights(y, p):
 
 
 def reference_terms(y, logits):
-    """Eq. 6 per example, in float64: mean BCE, sum_k lambda_k MSE, mean_k DML,
+    """EKTF Eq. 6 per example, in float64: mean BCE, sum_k lambda_k MSE, mean_k DML,
     with Eq. 2's abstract teacher y_t = Mean(y_s,1..k) of the heads' predictions."""
     p = sigmoid(logits)
     _, lam, mu = reference_weights(y, p)
@@ -93,7 +93,7 @@ def test_exam_weights_match_the_reference():
 
 def test_a_better_head_scores_higher_as_eq_4_reads():
     """S_k = 1 - mean|y - p_k|: a larger score is a better head (the formula), not a
-    smaller one (the paper's sentence after Eq. 4)."""
+    smaller one (the paper's sentence after EKTF Eq. 4)."""
     y = np.array([1.0, 0.0, 1.0, 0.0])
     p = np.stack([y, np.full(4, 0.5), 1.0 - y], axis=1)  # perfect, chance, all wrong
     np.testing.assert_allclose(losses.exam_scores(y, p), [1.0, 0.5, 0.0], rtol=1e-12)
@@ -126,7 +126,7 @@ def test_loss_terms_match_the_reference_and_the_ensemble_is_served(batch):
 
 
 def test_the_served_ensemble_is_the_mean_of_the_heads_probabilities(batch):
-    """Eq. 2: y_t = Mean(y_s,1..k), the served `ensemble`."""
+    """EKTF Eq. 2: y_t = Mean(y_s,1..k), the served `ensemble`."""
     model = JointModel(config(), REGULAR, PRIVILEGED)
     features, y = batch
     model.loss_terms(features, y)
@@ -170,7 +170,7 @@ def test_privileged_teacher_distils_into_the_ensemble(batch):
     assert set(terms) == {"teacher_task", "layer_align", "focal_v2",
                           "heads_task", "ektf_kd", "ektf_dml"}
     out = model.forward(features)
-    ensemble = sigmoid(head_logits(model, features).astype(np.float64)).mean(axis=1)  # Eq. 2
+    ensemble = sigmoid(head_logits(model, features).astype(np.float64)).mean(axis=1)  # EKTF Eq. 2
     focal = losses.focal_v2(tf.reshape(tf.cast(y, tf.float64), [-1]),
                             sigmoid(out.teacher_logit.numpy().reshape(-1).astype(np.float64)),
                             ensemble, 1.0)

@@ -89,7 +89,7 @@ def test_loss_terms_match_the_reference(batch):
 
 
 def test_each_learner_reads_its_gated_experts(batch):
-    """Eq. 1: learner l's input is sum_i softmax(W^l x)_i e_i over [general, task, own]."""
+    """TAML Eq. 1: learner l's input is sum_i softmax(W^l x)_i e_i over [general, task, own]."""
     model = JointModel(config({"taml.experts": 2}), REGULAR, PRIVILEGED)
     features, _ = batch
     h, _ = heads(model, features)
@@ -128,7 +128,7 @@ def mlp(x, layers, activation):
 
 @pytest.mark.parametrize("activation", ["relu", "smelu"])
 def test_the_papers_learners_are_one_setting_away(activation, batch):
-    """TAML §3.1: learners are 64/32/1 MLPs and experts one 64-unit layer, with
+    """TAML §3.2: learners are 64/32/1 MLPs and experts one 64-unit layer, with
     ReLU: `taml.hidden_units`, `taml.expert_units`, `taml.activation: relu`."""
     act = {"relu": relu, "smelu": smelu}[activation]
     model = JointModel(config({"taml.hidden_units": (12, 6), "taml.activation": activation}),

@@ -114,7 +114,8 @@ def paper_terms(click, conv, pseudo, p, p_, p_ctr, alpha=0.5, lam=100.0, gamma=0
 
 def test_student_terms_follow_the_paper_with_asymmetric_heads():
     """Heads far apart, where KL(p || p') and KL(p' || p) differ: each head's
-    pseudo-label loss is weighted by the KL from its own prediction (Eq. 12, A.1)."""
+    pseudo-label loss is weighted by the KL from its own prediction (UKD Eq. 12,
+    appendix A.1)."""
     a = np.array([-3.0, 2.0, 0.5, -1.0, 1.5])
     b = np.array([-1.0, -0.5, 2.5, -4.0, 1.0])
     c = np.array([0.3, -2.0, 1.0, 0.0, -0.7])
@@ -166,7 +167,7 @@ def test_the_two_heads_drop_out_independently_in_training_only(batch):
 
 @pytest.mark.parametrize("serve_ctr", [False, True])
 def test_served_student_is_the_mean_of_the_cvr_heads_probabilities(serve_ctr, batch):
-    """Appendix A.1: inference serves (p_conv + p'_conv) / 2."""
+    """UKD appendix A.1: inference serves (p_conv + p'_conv) / 2."""
     model = JointModel(config("ukd", {"serve_ctr": serve_ctr}), REGULAR, PRIVILEGED)
     features, labels = batch
     model.loss_terms(features, labels)
@@ -191,7 +192,7 @@ def test_served_student_is_the_mean_of_the_cvr_heads_probabilities(serve_ctr, ba
 
 def test_the_papers_towers_are_one_setting_away(batch):
     """`ukd.hidden_units` shapes the teacher's tower and the student's CVR
-    representation and CTR tower (appendix A.1: [1024, 512, 256] + a predictor);
+    representation and CTR tower (UKD appendix A.1: [1024, 512, 256] + a predictor);
     unset, both follow `hidden_units`."""
     features, labels = batch
 
@@ -255,7 +256,7 @@ def click_batches(n, ctr, seed):
 
 
 def test_the_balanced_rate_is_the_observed_odds_of_a_click():
-    """Appendix A.1's 1 : 1: sampling unclicked rows at CTR / (1 - CTR)."""
+    """UKD appendix A.1's 1 : 1: sampling unclicked rows at CTR / (1 - CTR)."""
     click, batches = click_batches(3000, 0.07, 5)
     n_click = click.sum()
     assert impressions.balanced_unclicked_rate(batches) == pytest.approx(

@@ -29,5 +29,5 @@ def test_bad_values_fail_at_load_time(model, match):
 
 def test_tuning_tries_both_readings_of_ha_pfd():
     grid = TuningConfig().grid
-    assert {0.0025, 0.025} <= set(grid["learning_rate"])  # appendix A, §4.1
-    assert {1.0, 10.0} <= set(grid["alignment.weight"])  # Eq. 6, appendix A
+    assert {0.0025, 0.025} <= set(grid["learning_rate"])  # HA-PFD appendix A, §4.1
+    assert {1.0, 10.0} <= set(grid["alignment.weight"])  # HA-PFD Eq. 6, appendix A

@@ -1,4 +1,4 @@
-"""Eq. 8 and Eq. 9 reference functions against independent computations."""
+"""HA-PFD Eq. 8 and Eq. 9 reference functions against independent computations."""
 import time
 
 import numpy as np
@@ -17,7 +17,7 @@ def _pearson_two_pass(z, y):
 
 
 def brute_force_threshold(values, labels, min_part_fraction=0.0):
-    """O(n²) Eq. 8: every split between distinct values, r recomputed from scratch."""
+    """O(n²) HA-PFD Eq. 8: every split between distinct values, r recomputed from scratch."""
     order = np.argsort(values, kind="stable")
     z, y = np.asarray(values, float)[order], np.asarray(labels, float)[order]
     n, best = len(z), (None, 0.0)

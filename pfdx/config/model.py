@@ -77,7 +77,7 @@ class ModelConfig:
     # picks one on the validation split when both are in tuning.grid.
     privileged_encoding: Literal["binary", "quantiles"] = "binary"
     privileged_buckets: int = 16
-    # Teacher and student share the regular-feature embeddings (HA-PFD §3.1). Off:
+    # Teacher and student share the regular-feature embeddings (HA-PFD appendix A). Off:
     # the teacher has its own tables, so it trains as if alone (models/model.py).
     share_embeddings: bool = True
     seed: int = 42

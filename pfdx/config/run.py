@@ -11,7 +11,7 @@ from pfdx.config.model import ModelConfig, moved
 
 @dataclasses.dataclass(frozen=True)
 class SelectionConfig:
-    """Privileged feature selection policy (paper §3.3); defaults are the paper's."""
+    """Privileged feature selection policy (HA-PFD §3.3); defaults are the paper's."""
 
     # Candidates are ranked alone by mutual information; the top `drop_top_k` are
     # dropped as too informative, the next `keep_top_n` kept.
@@ -24,7 +24,7 @@ class SelectionConfig:
     # A final feature (a group: its OR-ed flag) whose rarer value has fewer rows
     # than this is not selected.
     min_support: int = 100
-    # Each side of an Eq. 8 split must hold at least this fraction of rows.
+    # Each side of an HA-PFD Eq. 8 split must hold at least this fraction of rows.
     min_part_fraction: float = 0.01
     # Above this many distinct values a continuous feature is pre-bucketed by quantiles.
     max_distinct_values: int = 10_000

@@ -28,7 +28,7 @@ class KdConfig:
 class AlignmentConfig:
     """HA-PFD's latent alignment (`layer_align` and HA-PFD; HA-PFD Eq. 5): each
     student latent mapped by a DNN g^(i) to the teacher latent's width. Its weight is
-    Eq. 6's 1; appendix A also says ReviewKD's 10 is "the same as our layer aligning
+    HA-PFD Eq. 6's 1; appendix A also says ReviewKD's 10 is "the same as our layer aligning
     strategy", a second reading, so per-run tuning tries 0.1, 1 and 10
     (docs/paper-deviations.md item 10)."""
 
