@@ -194,8 +194,6 @@ class EnsembleDistillation(Strategy):
         ektf = config.ektf
         if ektf.heads < 2:
             raise ValueError(f"model.ektf.heads: EKTF needs at least 2 heads, got {ektf.heads}")
-        if ektf.serve not in ("ensemble", "best"):
-            raise ValueError(f"model.ektf.serve: {ektf.serve!r} is not ensemble or best")
         self.heads = heads_lib.EnsembleHeads(
             [self._tower(config.hidden_units, 1, f"student_head_{k}")
              for k in range(ektf.heads)], fusion="probability", name="student_heads")

@@ -65,7 +65,7 @@ class EktfConfig:
     (`ensemble`) or the head with the best running exam score (`best`, EKTF Eq. 4)."""
 
     heads: int = 3
-    serve: str = "ensemble"
+    serve: Literal["ensemble", "best"] = "ensemble"
 
 
 @dataclasses.dataclass(frozen=True)
