@@ -27,8 +27,7 @@ In TFX's shape, one module each: the spec and its custom config
 (`click_log_spec.py`), the executor (`click_log_executor.py`) and its Beam transforms
 (`click_log_transforms.py`), the spans and the driver (`click_log_spans.py`), the
 files written beside the examples (`click_log_outputs.py`), the data rules
-(`data_rules.py`). This module is the component, and the import path of the names
-the pipeline, `pfdx compare` and the tests use.
+(`data_rules.py`). This module is the component.
 """
 from __future__ import annotations
 
@@ -42,20 +41,10 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 
 from pfdx.components.click_log_executor import Executor
-from pfdx.components.click_log_outputs import DEAD_LETTER_DIR, read_row_counts
-from pfdx.components.click_log_spans import (SPAN_PATTERN_PROPERTY, SPANS_PROPERTY, Driver,
-                                             older_spans)
-from pfdx.components.click_log_spec import (ClickLogExampleGenSpec, make_custom_config,
-                                            read_custom_config)
-from pfdx.components.data_rules import (SPLIT, SPLIT_POSITIVES, DataError, check_rows,
-                                        check_splits, format_dead_rows)
+from pfdx.components.click_log_spans import Driver
+from pfdx.components.click_log_spec import ClickLogExampleGenSpec, make_custom_config
 from pfdx.components.splits import SPLITS
 from pfdx.features import contract
-
-__all__ = ["ClickLogExampleGen", "ClickLogExampleGenSpec", "DEAD_LETTER_DIR", "DataError",
-           "Driver", "Executor", "SPANS_PROPERTY", "SPAN_PATTERN_PROPERTY", "SPLIT",
-           "SPLIT_POSITIVES", "check_rows", "check_splits", "format_dead_rows",
-           "make_custom_config", "older_spans", "read_custom_config", "read_row_counts"]
 
 
 class ClickLogExampleGen(FileBasedExampleGen):

@@ -99,7 +99,7 @@ def read_log(files: Sequence[str], config: PipelineConfig, impressions: bool = F
     from apache_beam.io.filesystems import FileSystems
 
     from pfdx.components import log_rows
-    from pfdx.components.click_log_example_gen import check_rows, format_dead_rows
+    from pfdx.components.data_rules import check_rows, format_dead_rows
 
     data = config.data
     data_dict = config.to_dict()["data"]
@@ -162,7 +162,7 @@ def split_windows(rows: dict[str, Rows], config: PipelineConfig, work: str,
                   log: Callable[[str], None]) -> dict[str, dict[str, Window]]:
     """{space: {window: Window}}: the pipeline's splits, by time or, without a time
     column, by hash, checked with ExampleGen's splits rule and written under `work`."""
-    from pfdx.components.click_log_example_gen import SPLIT, SPLIT_POSITIVES, check_splits
+    from pfdx.components.data_rules import SPLIT, SPLIT_POSITIVES, check_splits
 
     clicked, data = rows[CLICK], config.data
     time_range = None

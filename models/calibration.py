@@ -24,6 +24,13 @@ IDENTITY = (1.0, 0.0)
 MIN_CLASS_ROWS = 30
 
 
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) in float64, p clipped off 0 and 1: the logits Platt is fitted on,
+    recovered from the served probabilities."""
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1.0 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 100,
               l2: float = 1e-6) -> tuple[float, float]:
     """(a, b) minimising the mean log loss of sigmoid(a * logit + b) against `labels`

@@ -21,9 +21,10 @@ KuaiRand (docs/paper-deviations.md item 12).
 The catch-up is exact but for epsilon, which it scales with the velocity's decay (a
 relative error below 1 - sqrt(beta_2)^j on the j-th missed step, whose weight falls as
 beta_1^j), and for missed steps beyond 64 in a row, whose tiny sum takes one step size:
-tests/test_models_optimizers.py compares it with Keras' Adam. Before a row is caught up, the forward pass reads it
-without its pending moves, so a flush is due wherever weights are read for more than
-a training step: `JointModel` flushes before evaluating or predicting, and Keras calls
+tests/test_models_optimizers.py compares it with Keras' Adam. Before a row is caught
+up, the forward pass reads it without its pending moves, so a flush is due wherever
+weights are read for more than a training step: `JointModel` flushes before
+evaluating or predicting and at each epoch's end, and Keras calls
 `finalize_variable_values` at the end of `fit`. Dense gradients (the towers, the
 mapping nets) get Keras' Adam and its decoupled weight decay unchanged.
 """
@@ -65,10 +66,9 @@ class LazyAdam(tf.keras.optimizers.Adam):
     def apply_gradients(self, grads_and_vars, *args, **kwargs):
         grads_and_vars = list(grads_and_vars)
         # Which variables get row gradients is known when the step is traced.
-        self._sparse_keys = {self._var_key(v) for g, v in grads_and_vars
-                             if isinstance(g, tf.IndexedSlices)}
-        self._row_variables |= {v.ref() for g, v in grads_and_vars
-                                if isinstance(g, tf.IndexedSlices)}
+        rows = [v for g, v in grads_and_vars if isinstance(g, tf.IndexedSlices)]
+        self._sparse_keys = {self._var_key(v) for v in rows}
+        self._row_variables |= {v.ref() for v in rows}
         return super().apply_gradients(grads_and_vars, *args, **kwargs)
 
     def _apply_weight_decay(self, variables):
@@ -81,6 +81,19 @@ class LazyAdam(tf.keras.optimizers.Adam):
         lr = tf.cast(self.learning_rate, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         return lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+
+    def _decay(self, variable) -> tf.Tensor:
+        """The decoupled weight decay's shrink per step, lr * weight_decay (0: none)."""
+        dtype = variable.dtype
+        if self.weight_decay is None or not self._use_weight_decay(variable):
+            return tf.constant(0.0, dtype)
+        return tf.cast(self.learning_rate, dtype) * tf.cast(self.weight_decay, dtype)
+
+    def _epsilon(self, step: tf.Tensor):
+        """Keras' epsilon at `step` (scaled there with `adaptive_epsilon`)."""
+        if not self.adaptive_epsilon:
+            return self.epsilon
+        return self.epsilon * tf.sqrt(1 - tf.pow(tf.cast(self.beta_2, step.dtype), step))
 
     def _catch_up(self, variable, rows: tf.Tensor, steps: tf.Tensor):
         """Weights, momentum and velocity of `rows` of `variable` after the steps
@@ -97,9 +110,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
         # by alpha(first + j) * beta_1^j m / (beta_2^(j/2) sqrt(v) + eps). With eps
         # scaled like sqrt(v), after k steps: (1 - c)^k (w - F m / (sqrt(v) + eps)),
         # F = sum_j alpha(first + j) r^j, r = beta_1 / (sqrt(beta_2) (1 - c)).
-        decay = tf.constant(0.0, dtype)
-        if self.weight_decay is not None and self._use_weight_decay(variable):
-            decay = tf.cast(self.learning_rate, dtype) * tf.cast(self.weight_decay, dtype)
+        decay = self._decay(variable)
         ratio = beta_1 / (tf.sqrt(beta_2) * (1 - decay))
         j = tf.range(1, _EXACT_STEPS + 1, dtype=dtype)
         terms = self._alpha(first[:, None] + j, dtype) * tf.pow(ratio, j)
@@ -107,13 +118,10 @@ class LazyAdam(tf.keras.optimizers.Adam):
         beyond = tf.maximum(missed - _EXACT_STEPS, 0.0)
         factor += (self._alpha(first + _EXACT_STEPS + 1, dtype) * tf.pow(ratio, _EXACT_STEPS + 1)
                    * (1 - tf.pow(ratio, beyond)) / (1 - ratio))
-        epsilon = self.epsilon
-        if self.adaptive_epsilon:
-            epsilon = epsilon * tf.sqrt(1 - tf.pow(beta_2, steps))
         shape = [-1] + [1] * (variable.shape.rank - 1)
         weights = tf.reshape(tf.pow(1 - decay, missed), shape) * (
             tf.gather(variable, rows) - tf.reshape(factor, shape) * m_rows
-            / (tf.sqrt(v_rows) + epsilon))
+            / (tf.sqrt(v_rows) + self._epsilon(steps)))
         return (weights, m_rows * tf.reshape(tf.pow(beta_1, missed), shape),
                 v_rows * tf.reshape(tf.pow(beta_2, missed), shape))
 
@@ -123,18 +131,15 @@ class LazyAdam(tf.keras.optimizers.Adam):
         dtype = variable.dtype
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         local_step = tf.cast(self.iterations + 1, dtype)
-        epsilon = self.epsilon * tf.sqrt(1 - tf.pow(beta_2, local_step)) \
-            if self.adaptive_epsilon else self.epsilon
-
         rows, position = tf.unique(gradient.indices)
         grad = tf.math.unsorted_segment_sum(gradient.values, position, tf.size(rows))
         weights, m_rows, v_rows = self._catch_up(variable, rows, local_step - 1)
         m_rows = m_rows * beta_1 + grad * (1 - beta_1)
         v_rows = v_rows * beta_2 + tf.square(grad) * (1 - beta_2)
         # Keras' order: the decoupled weight decay, then the Adam move.
-        if self.weight_decay is not None and self._use_weight_decay(variable):
-            weights -= tf.cast(self.learning_rate * self.weight_decay, dtype) * weights
-        weights -= self._alpha(local_step, dtype) * m_rows / (tf.sqrt(v_rows) + epsilon)
+        weights *= 1 - self._decay(variable)
+        weights -= (self._alpha(local_step, dtype) * m_rows
+                    / (tf.sqrt(v_rows) + self._epsilon(local_step)))
         self._store(variable, rows, local_step, weights, m_rows, v_rows)
 
     def _store(self, variable, rows, step, weights, m_rows, v_rows) -> None:
@@ -147,9 +152,10 @@ class LazyAdam(tf.keras.optimizers.Adam):
     def flush(self) -> None:
         """Catch every row of every table up to the current step: weights, moments and
         weight decay as Keras' Adam has them. Rows already current are unchanged."""
-        if getattr(self, "_last_steps", None) is None or int(self.iterations.numpy()) == self._flushed_at:
+        step = int(self.iterations.numpy())
+        if getattr(self, "_last_steps", None) is None or step == self._flushed_at:
             return  # not built, or nothing stepped since the last flush
-        self._flushed_at = int(self.iterations.numpy())
+        self._flushed_at = step
         for ref in self._row_variables:
             variable = ref.deref()
             steps = tf.cast(self.iterations, variable.dtype)

@@ -19,7 +19,6 @@ import dataclasses
 from typing import Callable, Sequence
 
 import pfdx  # noqa: F401  (Keras 2 flag before TensorFlow)
-import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -148,7 +147,7 @@ class Fitter:
             metrics["teacher_best_epoch"] = teacher[0].best_epoch
         if config.evaluation.calibration == "platt":
             clicked = validation.clicked()
-            params = calibration.fit_platt(_logit(clicked.student), clicked.labels)
+            params = calibration.fit_platt(calibration.logit(clicked.student), clicked.labels)
             model.student_model().calibration.assign(params)
             metrics.update(calibration_scale=params[0], calibration_bias=params[1],
                            validation_uncalibrated_student_ece=summarize(
@@ -189,7 +188,3 @@ class Fitter:
         """`fit` then `finish`: one config, start to end."""
         return self.finish(config, self.fit(config, name), name)
 
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), 1e-7, 1.0 - 1e-7)
-    return np.log(p) - np.log1p(-p)

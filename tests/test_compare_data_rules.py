@@ -2,7 +2,7 @@
 the same quarantine limit and split guards, and the hash split without a time column."""
 import pytest
 
-from pfdx.components.click_log_example_gen import DataError
+from pfdx.components.data_rules import DataError
 from pfdx.config import load_config
 from pfdx.experiments.windows import TEST, read_log, split_windows
 from pfdx.simulator import simulate

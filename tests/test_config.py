@@ -92,7 +92,7 @@ def _dag(tmp_path, strategy):
 
 
 def _example_space(component) -> str:
-    from pfdx.components.click_log_example_gen import read_custom_config
+    from pfdx.components.click_log_spec import read_custom_config
     return read_custom_config(component.exec_properties)["space"]
 
 

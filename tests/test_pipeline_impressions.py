@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pfdx.components.click_log_example_gen import read_row_counts
+from pfdx.components.click_log_outputs import read_row_counts
 from pfdx.components.trainer import TRAINING_METRICS_FILE
 from pfdx.pipeline import dag, local_runner
 from pfdx.serving import export

@@ -5,7 +5,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from pfdx.components.click_log_example_gen import read_row_counts
+from pfdx.components.click_log_outputs import read_row_counts
 from pfdx.pipeline import dag, local_runner
 from pfdx.simulator import simulate
 from tests.pipeline_helpers import int_props, latest, make_config, run_example_gen, store

@@ -21,8 +21,8 @@ from apache_beam.pvalue import TaggedOutput
 
 from pfdx.components import log_rows
 from pfdx.components.splits import SPLITS
-from pfdx.components.click_log_example_gen import (DEAD_LETTER_DIR, DataError, check_rows,
-                                                 check_splits, format_dead_rows)
+from pfdx.components.click_log_outputs import DEAD_LETTER_DIR
+from pfdx.components.data_rules import DataError, check_rows, check_splits, format_dead_rows
 from pfdx.components.click_log_transforms import ParseLogFile
 from pfdx.config import ConfigError, load_config
 from pfdx.simulator import simulate

@@ -15,8 +15,8 @@ from tfx import v1 as tfx
 from tfx.components.example_gen import utils as tfx_utils
 
 from pfdx.components import splits
-from pfdx.components.click_log_example_gen import (SPAN_PATTERN_PROPERTY, SPANS_PROPERTY,
-                                                  ClickLogExampleGen, older_spans)
+from pfdx.components.click_log_example_gen import ClickLogExampleGen
+from pfdx.components.click_log_spans import SPAN_PATTERN_PROPERTY, SPANS_PROPERTY, older_spans
 from pfdx.config import ConfigError, load_config
 from pfdx.simulator import simulate
 from tests.pipeline_helpers import int_props, latest, make_config, run_example_gen, store
@@ -272,7 +272,7 @@ def test_executor_alone_resolves_the_span_where_no_driver_ran(tmp_path):
     from tfx.types import standard_artifacts
     from tfx.utils import proto_utils
 
-    from pfdx.components import click_log_example_gen as gen_lib
+    from pfdx.components.click_log_executor import Executor
 
     _, logs = _days(tmp_path)
     config = make_config(tmp_path, f"data.file_pattern={DATES}", "data.spans.num_spans=2")
@@ -282,7 +282,7 @@ def test_executor_alone_resolves_the_span_where_no_driver_ran(tmp_path):
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / "examples")
     os.makedirs(examples.uri)
-    gen_lib.Executor().Do({}, {"examples": [examples]}, props)
+    Executor().Do({}, {"examples": [examples]}, props)
     spans = [_span("2024-01-02"), _span("2024-01-03")]
     assert examples.get_int_custom_property("span") == spans[-1]
     assert examples.get_string_custom_property(SPANS_PROPERTY) == ",".join(map(str, spans))

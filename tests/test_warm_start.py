@@ -246,7 +246,7 @@ def test_three_days_each_read_their_span_and_continue_the_last_blessed_run(tmp_p
 
     from ml_metadata.proto import metadata_store_pb2
 
-    from pfdx.components.click_log_example_gen import SPANS_PROPERTY
+    from pfdx.components.click_log_spans import SPANS_PROPERTY
     from pfdx.components.trainer import TRAINING_METRICS_FILE
     from pfdx.pipeline import local_runner
     from pfdx.simulator import simulate
