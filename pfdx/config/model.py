@@ -34,6 +34,11 @@ class ModelConfig:
     max_vocabulary: int = 100_000
     min_id_count: int = 1
     oov_buckets: int = 1
+    # The vocabulary is counted on the train split but its newest `vocabulary_holdout`
+    # (by data.time_column): an id first seen there gets no row, so those rows train
+    # the OOV rows on ids that are new, as the ids first seen at serving will be
+    # (features/transform.py). 0, or no time column: every train row counts.
+    vocabulary_holdout: float = 0.2
     hash_buckets: int = 100_000
     # A hashed feature's table sized to its data: `hash_rows_per_id` rows per distinct
     # id of the train split, to the nearest power of two, and at most the largest
@@ -42,7 +47,7 @@ class ModelConfig:
     # row in a warm start (models/warm_start.py `resize_hashed`). Two rows per id: a
     # trained id shares its row with another about a third of the time. None: every
     # hashed table has `hash_buckets` rows (`tft.hash_strings`), whatever the data.
-    hash_rows_per_id: int | None = 2
+    hash_rows_per_id: int | None = None
     # Numeric features are bucketized by quantiles.
     numeric_buckets: int = 32
     hidden_units: tuple[int, ...] = (256, 128)
@@ -127,6 +132,9 @@ class ModelConfig:
                 raise ConfigError(f"model.{key}: {getattr(self, key)} is below 1")
         if self.hash_rows_per_id is not None and self.hash_rows_per_id < 1:
             raise ConfigError(f"model.hash_rows_per_id: {self.hash_rows_per_id} is below 1")
+        if not 0.0 <= self.vocabulary_holdout < 1.0:
+            raise ConfigError(f"model.vocabulary_holdout: {self.vocabulary_holdout} is not in "
+                              "[0, 1)")
         for key in ("learning_rate", "teacher_learning_rate"):
             value = getattr(self, key)
             if value is not None and not value > 0.0:
