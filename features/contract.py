@@ -134,15 +134,14 @@ class DataContract:
 
     def raw_feature_spec(self) -> dict[str, Any]:
         """The tf.io parsing spec of the features the Transform and the models read:
-        every example feature, the time too, as in SchemaGen's schema (the Transform's
-        vocabulary holdout reads it; the served graph does not); FixedLenFeature([])
+        every example feature but the time (it only splits the rows); FixedLenFeature([])
         for one in every example, VarLenFeature for one that may be absent (a
         SparseTensor the preprocessing_fn densifies, a missing value its own id)."""
         import tensorflow as tf
 
         return {name: tf.io.FixedLenFeature([], tf.as_dtype(f.kind.dtype)) if f.always
                 else tf.io.VarLenFeature(tf.as_dtype(f.kind.dtype))
-                for name, f in self.example_features.items()}
+                for name, f in self.example_features.items() if name != self.time}
 
     @property
     def serving_inputs(self) -> dict[str, Kind]:

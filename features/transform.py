@@ -43,8 +43,6 @@ DISTINCT_PREFIX = "distinct__"
 # rows: the same row as the fingerprint modulo the rows (`hashed_rows`).
 _HASH_RANGE = 2 ** 62
 _MAX_ROWS_LOG2 = 30
-# Quantiles the vocabulary holdout's time cutoff is read from (1% steps).
-_HOLDOUT_BUCKETS = 100
 
 
 def regular_config(config) -> dict[str, Any]:
@@ -60,8 +58,6 @@ def regular_config(config) -> dict[str, Any]:
         "max_vocabulary": config.model.max_vocabulary,
         "min_id_count": config.model.min_id_count,
         "oov_buckets": config.model.oov_buckets,
-        "vocabulary_holdout": config.model.vocabulary_holdout,
-        "time": config.data.time_column,
         "hash_buckets": config.model.hash_buckets,
         "hash_rows_per_id": config.model.hash_rows_per_id,
         "numeric_buckets": config.model.numeric_buckets,
@@ -187,39 +183,18 @@ def _privileged_flag(inputs, spec: Mapping[str, Any]) -> tf.Tensor:
     return tf.where(present, tf.cast(flag, tf.int64), tf.constant(2, tf.int64))
 
 
-def _counted_rows(inputs, custom_config: Mapping[str, Any]) -> tf.Tensor | None:
-    """True for the rows a vocabulary counts, False for the newest `vocabulary_holdout`
-    of them by time (an id first seen there is new: it trains the OOV rows); None: all
-    count (no holdout, or no time column to tell the newest rows)."""
-    holdout, time = custom_config.get("vocabulary_holdout", 0.0), custom_config.get("time")
-    if not holdout or time is None or time not in inputs:
-        return None
-    # float32, what tft.quantiles takes: about 2-minute steps for epoch milliseconds.
-    # (Times from tft.min first would be finer, but that third analysis phase stalls
-    # Beam's in-process runner.)
-    elapsed = tf.cast(dense(inputs[time], 0), tf.float32)
-    boundaries = tft.quantiles(elapsed, num_buckets=_HOLDOUT_BUCKETS, epsilon=0.001)
-    cutoff = boundaries[0, round((1.0 - holdout) * _HOLDOUT_BUCKETS) - 1]
-    return elapsed < cutoff
-
-
 def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict[str, tf.Tensor]:
     outputs: dict[str, tf.Tensor] = {}
-    counted = (_counted_rows(inputs, custom_config)
-               if custom_config["categorical_encoding"] == "vocabulary" else None)
     for name in custom_config["regular_categorical"]:
         ids = dense(inputs[name], "")
         if custom_config["categorical_encoding"] == "hash":
             outputs[name] = _hashed_ids(ids, name, custom_config)
         else:
-            # Not weights of 0: the vocabulary keeps every id at min_id_count 1.
-            vocabulary = tft.vocabulary(
-                ids if counted is None else tf.boolean_mask(ids, counted),
-                top_k=custom_config["max_vocabulary"],
+            outputs[name] = tft.compute_and_apply_vocabulary(
+                ids, top_k=custom_config["max_vocabulary"],
                 frequency_threshold=custom_config["min_id_count"],
+                num_oov_buckets=custom_config["oov_buckets"],
                 vocab_filename=VOCABULARY_PREFIX + name)
-            outputs[name] = tft.apply_vocabulary(
-                ids, vocabulary, num_oov_buckets=custom_config["oov_buckets"])
     for name in custom_config["regular_numeric"]:
         outputs[name] = _quantile_ids(inputs[name], custom_config["numeric_buckets"])
     for name, spec in custom_config["privileged"].items():

@@ -23,8 +23,7 @@ def test_nothing_selected_means_no_privileged_input():
 
 def _fit(tmp_path, rows: list[str], **settings):
     """The pipeline's preprocessing_fn fitted (TFT on Beam) on one categorical column
-    `item` holding `rows`, at times 0, 1, ... (column `t`): its TFTransformOutput and
-    the custom_config."""
+    `item` holding `rows`: its TFTransformOutput and the custom_config."""
     import functools
 
     import apache_beam as beam
@@ -37,14 +36,11 @@ def _fit(tmp_path, rows: list[str], **settings):
                      "regular_numeric": [], "privileged": {}, "numeric_buckets": 4,
                      "privileged_buckets": 4, "categorical_encoding": "vocabulary",
                      "max_vocabulary": 100, "min_id_count": 2, "oov_buckets": 1,
-                     "hash_buckets": 50, "hash_rows_per_id": None, "vocabulary_holdout": 0.0,
-                     "time": "t", **settings}
+                     "hash_buckets": 50, "hash_rows_per_id": None, **settings}
     schema = schema_utils.schema_from_feature_spec(
-        {"item": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64),
-         "t": tf.io.FixedLenFeature([], tf.int64)})
+        {"item": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)})
     with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
-        transform_fn = ((pipeline | beam.Create([{"item": r, "label": 0, "t": 1000 * t}
-                                                 for t, r in enumerate(rows)]),
+        transform_fn = ((pipeline | beam.Create([{"item": r, "label": 0} for r in rows]),
                          dataset_metadata.DatasetMetadata(schema))
                         | tft_beam.AnalyzeDataset(functools.partial(
                             transform.preprocessing_fn, custom_config=custom_config)))
@@ -65,19 +61,6 @@ def test_vocabulary_gives_frequent_ids_rows_and_pools_the_rest(tmp_path):
     # a, b, c by frequency; d (below min_id_count) and the never-seen e share the OOV id.
     assert _ids(tft_output, ["a", "b", "c", "d", "e"]) == [0, 1, 2, 3, 3]
     assert transform.feature_vocab(custom_config, tft_output) == {"item": 4}
-
-
-def test_ids_first_seen_in_the_newest_rows_train_the_oov_row(tmp_path):
-    # 20 rows in time order; the newest 20 % (4 rows) hold c once more and two new ids.
-    rows = ["a"] * 8 + ["b"] * 6 + ["c"] * 2 + ["c", "n1", "n2", "n1"]
-    tft_output, custom_config = _fit(tmp_path, rows, min_id_count=1, vocabulary_holdout=0.2)
-    # c was seen before the holdout: it keeps a row; n1 and n2 share the OOV row with
-    # ids first seen at serving.
-    assert transform.feature_vocab(custom_config, tft_output) == {"item": 4}
-    assert _ids(tft_output, ["a", "b", "c", "n1", "n2", "never seen"]) == [0, 1, 2, 3, 3, 3]
-    # Without the holdout every id of the train split gets a row.
-    tft_output, custom_config = _fit(tmp_path / "all", rows, min_id_count=1)
-    assert transform.feature_vocab(custom_config, tft_output) == {"item": 6}
 
 
 def test_vocabulary_is_capped_at_max_vocabulary(tmp_path):
