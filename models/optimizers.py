@@ -30,6 +30,7 @@ mapping nets) get Keras' Adam and its decoupled weight decay unchanged.
 """
 from __future__ import annotations
 
+import numpy as np
 import pfdx  # noqa: F401  (Keras 2 flag before TensorFlow)
 import tensorflow as tf
 
@@ -71,10 +72,28 @@ class LazyAdam(tf.keras.optimizers.Adam):
         self._row_variables |= {v.ref() for v in rows}
         return super().apply_gradients(grads_and_vars, *args, **kwargs)
 
+    def _deduplicate_sparse_grad(self, grads):
+        # `_update_rows` sums duplicate ids of every table at once.
+        return grads
+
     def _apply_weight_decay(self, variables):
-        # Row-sparse variables are decayed in `update_step`, on their batch's rows.
+        # Row-sparse variables are decayed in `_update_rows`, on their batch's rows.
         super()._apply_weight_decay(
             [v for v in variables if self._var_key(v) not in self._sparse_keys])
+
+    def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
+        # Called in cross-replica context (also without a strategy): the row
+        # gradients of all tables step together, in one update of each replica,
+        # since on CPU the cost of the row path is its ops' count, not their size.
+        rows = [(g, v) for g, v in grads_and_vars if self._var_key(v) in self._sparse_keys]
+        if rows:
+            grads, variables = zip(*rows)
+            distribution.extended.update(
+                variables[0], lambda _, grads: self._update_rows(grads, variables),
+                args=(list(grads),), group=False)
+        return super()._distributed_apply_gradients_fn(
+            distribution, [(g, v) for g, v in grads_and_vars
+                           if self._var_key(v) not in self._sparse_keys], **kwargs)
 
     def _alpha(self, step: tf.Tensor, dtype) -> tf.Tensor:
         """Adam's bias-corrected step size at `step` (1-based)."""
@@ -95,58 +114,84 @@ class LazyAdam(tf.keras.optimizers.Adam):
             return self.epsilon
         return self.epsilon * tf.sqrt(1 - tf.pow(tf.cast(self.beta_2, step.dtype), step))
 
-    def _catch_up(self, variable, rows: tf.Tensor, steps: tf.Tensor):
-        """Weights, momentum and velocity of `rows` of `variable` after the steps
-        `last_step + 1 .. steps` (each row's own count) without a gradient, as
-        Keras' Adam would have left them; the caller stores them and the new last step."""
-        dtype = variable.dtype
+    def _slots(self, variable) -> tuple:
         index = self._index_dict[self._var_key(variable)]
-        m, v = self._momentums[index], self._velocities[index]
+        return self._momentums[index], self._velocities[index], self._last_steps[index]
+
+    def _catch_up(self, decay, steps, weights, m_rows, v_rows, first):
+        """Weights, momentum and velocity of rows (`weights`, `m_rows`, `v_rows`, last
+        updated at step `first`) after the steps `first + 1 .. steps` without a
+        gradient, as Keras' Adam would have left them, at weight decay `decay`."""
+        dtype = weights.dtype
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        first = tf.gather(self._last_steps[index], rows)
         missed = tf.maximum(steps - first, 0.0)
-        m_rows, v_rows = tf.gather(m, rows), tf.gather(v, rows)
         # Missed step j decays the row by (1 - c), c = lr * weight_decay, then moves it
         # by alpha(first + j) * beta_1^j m / (beta_2^(j/2) sqrt(v) + eps). With eps
         # scaled like sqrt(v), after k steps: (1 - c)^k (w - F m / (sqrt(v) + eps)),
         # F = sum_j alpha(first + j) r^j, r = beta_1 / (sqrt(beta_2) (1 - c)).
-        decay = self._decay(variable)
         ratio = beta_1 / (tf.sqrt(beta_2) * (1 - decay))
         j = tf.range(1, _EXACT_STEPS + 1, dtype=dtype)
-        terms = self._alpha(first[:, None] + j, dtype) * tf.pow(ratio, j)
+        # alpha(first + j) with beta^(first + j) = beta^first beta^j: the [rows, 64]
+        # grid takes products, not powers.
+        powers = [tf.pow(b, first)[:, None] * tf.pow(b, j) for b in (beta_1, beta_2)]
+        terms = (tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - powers[1])
+                 / (1 - powers[0]) * tf.pow(ratio, j))
         factor = tf.reduce_sum(tf.where(j <= missed[:, None], terms, 0.0), axis=1)
         beyond = tf.maximum(missed - _EXACT_STEPS, 0.0)
         factor += (self._alpha(first + _EXACT_STEPS + 1, dtype) * tf.pow(ratio, _EXACT_STEPS + 1)
                    * (1 - tf.pow(ratio, beyond)) / (1 - ratio))
-        shape = [-1] + [1] * (variable.shape.rank - 1)
+        shape = [-1] + [1] * (weights.shape.rank - 1)
         weights = tf.reshape(tf.pow(1 - decay, missed), shape) * (
-            tf.gather(variable, rows) - tf.reshape(factor, shape) * m_rows
-            / (tf.sqrt(v_rows) + self._epsilon(steps)))
+            weights - tf.reshape(factor, shape) * m_rows / (tf.sqrt(v_rows) + self._epsilon(steps)))
         return (weights, m_rows * tf.reshape(tf.pow(beta_1, missed), shape),
                 v_rows * tf.reshape(tf.pow(beta_2, missed), shape))
 
-    def update_step(self, gradient, variable):
-        if not isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable)
-        dtype = variable.dtype
+    def _update_rows(self, grads, variables) -> None:
+        """Adam on the rows of `variables` in their `grads` (tf.IndexedSlices), each
+        row caught up first: tables of one row shape, dtype and weight decay as one."""
+        groups: dict[tuple, list] = {}
+        for grad, variable in zip(grads, variables):
+            key = (variable.dtype, tuple(variable.shape[1:]), self._use_weight_decay(variable))
+            groups.setdefault(key, []).append((grad, variable))
+        for group in groups.values():
+            self._update_group(*zip(*group))
+
+    def _update_group(self, grads, variables) -> None:
+        dtype = variables[0].dtype
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        local_step = tf.cast(self.iterations + 1, dtype)
-        rows, position = tf.unique(gradient.indices)
-        grad = tf.math.unsorted_segment_sum(gradient.values, position, tf.size(rows))
-        weights, m_rows, v_rows = self._catch_up(variable, rows, local_step - 1)
+        step = tf.cast(self.iterations + 1, dtype)
+        # One row space: table k's ids offset by the rows of the tables before it.
+        offsets = np.cumsum([0] + [v.shape[0] for v in variables], dtype=np.int64)
+        ids = tf.concat([tf.cast(g.indices, tf.int64) + o for g, o in zip(grads, offsets)], 0)
+        rows, position = tf.unique(ids)
+        grad = tf.math.unsorted_segment_sum(tf.concat([g.values for g in grads], 0),
+                                            position, tf.size(rows))
+        # tf.unique keeps first appearances in order, so each table's rows come
+        # together, in table order.
+        table = tf.searchsorted(offsets[1:], rows, side="right")
+        counts = tf.math.bincount(tf.cast(table, tf.int32), minlength=len(variables),
+                                  maxlength=len(variables))
+        local = tf.split(rows - tf.gather(offsets, table), counts, num=len(variables))
+        slots = [self._slots(v) for v in variables]
+        weights, m_rows, v_rows, first = (
+            tf.concat([tf.gather(t, r) for t, r in zip(tables, local)], 0)
+            for tables in (variables, *zip(*slots)))
+        decay = self._decay(variables[0])
+        weights, m_rows, v_rows = self._catch_up(decay, step - 1, weights, m_rows, v_rows,
+                                                 first)
         m_rows = m_rows * beta_1 + grad * (1 - beta_1)
         v_rows = v_rows * beta_2 + tf.square(grad) * (1 - beta_2)
         # Keras' order: the decoupled weight decay, then the Adam move.
-        weights *= 1 - self._decay(variable)
-        weights -= (self._alpha(local_step, dtype) * m_rows
-                    / (tf.sqrt(v_rows) + self._epsilon(local_step)))
-        self._store(variable, rows, local_step, weights, m_rows, v_rows)
+        weights = weights * (1 - decay) - (self._alpha(step, dtype) * m_rows
+                                           / (tf.sqrt(v_rows) + self._epsilon(step)))
+        parts = [tf.split(t, counts, num=len(variables)) for t in (weights, m_rows, v_rows)]
+        for variable, r, *values in zip(variables, local, *parts):
+            self._store(variable, r, step, *values)
 
     def _store(self, variable, rows, step, weights, m_rows, v_rows) -> None:
-        index = self._index_dict[self._var_key(variable)]
-        for target, values in ((variable, weights), (self._momentums[index], m_rows),
-                               (self._velocities[index], v_rows),
-                               (self._last_steps[index], tf.fill(tf.shape(rows), step))):
+        m, v, last = self._slots(variable)
+        for target, values in ((variable, weights), (m, m_rows), (v, v_rows),
+                               (last, tf.fill(tf.shape(rows), step))):
             target.scatter_update(tf.IndexedSlices(values, rows))
 
     def flush(self) -> None:
@@ -162,7 +207,10 @@ class LazyAdam(tf.keras.optimizers.Adam):
             # In slices: the catch-up holds _EXACT_STEPS terms per row.
             for start in range(0, variable.shape[0], _FLUSH_ROWS):
                 rows = tf.range(start, min(start + _FLUSH_ROWS, variable.shape[0]))
-                self._store(variable, rows, steps, *self._catch_up(variable, rows, steps))
+                m, v, last = self._slots(variable)
+                caught_up = self._catch_up(self._decay(variable), steps,
+                                           *(tf.gather(t, rows) for t in (variable, m, v, last)))
+                self._store(variable, rows, steps, *caught_up)
 
     def mark_caught_up(self) -> None:
         """Every row current at this step: for state restored from a flushed optimizer
