@@ -133,6 +133,10 @@ def _tables(model: dict[str, Any]) -> str:
     return f"hash buckets {model['hash_buckets']}"
 
 
+def _min_gain(summary: dict[str, Any]) -> str:
+    return f"{summary['config']['tuning'].get('min_gain_se', 0):g}"
+
+
 def markdown(summary: dict[str, Any]) -> str:
     table, windows, oracle = summary["table"], summary["windows"], summary["oracle_true_cvr"]
     model = summary["config"]["model"]
@@ -213,8 +217,10 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"Per-run tuning: each strategy's values were chosen on the validation "
                   f"window by {summary['config']['tuning']['metric']} among the no-distillation "
                   f"point, the configured values and up to "
-                  f"{summary['config']['tuning']['max_trials']} grid points (tuning.csv has "
-                  f"every trial; the params column shows the choice)."]
+                  f"{summary['config']['tuning']['max_trials']} grid points, distillation "
+                  f"only when ahead by more than {_min_gain(summary)} standard error(s) of the "
+                  f"paired AUC difference (tuning.csv has every trial, `validation_gain` and "
+                  f"`validation_gain_se` for the rival; the params column shows the choice)."]
     if summary.get("skipped"):
         lines += ["", f"No privileged feature survived selection: nothing to distil, so "
                   f"{', '.join(summary['skipped'])} were skipped."]

@@ -37,12 +37,14 @@ TEACHER_METRIC = "teacher_auc"
 
 @dataclasses.dataclass
 class Result:
-    """A trained model, its predictions on the eval files (None without them) and
-    its metrics (see `Fitter`)."""
+    """A trained model, its predictions on the eval files (None without them), its
+    metrics (see `Fitter`) and its predictions on the validation split (`fit`'s:
+    per-run tuning compares candidates on the same rows)."""
 
     model: JointModel
     predictions: Predictions | None
     metrics: dict[str, float]
+    validation: Predictions | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +156,7 @@ class Fitter:
                                validation, bins)["student_ece"])
             validation = self.predict(config, model, self.splits.validation)
         metrics.update({f"validation_{k}": v for k, v in summarize(validation, bins).items()})
-        return Result(model, None, metrics)
+        return Result(model, None, metrics, validation)
 
     def finish(self, config: PipelineConfig, fitted: Result, name: str = "final") -> Result:
         model, metrics = fitted.model, dict(fitted.metrics)

@@ -15,7 +15,10 @@ A production run cannot assume the paper's regime (a teacher at AUC 0.97 that ma
    of the strategy's weights (the paper's, unless the config changes them) and up
    to `tuning.max_trials` points drawn from the rest of `tuning.grid` (seeded by
    `model.seed`), next to the setup's no-distillation winner. The best student wins,
-   so tuning chooses distillation only when it helps on this log.
+   so tuning chooses distillation only when it helps on this log -- and, for the
+   AUC, clearly: by more than `tuning.min_gain_se` standard errors of the paired
+   difference on the validation rows (models/auc_difference.py), else the
+   no-distillation point stays.
 
 Each candidate trains on the train split with early stopping on the validation split
 (models/training.py `Fitter.fit`) and is scored there by `tuning.metric`; a strategy
@@ -32,8 +35,10 @@ import random
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from pfdx.config import PipelineConfig
-from pfdx.models import registry
+from pfdx.models import auc_difference, registry
 
 LOWER_IS_BETTER = {"student_ece", "student_mce"}
 
@@ -164,7 +169,31 @@ def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
     del setup
     distillation = run(distillation_candidates(config, chosen[0].params), "distillation")
     best = _best([chosen] + distillation, lambda t: t.score(metric))
+    if best is not chosen and not _clearly_ahead(config, best, chosen, log):
+        best = chosen
     return Outcome(best[0], best[1], trials)
+
+
+def _clearly_ahead(config: PipelineConfig, rival: tuple[Trial, Any], chosen: tuple[Trial, Any],
+                   log: Callable[[str], None]) -> bool:
+    """Whether `rival` (distillation) beats `chosen` (none) by more than
+    `tuning.min_gain_se` standard errors of their validation AUC difference; recorded
+    in the rival's metrics. Only the AUC has one; a result without validation
+    predictions (a stand-in) is taken at its score."""
+    k, metric = config.tuning.min_gain_se, config.tuning.metric
+    a, b = (getattr(result, "validation", None) for _, result in (rival, chosen))
+    if k == 0 or metric != "student_auc" or a is None or b is None:
+        return True
+    a, b = a.clicked(), b.clicked()
+    if not np.array_equal(a.labels, b.labels):
+        raise ValueError("tuning: two trials' validation predictions are not of the same rows")
+    se = auc_difference.difference_se(a.labels, a.student, b.student)
+    gain = rival[0].score(metric) - chosen[0].score(metric)
+    rival[0].metrics.update(validation_gain=gain, validation_gain_se=se)
+    ahead = bool(gain > k * se)  # NaN (one class): not ahead
+    log(f"distillation ahead of no distillation by {gain:.4f} AUC, {k:g} standard error(s) "
+        f"{k * se:.4f}: " + ("distillation" if ahead else "no distillation") + " kept")
+    return ahead
 
 
 def reuse(config: PipelineConfig, params: dict[str, Any],

@@ -2,6 +2,7 @@
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from pfdx.config import EvaluationConfig, load_config
@@ -129,6 +130,51 @@ def test_tune_keeps_the_no_distillation_point_when_distillation_loses_and_nan_ne
     train, _ = _fake_train(lambda m: {"validation_student_ece": scores[m.kd.lam]})
     outcome = tuning.tune(config, train)
     assert outcome.best.params == {}
+
+
+def _validation(labels, scores):
+    """A train result on `scores` of the validation rows `labels`, with its AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    from pfdx.models.predictions import Predictions
+
+    return SimpleNamespace(metrics={"validation_student_auc": roc_auc_score(labels, scores)},
+                           validation=Predictions(labels, scores, None, None))
+
+
+def _rival(labels, base, clear: bool):
+    """Scores ahead of `base` (labels + N(0, 1.5) noise): by moving every positive up
+    (clear), or another draw of the same noise that happens to rank a little better."""
+    from sklearn.metrics import roc_auc_score
+
+    if clear:
+        return base + 0.5 * labels
+    for seed in range(100):
+        noisy = labels + np.random.default_rng(seed).normal(0, 1.5, len(base))
+        if roc_auc_score(labels, noisy) > roc_auc_score(labels, base):
+            return noisy
+    raise AssertionError("no noisy rival ahead")
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_distillation_must_be_ahead_by_more_than_a_standard_error(distilled):
+    """A rival whose lead is noise keeps the no-distillation point; a clear lead wins."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random(3000) < 0.3).astype(int)
+    base = labels + rng.normal(0, 1.5, 3000)
+    results = {0.0: _validation(labels, base),
+               10.0: _validation(labels, _rival(labels, base, clear=distilled))}
+    config = _config("model.strategy=kd", "model.kd.lam=10", "tuning.max_trials=0")
+    lines = []
+    outcome = tuning.tune(config, lambda c, name: results[c.model.kd.lam], log=lines.append)
+    gain = outcome.trials[-1].metrics["validation_gain"]
+    assert gain > 0 and outcome.trials[-1].metrics["validation_gain_se"] > 0
+    assert (outcome.best.params.get("kd.lam") is None) == distilled
+    assert lines[-1].endswith(("distillation" if distilled else "no distillation") + " kept")
+    # With no margin, any lead wins.
+    config = _config("model.strategy=kd", "model.kd.lam=10", "tuning.max_trials=0",
+                     "tuning.min_gain_se=0")
+    assert "kd.lam" not in tuning.tune(config, lambda c, name: results[c.model.kd.lam]).best.params
 
 
 GATE = EvaluationConfig(baseline_auc_tolerance=0.0, baseline_ece_tolerance=0.005)
