@@ -23,7 +23,7 @@ from tfx import v1 as tfx
 
 from pfdx.config import ConfigError, PipelineConfig, from_dict
 from pfdx.components import resume, splits
-from pfdx.features import selection_report, transform
+from pfdx.features import selection_report
 from pfdx.models import champion, datasets, registry, training, warm_start
 from pfdx.models.distributed import distribution_strategy
 from pfdx.serving import export
@@ -107,10 +107,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                            selection_report.load_selection(selection)
                            if tf.io.gfile.exists(selection) else None)
     logging.info("warm start: %s", plan.reason)
-    regular = config.data.columns.regular_categorical
-    restorer = warm_start.Restorer(
-        plan, tokens, strategy,
-        hashed=regular if transform.sized_hash(transform.regular_config(config)) else ())
+    restorer = warm_start.Restorer(plan, tokens, strategy)
     fitter = training.Fitter(
         tf_transform_output, fn_args.data_accessor.tf_dataset_factory,
         training.Splits(fn_args.train_files, validation_files, eval_files), strategy, callbacks,

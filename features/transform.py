@@ -4,13 +4,10 @@ Every model input is an int64 id in [0, vocab) (models.layers.FeatureEmbeddings)
 - regular categorical (`model.categorical_encoding`): a vocabulary of the ids the
   train split holds at least `min_id_count` times (the `max_vocabulary` most
   frequent), the rest and ids first seen at serving in `oov_buckets` shared ids after
-  it; or hashed, into a table of `hashed_rows` rows sized to the feature's distinct
-  ids in the train split (`model.hash_rows_per_id`; unset: `tft.hash_strings` into
-  `hash_buckets`). A missing value is the empty string, an id like any other. The
-  vocabulary files are assets of the Transform graph (one per feature,
-  VOCABULARY_PREFIX + name; DISTINCT_PREFIX + name: the distinct ids a hashed table
-  is sized by), so the table sizes it chose are recorded in the Transform artifact
-  and travel into the served SavedModel;
+  it; or `tft.hash_strings` into `hash_buckets`. A missing value is the empty string,
+  an id like any other. The vocabulary files are assets of the Transform graph (one
+  per feature, VOCABULARY_PREFIX + name), so the table sizes it chose are recorded
+  in the Transform artifact and travel into the served SavedModel;
 - regular numeric: quantile buckets (`tft.bucketize`), missing -> an extra id;
 - privileged: the selection artifact's discretisation — continuous z >= threshold
   -> 1, discrete flag -> 0/1, OR-groups combined — missing -> 2, named by
@@ -38,11 +35,6 @@ from pfdx.features import contract
 
 PRIVILEGED_VOCAB = 3  # 0, 1, missing
 VOCABULARY_PREFIX = "vocabulary__"
-DISTINCT_PREFIX = "distinct__"
-# Hashed ids are the fingerprint modulo 2^62, then modulo the table's (power of two)
-# rows: the same row as the fingerprint modulo the rows (`hashed_rows`).
-_HASH_RANGE = 2 ** 62
-_MAX_ROWS_LOG2 = 30
 
 
 def regular_config(config) -> dict[str, Any]:
@@ -59,7 +51,6 @@ def regular_config(config) -> dict[str, Any]:
         "min_id_count": config.model.min_id_count,
         "oov_buckets": config.model.oov_buckets,
         "hash_buckets": config.model.hash_buckets,
-        "hash_rows_per_id": config.model.hash_rows_per_id,
         "numeric_buckets": config.model.numeric_buckets,
         "privileged_buckets": config.model.privileged_buckets,
     }
@@ -84,47 +75,12 @@ def feature_vocab(custom_config: Mapping[str, Any],
     """Regular transformed feature name -> number of ids (a vocabulary's size is
     what the Transform `tf_transform_output` found in the data)."""
     if custom_config["categorical_encoding"] == "hash":
-        per_id = custom_config["hash_rows_per_id"]
-        regular = {n: custom_config["hash_buckets"] if per_id is None else hashed_rows(
-            tf_transform_output.vocabulary_size_by_name(DISTINCT_PREFIX + n), per_id,
-            custom_config["hash_buckets"]) for n in custom_config["regular_categorical"]}
+        regular = {n: custom_config["hash_buckets"] for n in custom_config["regular_categorical"]}
     else:
         regular = {n: tf_transform_output.vocabulary_size_by_name(VOCABULARY_PREFIX + n)
                    + custom_config["oov_buckets"] for n in custom_config["regular_categorical"]}
     regular.update({n: custom_config["numeric_buckets"] + 1 for n in custom_config["regular_numeric"]})
     return regular
-
-
-def sized_hash(custom_config: Mapping[str, Any]) -> bool:
-    """Whether hashed tables are sized to the data (`hashed_rows`): powers of two."""
-    return (custom_config["categorical_encoding"] == "hash"
-            and custom_config["hash_rows_per_id"] is not None)
-
-
-def hashed_rows(distinct, per_id: int, cap: int):
-    """Rows of a hashed feature's table: `per_id` rows per `distinct` id, to the
-    nearest power of two on a log scale, at most the largest power of two within `cap`.
-    Integer arithmetic only, so the Transform graph (`distinct` a tensor) and the
-    Trainer (an int) agree on every size."""
-    limit = min(cap.bit_length() - 1, _MAX_ROWS_LOG2)
-    if isinstance(distinct, int):
-        target = min(max(per_id * distinct, 1), 2 ** limit)
-        k = target.bit_length() - 1
-        return 2 ** (k + (target * target >= 2 ** (2 * k + 1)))
-    target = tf.clip_by_value(per_id * tf.cast(distinct, tf.int64), 1, 2 ** limit)
-    powers = tf.constant([2 ** i for i in range(limit + 1)], tf.int64)
-    k = tf.reduce_sum(tf.cast(powers[1:] <= target, tf.int32))
-    up = tf.cast(target * target >= 2 * powers[k] * powers[k], tf.int32)
-    return tf.gather(powers, k + up)
-
-
-def _hashed_ids(ids: tf.Tensor, name: str, custom_config: Mapping[str, Any]) -> tf.Tensor:
-    if not sized_hash(custom_config):
-        return tft.hash_strings(ids, custom_config["hash_buckets"])
-    tft.vocabulary(ids, vocab_filename=DISTINCT_PREFIX + name)
-    rows = hashed_rows(tft.experimental.get_vocabulary_size_by_name(DISTINCT_PREFIX + name),
-                       custom_config["hash_rows_per_id"], custom_config["hash_buckets"])
-    return tf.math.floormod(tf.strings.to_hash_bucket_fast(ids, _HASH_RANGE), rows)
 
 
 def privileged_vocab(transformed_names, encoding: str, buckets: int) -> dict[str, int]:
@@ -188,7 +144,7 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
     for name in custom_config["regular_categorical"]:
         ids = dense(inputs[name], "")
         if custom_config["categorical_encoding"] == "hash":
-            outputs[name] = _hashed_ids(ids, name, custom_config)
+            outputs[name] = tft.hash_strings(ids, custom_config["hash_buckets"])
         else:
             outputs[name] = tft.compute_and_apply_vocabulary(
                 ids, top_k=custom_config["max_vocabulary"],

@@ -16,11 +16,9 @@ Restoring into a model built for this run (`Restorer`), variable by variable:
 1. a side it must not take (the teacher side after a changed selection), or a path
    the base lacks: fresh;
 2. an embedding table whose feature has a token list in both runs: `remap_rows`;
-3. the same shape: copied (a hashed id keeps its bucket while its table's rows stay,
+3. the same shape: copied (a hashed id keeps its bucket while `hash_buckets` stays,
    a quantile bucket its index);
-4. a data-sized hashed table (`hashed`) whose power-of-two rows changed:
-   `resize_hashed`, so every id keeps its row's values;
-5. another shape: fresh, and logged.
+4. another shape: fresh, and logged.
 Each variable's Adam slots follow it (fresh rows and fresh variables: zero moments);
 the step counters are restored, so Adam's bias correction continues.
 """
@@ -138,21 +136,6 @@ def remap_rows(old: np.ndarray, fresh: np.ndarray, old_tokens: Sequence[bytes],
     out[len(new_tokens):len(new_tokens) + copied_oov] = old[len(old_tokens):]
     return out, {"kept": len(pairs), "new": len(new_tokens) - len(pairs),
                  "dropped": len(old_tokens) - len(pairs), "oov_copied": copied_oov}
-
-
-def resize_hashed(old: np.ndarray, rows: int) -> np.ndarray:
-    """A hashed table's values for `rows` rows, from `old`; both row counts are powers
-    of two, and an id's row is its hash modulo the rows (features/transform.py
-    `hashed_rows`). Grown: every new row takes the old row its ids came from (the old
-    table tiled). Shrunk: the mean of the old rows folded onto it."""
-    n = len(old)
-    if rows >= n:
-        return np.tile(old, (rows // n,) + (1,) * (old.ndim - 1))
-    return old.reshape((n // rows, rows) + old.shape[1:]).mean(axis=0)
-
-
-def _power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
 
 
 def vocabulary_tokens(tf_transform_output: tft.TFTransformOutput,
@@ -284,15 +267,13 @@ def _unreadable(params: Mapping[str, Mapping[str, Any]]) -> str | None:
 class Restorer:
     """Restores a freshly built model from the base's joint model of its strategy
     (`Plan.params` names those), mapping tables by token (`tokens`: feature ->
-    vocabulary file, this run's) and resizing data-sized hashed tables (`hashed`:
-    their features). Records per strategy what it did (`log`)."""
+    vocabulary file, this run's). Records per strategy what it did (`log`)."""
 
     def __init__(self, plan_: Plan, tokens: Mapping[str, str],
                  strategy: tf.distribute.Strategy,
-                 log: Callable[[str], None] = logging.info, hashed: Iterable[str] = ()):
+                 log: Callable[[str], None] = logging.info):
         self.plan = plan_
         self.tokens = {f: _read_tokens(p) for f, p in tokens.items()}
-        self.hashed = set(hashed)
         self.strategy = strategy
         self.log = log
         self.restored: dict[str, dict[str, Any]] = {}
@@ -328,7 +309,7 @@ class Restorer:
         old_tokens = {f: _read_tokens(p) for f, p in self._base_tokens().items()}
         features = table_features(model)
         slots = {n: _slots(model, n, variables(model)) for n in OPTIMIZERS}
-        fresh, tables, resized = [], {}, {}
+        fresh, tables = [], {}
 
         def value(path):
             return reader.get_tensor(f"{entries[path]['key']}/.ATTRIBUTES/VARIABLE_VALUE")
@@ -352,11 +333,6 @@ class Restorer:
             elif list(var.shape) == entries[path]["shape"]:
                 for target, key in pairs:
                     target.assign(value(key))
-            elif (feature in self.hashed and entries[path]["shape"][1:] == list(var.shape[1:])
-                  and _power_of_two(entries[path]["shape"][0]) and _power_of_two(var.shape[0])):
-                for target, key in pairs:
-                    target.assign(resize_hashed(value(key), var.shape[0]))
-                resized[path] = f"{entries[path]['shape'][0]} -> {var.shape[0]} rows"
             else:
                 fresh.append(f"{path} (shape {entries[path]['shape']} -> {list(var.shape)})")
         steps = {}
@@ -371,9 +347,7 @@ class Restorer:
             self.log(f"warm start {name}: fresh {line}")
         for path, counts in tables.items():
             self.log(f"warm start {name}: {path} remapped by token {counts}")
-        for path, change in resized.items():
-            self.log(f"warm start {name}: {path} resized by hash, {change}")
-        return {"fresh": fresh, "remapped": tables, "resized": resized, "steps": steps}
+        return {"fresh": fresh, "remapped": tables, "steps": steps}
 
     def _base_tokens(self) -> dict[str, str]:
         folder = os.path.join(self.plan.base_dir, JOINT_DIR, TOKENS_DIR)

@@ -36,7 +36,7 @@ def _fit(tmp_path, rows: list[str], **settings):
                      "regular_numeric": [], "privileged": {}, "numeric_buckets": 4,
                      "privileged_buckets": 4, "categorical_encoding": "vocabulary",
                      "max_vocabulary": 100, "min_id_count": 2, "oov_buckets": 1,
-                     "hash_buckets": 50, "hash_rows_per_id": None, **settings}
+                     "hash_buckets": 50, **settings}
     schema = schema_utils.schema_from_feature_spec(
         {"item": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)})
     with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
@@ -75,38 +75,3 @@ def test_hash_encoding_keeps_hash_buckets_rows(tmp_path):
     tft_output, custom_config = _fit(tmp_path, ["a", "b", "c", "d"], categorical_encoding="hash")
     assert transform.feature_vocab(custom_config, tft_output) == {"item": 50}
     assert all(0 <= i < 50 for i in _ids(tft_output, ["a", "never seen"]))
-
-
-def test_sized_hash_table_has_about_two_rows_per_distinct_id(tmp_path):
-    import numpy as np
-    import tensorflow as tf
-
-    items = [f"id{i}" for i in range(12)] * 2  # 12 distinct ids: 24 rows -> 32
-    tft_output, custom_config = _fit(tmp_path, items, categorical_encoding="hash",
-                                     hash_rows_per_id=2, hash_buckets=1000)
-    assert transform.feature_vocab(custom_config, tft_output) == {"item": 32}
-    seen = items[:12] + ["never seen", "another"]
-    # An id's row is its fingerprint modulo the (power of two) rows, as tft.hash_strings
-    # gives it: a table that doubles keeps every id's row modulo the old size.
-    expected = tf.strings.to_hash_bucket_fast(tf.constant(seen), 2 ** 20).numpy() % 32
-    np.testing.assert_array_equal(_ids(tft_output, seen), expected)
-
-
-def test_sized_hash_table_is_capped_by_hash_buckets(tmp_path):
-    items = [f"id{i}" for i in range(40)]  # 80 rows wanted; 50 allows 32
-    tft_output, custom_config = _fit(tmp_path, items, categorical_encoding="hash",
-                                     hash_rows_per_id=2)
-    assert transform.feature_vocab(custom_config, tft_output) == {"item": 32}
-    assert all(0 <= i < 32 for i in _ids(tft_output, items + ["never seen"]))
-
-
-def test_hashed_rows_rounds_to_the_nearest_power_of_two_in_log_scale():
-    import tensorflow as tf
-
-    # 2 x 11 = 22 < 16 * sqrt(2) -> 16; 2 x 12 = 24 > 16 * sqrt(2) -> 32.
-    cases = {(0, 2, 100): 1, (11, 2, 100): 16, (12, 2, 100): 32, (1000, 2, 100): 64,
-             (8929, 2, 100_000): 16384, (6766, 2, 100_000): 16384}
-    for (distinct, per_id, cap), rows in cases.items():
-        assert transform.hashed_rows(distinct, per_id, cap) == rows
-        graph = transform.hashed_rows(tf.constant(distinct, tf.int64), per_id, cap)
-        assert int(graph) == rows, (distinct, per_id, cap)

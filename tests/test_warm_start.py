@@ -36,16 +36,6 @@ def test_remap_rows_starts_oov_rows_fresh_when_their_count_changed():
     assert counts["oov_copied"] == 0
 
 
-
-def test_resize_hashed_keeps_every_ids_row_when_the_table_grows_and_folds_when_it_shrinks():
-    hashes = np.arange(0, 1000, 7)  # an id's row is its hash modulo the rows
-    old = np.random.default_rng(0).normal(size=(8, 3))
-    grown = warm_start.resize_hashed(old, 32)
-    np.testing.assert_array_equal(grown[hashes % 32], old[hashes % 8])
-    shrunk = warm_start.resize_hashed(old, 2)
-    # Row r of 2 holds the ids of old rows r, r + 2, r + 4, r + 6.
-    np.testing.assert_allclose(shrunk, [old[[0, 2, 4, 6]].mean(0), old[[1, 3, 5, 7]].mean(0)])
-
 SMALL = dataclasses.replace(ModelConfig(), hidden_units=(8, 4),
                             alignment=AlignmentConfig(mapping_hidden_units=(4,)))
 PRIVILEGED = {"privileged__x": 3}
@@ -356,19 +346,3 @@ def test_kubeflow_spec_feeds_the_blessed_model_to_selection_and_trainer(tmp_path
                     + [a for s in settings for a in ("--set", s)]) == 0
     tasks = json.loads(out.read_text())["pipelineSpec"]["root"]["dag"]["tasks"]
     assert "base_model" not in tasks["Trainer"]["inputs"].get("artifacts", {})
-
-
-def test_restore_resizes_a_grown_hashed_table_and_its_slots(tmp_path):
-    base = _trained({"user_id": 4, "bid": 5})
-    warm_start.save(str(tmp_path / "base"), "ha_pfd_v2", base, {"kd.lam": 1.0}, ["day1"])
-    plan = warm_start.Plan(str(tmp_path / "base"), {"ha_pfd_v2": {"kd.lam": 1.0}}, True, "test")
-    restorer = warm_start.Restorer(plan, {}, tf.distribute.get_strategy(), log=lambda _: None,
-                                   hashed=["user_id"])
-    model = build_model(SMALL, {"user_id": 8, "bid": 5}, PRIVILEGED)
-    restorer(load_config(None), model, _batches(seed=1))
-    path = "student/embeddings/tables/user_id/embeddings"
-    old, new = warm_start.state(base), warm_start.state(model)
-    for key in (path, f"optimizer/m/{path}", f"optimizer/v/{path}"):
-        np.testing.assert_array_equal(new[key].numpy(), np.tile(old[key].numpy(), (2, 1)))
-    assert restorer.restored["ha_pfd_v2"]["resized"][path] == "4 -> 8 rows"
-    assert restorer.restored["ha_pfd_v2"]["fresh"] == []

@@ -21,8 +21,8 @@ class ModelConfig:
     strategy: str = "ha_pfd_v2"
     embedding_dim: int = 16
     # How a categorical id becomes an embedding row (features/transform.py): "hash"
-    # (HA-PFD appendix A), `hash_buckets` rows (or sized to the data: `hash_rows_per_id`),
-    # an unseen id lands on an arbitrary, mostly never trained row; or "vocabulary", a table sized to the
+    # (HA-PFD appendix A), `hash_buckets` rows whatever the data, an unseen id lands on an
+    # arbitrary (mostly never trained) row; or "vocabulary", a table sized to the
     # train split: a row per id seen at least `min_id_count` times (at most the
     # `max_vocabulary` most frequent) and `oov_buckets` shared rows for the rest and
     # for ids first seen at serving. Not the default: on KuaiRand's time split (73%
@@ -35,17 +35,6 @@ class ModelConfig:
     min_id_count: int = 1
     oov_buckets: int = 1
     hash_buckets: int = 100_000
-    # A hashed feature's table sized to its data: `hash_rows_per_id` rows per distinct
-    # id of the train split, to the nearest power of two, and at most the largest
-    # power of two within `hash_buckets` (features/transform.py `hashed_rows`).
-    # Powers of two, so a table that grows or shrinks between runs keeps every id's
-    # row in a warm start (models/warm_start.py `resize_hashed`). None (the default):
-    # every hashed table has `hash_buckets` rows (`tft.hash_strings`). Not the default
-    # because at 2 rows per id KuaiRand's student lost 0.05 AUC (0.864 vs 0.918,
-    # bench/results/kuairand-encoding): there 73% of test rows hold a new video id,
-    # which then lands on a trained id's row about a third of the time instead of
-    # on a row no id trained.
-    hash_rows_per_id: int | None = None
     # Numeric features are bucketized by quantiles.
     numeric_buckets: int = 32
     hidden_units: tuple[int, ...] = (256, 128)
@@ -128,8 +117,6 @@ class ModelConfig:
                     "max_vocabulary", "min_id_count", "oov_buckets"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}: {getattr(self, key)} is below 1")
-        if self.hash_rows_per_id is not None and self.hash_rows_per_id < 1:
-            raise ConfigError(f"model.hash_rows_per_id: {self.hash_rows_per_id} is below 1")
         for key in ("learning_rate", "teacher_learning_rate"):
             value = getattr(self, key)
             if value is not None and not value > 0.0:
