@@ -125,14 +125,6 @@ def _staged_notes(names: list[str], model: ModelConfig) -> str:
     return " " + "; ".join(notes) + "." if notes else ""
 
 
-def _tables(model: dict[str, Any]) -> str:
-    """The embedding tables' sizing, as the header states it."""
-    if model.get("categorical_encoding") == "hash" and model.get("hash_rows_per_id"):
-        return (f"hashed tables of {model['hash_rows_per_id']} rows per distinct train id "
-                f"(at most {model['hash_buckets']})")
-    return f"hash buckets {model['hash_buckets']}"
-
-
 def _min_gain(summary: dict[str, Any]) -> str:
     return f"{summary['config']['tuning'].get('min_gain_se', 0):g}"
 
@@ -161,8 +153,8 @@ def markdown(summary: dict[str, Any]) -> str:
         + (" ± the sample standard deviation over seeds" if seeds > 1 else "") + ". "
         f"Model: hidden {model['hidden_units']}, at most {model['epochs']} epoch(s) with "
         f"early stopping on the validation window (patience "
-        f"{model['early_stopping_patience']}), batch {model['batch_size']}, {_tables(model)}, "
-        f"calibration {summary['config']['evaluation']['calibration']}"
+        f"{model['early_stopping_patience']}), batch {model['batch_size']}, hash buckets "
+        f"{model['hash_buckets']}, calibration {summary['config']['evaluation']['calibration']}"
         f"; configured lr {model['learning_rate']}, γ {model['kd']['gamma']}, "
         f"λ {model['kd']['lam']}, alignment weight {model['alignment']['weight']}. "
         f"Privileged features (selected on the train window): "
