@@ -1,13 +1,15 @@
 """Examples/s of one joint training step: student-only (`none`) vs HA-PFD V2.
 
     python bench/train_step.py [--batch 512] [--steps 20] [--rounds 5]
-        [--hash-buckets 1000 100000 1000000] [--round-seconds 2]
+        [--hash-buckets 1000 100000 1000000] [--round-seconds 2] [--batches 100]
         [--embedding-optimizer adam|lazy_adam]
 
 Runs Keras' own train function (forward, loss, metrics, Adam with weight decay and
-clipping) on one in-memory batch shaped like the Transform's output: the simulated
+clipping) on in-memory batches shaped like the Transform's output: the simulated
 log's regular features as int64 ids (categoricals in `hash_buckets` bins, numerics
 in `numeric_buckets + 1`) and the paper's 10 privileged features (ids 0, 1, missing).
+`--batches` distinct batches, cycled: with one, every step looks up the same rows,
+and `lazy_adam` never has a missed step to catch up on.
 One row per table size (`--hash-buckets`, rows per categorical table; issue 16: 1k,
 100k, 1M), each timed on its own models; a round is at most `--steps` steps and
 about `--round-seconds` long (a 1M-row step can take a second).
@@ -48,11 +50,14 @@ def batch(regular, privileged, size: int, seed: int = 0):
     return features, tf.constant(rng.random(size) < 0.12, tf.int64)
 
 
-def train_step(config: ModelConfig, batch_size: int):
-    """Keras' compiled train function for `config`, traced and warmed up."""
+def train_step(config: ModelConfig, batch_size: int, batches: int):
+    """Keras' compiled train function for `config` over `batches` distinct batches,
+    traced and warmed up."""
     regular, privileged = vocabularies(config)
     model = build_model(config, regular, privileged)
-    data = iter(tf.data.Dataset.from_tensors(batch(regular, privileged, batch_size)).repeat())
+    examples = batch(regular, privileged, batch_size * batches)
+    data = iter(tf.data.Dataset.from_tensor_slices(examples)
+                .batch(batch_size, drop_remainder=True).cache().repeat())
     step = model.make_train_function()
     for _ in range(3):  # trace, build the optimizer slots, warm caches
         step(data)
@@ -69,7 +74,7 @@ def seconds(step, steps: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
-def measure(base: ModelConfig, batch_size: int, max_steps: int, rounds: int,
+def measure(base: ModelConfig, batch_size: int, batches: int, max_steps: int, rounds: int,
             round_seconds: float) -> tuple[dict[str, tuple[float, float]], int]:
     """(strategy -> best (wall, CPU) seconds per step at `base`'s table size, steps
     per round)."""
@@ -77,7 +82,8 @@ def measure(base: ModelConfig, batch_size: int, max_steps: int, rounds: int,
     steps = {}
     for strategy in strategies:
         tf.keras.utils.set_random_seed(0)
-        steps[strategy] = train_step(dataclasses.replace(base, strategy=strategy), batch_size)
+        steps[strategy] = train_step(dataclasses.replace(base, strategy=strategy), batch_size,
+                                     batches)
     # Steps per round: about `round_seconds` of the slower strategy, 3 to `max_steps`.
     slowest = max(seconds(step, 3)[0] for step in steps.values())
     n = max(3, min(max_steps, int(round_seconds / slowest)))
@@ -98,20 +104,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="at most this many steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--round-seconds", type=float, default=2.0)
+    parser.add_argument("--batches", type=int, default=100,
+                        help="distinct batches, cycled (1: the same ids every step)")
     parser.add_argument("--hash-buckets", type=int, nargs="+", default=[1_000, 100_000, 1_000_000],
                         help="rows per categorical table, one measurement each")
     parser.add_argument("--embedding-optimizer", choices=["adam", "lazy_adam"],
                         default=ModelConfig().embedding_optimizer,
                         help="model.embedding_optimizer (default: the library's)")
     args = parser.parse_args()
-    print(f"batch {args.batch}, {args.rounds} rounds of up to {args.steps} steps, "
+    print(f"batch {args.batch} ({args.batches} distinct), {args.rounds} rounds of up to "
+          f"{args.steps} steps, "
           f"{len(schema.REGULAR_CATEGORICAL)} hashed features, {len(PRIVILEGED)} privileged "
           f"features, {os.cpu_count()} CPU cores")
     table = []
     for buckets in args.hash_buckets:
         base = dataclasses.replace(ModelConfig(), hash_buckets=buckets,
                                    embedding_optimizer=args.embedding_optimizer)
-        result, n = measure(base, args.batch, args.steps, args.rounds, args.round_seconds)
+        result, n = measure(base, args.batch, args.batches, args.steps, args.rounds,
+                            args.round_seconds)
         print(f"{buckets} rows per table ({n} steps per round):")
         for strategy, (wall, cpu) in result.items():
             print(f"  {strategy:>10}: {args.batch / wall:9.0f} examples/s "

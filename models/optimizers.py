@@ -124,27 +124,36 @@ class LazyAdam(tf.keras.optimizers.Adam):
         gradient, as Keras' Adam would have left them, at weight decay `decay`."""
         dtype = weights.dtype
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        missed = tf.maximum(steps - first, 0.0)
+        # The catch-up of a row depends on its last step alone, and rows share them.
+        firsts, row_first = tf.unique(first)
+        missed = tf.maximum(steps - firsts, 0.0)
         # Missed step j decays the row by (1 - c), c = lr * weight_decay, then moves it
         # by alpha(first + j) * beta_1^j m / (beta_2^(j/2) sqrt(v) + eps). With eps
         # scaled like sqrt(v), after k steps: (1 - c)^k (w - F m / (sqrt(v) + eps)),
         # F = sum_j alpha(first + j) r^j, r = beta_1 / (sqrt(beta_2) (1 - c)).
         ratio = beta_1 / (tf.sqrt(beta_2) * (1 - decay))
-        j = tf.range(1, _EXACT_STEPS + 1, dtype=dtype)
-        # alpha(first + j) with beta^(first + j) = beta^first beta^j: the [rows, 64]
-        # grid takes products, not powers.
-        powers = [tf.pow(b, first)[:, None] * tf.pow(b, j) for b in (beta_1, beta_2)]
-        terms = (tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - powers[1])
-                 / (1 - powers[0]) * tf.pow(ratio, j))
-        factor = tf.reduce_sum(tf.where(j <= missed[:, None], terms, 0.0), axis=1)
         beyond = tf.maximum(missed - _EXACT_STEPS, 0.0)
-        factor += (self._alpha(first + _EXACT_STEPS + 1, dtype) * tf.pow(ratio, _EXACT_STEPS + 1)
-                   * (1 - tf.pow(ratio, beyond)) / (1 - ratio))
+        # The powers as one exp (tf.pow is a scalar loop per element): beta_1^first,
+        # beta_2^first, r^beyond, (1 - c)^missed, beta_1^missed, beta_2^missed.
+        bases = tf.stack([beta_1, beta_2, ratio, 1 - decay, beta_1, beta_2])
+        b1_first, b2_first, r_beyond, kept, b1_missed, b2_missed = tf.unstack(tf.exp(
+            tf.stack([firsts, firsts, beyond, missed, missed, missed], 1) * tf.math.log(bases)),
+            axis=1)
+        lr = tf.cast(self.learning_rate, dtype)
+        j = tf.range(1, _EXACT_STEPS + 1, dtype=dtype)
+        # alpha(first + j) with beta^(first + j) = beta^first beta^j.
+        terms = (lr * tf.pow(ratio, j) * tf.sqrt(1 - b2_first[:, None] * tf.pow(beta_2, j))
+                 / (1 - b1_first[:, None] * tf.pow(beta_1, j)))
+        factor = tf.reduce_sum(tf.where(j <= missed[:, None], terms, 0.0), axis=1)
+        after = _EXACT_STEPS + 1  # alpha(first + after) for every step beyond
+        factor += (lr * tf.sqrt(1 - b2_first * beta_2 ** after) / (1 - b1_first * beta_1 ** after)
+                   * ratio ** after * (1 - r_beyond) / (1 - ratio))
         shape = [-1] + [1] * (weights.shape.rank - 1)
-        weights = tf.reshape(tf.pow(1 - decay, missed), shape) * (
-            weights - tf.reshape(factor, shape) * m_rows / (tf.sqrt(v_rows) + self._epsilon(steps)))
-        return (weights, m_rows * tf.reshape(tf.pow(beta_1, missed), shape),
-                v_rows * tf.reshape(tf.pow(beta_2, missed), shape))
+        kept, factor, b1_missed, b2_missed = (
+            tf.reshape(t, shape) for t in tf.unstack(tf.gather(
+                tf.stack([kept, factor, b1_missed, b2_missed], 1), row_first), axis=1))
+        weights = kept * (weights - factor * m_rows / (tf.sqrt(v_rows) + self._epsilon(steps)))
+        return weights, m_rows * b1_missed, v_rows * b2_missed
 
     def _update_rows(self, grads, variables) -> None:
         """Adam on the rows of `variables` in their `grads` (tf.IndexedSlices), each
