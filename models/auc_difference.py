@@ -6,7 +6,8 @@ half), each negative's the share of positives that outscore it; an AUC is their
 mean, and the variance of the difference of two AUCs on the same rows follows from
 the components' 2x2 covariances over positives and over negatives. Per-run tuning
 (models/tuning.py) keeps the no-distillation point unless distillation beats it by
-more than `tuning.min_gain_se` of these standard errors.
+more than `tuning.min_gain_se` of these standard errors; a refit side two standard
+errors below its fitted model is discarded (models/best_epochs.py).
 """
 from __future__ import annotations
 
@@ -24,17 +25,17 @@ def _components(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
     return v10, v01
 
 
-def difference_se(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-    """The standard error of AUC(a) - AUC(b) on the rows `labels` (0/1) of both; NaN
-    when a class is missing."""
+def lead(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(AUC(a) - AUC(b), its standard error) on the rows `labels` (0/1) of both; NaNs
+    when a class has fewer than two rows."""
     labels = np.asarray(labels).reshape(-1)
     m, n = int((labels == 1).sum()), int((labels == 0).sum())
     if m < 2 or n < 2:
-        return float("nan")
+        return float("nan"), float("nan")
     (a10, a01), (b10, b01) = (_components(labels, np.asarray(s, np.float64).reshape(-1))
                               for s in (a, b))
     variance = 0.0
     for (x, y), size in (((a10, b10), m), ((a01, b01), n)):
         cov = np.cov(np.stack([x, y]))
         variance += (cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]) / size
-    return float(np.sqrt(max(variance, 0.0)))
+    return float(a10.mean() - b10.mean()), float(np.sqrt(max(variance, 0.0)))

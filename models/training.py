@@ -175,6 +175,14 @@ class Fitter:
                       epochs=max(epochs, teacher_epochs),
                       callbacks=[*self.callbacks(f"{name}-refit"), *keep], verbose=self.verbose)
             metrics.update(refit_epochs=epochs, refit_teacher_epochs=teacher_epochs)
+            failed = best_epochs.refit_failures(
+                fitted.validation.clicked(),
+                self.predict(config, model, self.splits.validation).clicked(),
+                separate=not model.has_teacher or model.teacher_stands_alone)
+            for side in failed:
+                best_epochs.copy_side(side, fitted.model, model)
+            if failed:
+                metrics["refit_discarded"] = ",".join(failed)
         calibration_layer = model.student_model().calibration
         if config.evaluation.calibration == "platt":  # the eval split before calibration
             calibration_layer.assign(calibration.IDENTITY)

@@ -187,8 +187,7 @@ def _clearly_ahead(config: PipelineConfig, rival: tuple[Trial, Any], chosen: tup
     a, b = a.clicked(), b.clicked()
     if not np.array_equal(a.labels, b.labels):
         raise ValueError("tuning: two trials' validation predictions are not of the same rows")
-    se = auc_difference.difference_se(a.labels, a.student, b.student)
-    gain = rival[0].score(metric) - chosen[0].score(metric)
+    gain, se = auc_difference.lead(a.labels, a.student, b.student)
     rival[0].metrics.update(validation_gain=gain, validation_gain_se=se)
     ahead = bool(gain > k * se)  # NaN (one class): not ahead
     log(f"distillation ahead of no distillation by {gain:.4f} AUC, {k:g} standard error(s) "

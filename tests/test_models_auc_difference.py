@@ -1,4 +1,4 @@
-"""DeLong's standard error of a paired AUC difference (models/auc_difference.py)
+"""An AUC lead and DeLong's standard error of it (models/auc_difference.py)
 against the definition computed pair by pair."""
 import numpy as np
 
@@ -25,16 +25,19 @@ def test_difference_se_matches_the_pairwise_definition_with_ties():
     labels = (rng.random(300) < 0.3).astype(int)
     a = np.round(labels + rng.normal(0, 1.0, 300), 1)  # rounded: many ties
     b = np.round(0.5 * a + rng.normal(0, 0.8, 300), 1)
-    np.testing.assert_allclose(auc_difference.difference_se(labels, a, b),
-                               _reference_se(labels, a, b), rtol=1e-10)
+    from sklearn.metrics import roc_auc_score
+
+    gain, se = auc_difference.lead(labels, a, b)
+    np.testing.assert_allclose(se, _reference_se(labels, a, b), rtol=1e-10)
+    np.testing.assert_allclose(gain, roc_auc_score(labels, a) - roc_auc_score(labels, b))
 
 
 def test_identical_scores_differ_by_nothing_and_one_class_has_no_error():
     rng = np.random.default_rng(1)
     labels = (rng.random(200) < 0.5).astype(int)
     a = rng.random(200)
-    assert auc_difference.difference_se(labels, a, a) == 0.0
-    assert np.isnan(auc_difference.difference_se(np.ones(5), a[:5], a[:5]))
+    assert auc_difference.lead(labels, a, a) == (0.0, 0.0)
+    assert all(np.isnan(auc_difference.lead(np.ones(5), a[:5], a[:5])))
 
 
 def test_the_error_shrinks_with_the_number_of_rows():
@@ -42,6 +45,6 @@ def test_the_error_shrinks_with_the_number_of_rows():
 
     def se(rows):
         labels = (rng.random(rows) < 0.3).astype(int)
-        return auc_difference.difference_se(labels, labels + rng.normal(0, 1, rows),
-                                            labels + rng.normal(0, 1, rows))
+        return auc_difference.lead(labels, labels + rng.normal(0, 1, rows),
+                                   labels + rng.normal(0, 1, rows))[1]
     assert se(20_000) < se(2_000) / 2

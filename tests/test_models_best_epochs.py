@@ -73,3 +73,56 @@ def test_a_teacher_on_shared_tables_cannot_stand_alone():
     assert not build_model(small_config("none"), REGULAR, PRIVILEGED).teacher_stands_alone
     with pytest.raises(ValueError, match="exactly one"):
         best_epochs.KeepWeights(best_epochs.teacher_side)
+
+
+def _validation(student, teacher, rows=2000, seed=0):
+    """Predictions on `rows` validation rows whose ranking quality is set by the noise
+    levels `student` and `teacher` (None: no teacher; "constant": a collapsed side)."""
+    from pfdx.models.predictions import Predictions
+
+    labels = (np.random.default_rng(0).random(rows) < 0.3).astype(int)
+    rng = np.random.default_rng(seed)
+
+    def side(noise):
+        if noise is None:
+            return None
+        if noise == "constant":
+            return np.full(rows, 0.3)
+        return labels + rng.normal(0, noise, rows)
+    return Predictions(labels, side(student), side(teacher), None)
+
+
+@pytest.mark.parametrize("refit, separate, failed", [
+    ((0.5, 0.5), True, []),                           # learned: ranks better in-sample
+    ((1.0, 1.0), True, []),                           # as good as the fit: noise, not failure
+    ((1.0, "constant"), True, ["teacher"]),           # a collapsed teacher
+    ((3.0, 1.0), True, ["student"]),
+    ((1.0, "constant"), False, ["student", "teacher"]),  # shared tables: both go back
+])
+def test_a_refit_side_clearly_below_the_fitted_model_failed(refit, separate, failed):
+    fitted = _validation(1.0, 1.0, seed=0)
+    assert best_epochs.refit_failures(fitted, _validation(*refit, seed=1), separate) == failed
+
+
+def test_a_side_the_fit_did_not_predict_is_left_alone_and_nan_fails():
+    fitted = _validation(1.0, None)  # no teacher
+    assert best_epochs.refit_failures(fitted, _validation(0.5, None), separate=False) == []
+    broken = _validation(0.5, None)
+    broken.student[0] = np.nan
+    assert best_epochs.refit_failures(fitted, broken, separate=False) == ["student"]
+
+
+def test_copy_side_gives_one_side_the_other_models_weights():
+    config = small_config("ha_pfd_v2", {"share_embeddings": False})
+    models = []
+    for seed in (1, 2):
+        tf.keras.utils.set_random_seed(seed)
+        models.append(build_model(config, REGULAR, PRIVILEGED))
+        models[-1].fit(_data(seed), epochs=1, verbose=0)
+    source, target = models
+    student = [v.numpy() for v in best_epochs.student_side(target)]
+    best_epochs.copy_side("teacher", source, target)
+    for a, b in zip(best_epochs.teacher_side(target), best_epochs.teacher_side(source)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(best_epochs.student_side(target), student):
+        np.testing.assert_array_equal(a.numpy(), b)
