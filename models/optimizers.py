@@ -193,15 +193,15 @@ class LazyAdam(tf.keras.optimizers.Adam):
         # Keras' order: the decoupled weight decay, then the Adam move.
         weights = weights * (1 - decay) - (self._alpha(step, dtype) * m_rows
                                            / (tf.sqrt(v_rows) + self._epsilon(step)))
-        parts = [tf.split(t, counts, num=len(variables)) for t in (weights, m_rows, v_rows)]
+        parts = [tf.split(t, counts, num=len(variables))
+                 for t in (weights, m_rows, v_rows, tf.fill(tf.shape(rows), step))]
         for variable, r, *values in zip(variables, local, *parts):
-            self._store(variable, r, step, *values)
+            self._store(variable, r, values)
 
-    def _store(self, variable, rows, step, weights, m_rows, v_rows) -> None:
-        m, v, last = self._slots(variable)
-        for target, values in ((variable, weights), (m, m_rows), (v, v_rows),
-                               (last, tf.fill(tf.shape(rows), step))):
-            target.scatter_update(tf.IndexedSlices(values, rows))
+    def _store(self, variable, rows, values) -> None:
+        """Scatters `values`, the rows' (weights, momentum, velocity, last step)."""
+        for target, part in zip((variable, *self._slots(variable)), values):
+            target.scatter_update(tf.IndexedSlices(part, rows))
 
     def flush(self) -> None:
         """Catch every row of every table up to the current step: weights, moments and
@@ -213,13 +213,13 @@ class LazyAdam(tf.keras.optimizers.Adam):
         for ref in self._row_variables:
             variable = ref.deref()
             steps = tf.cast(self.iterations, variable.dtype)
-            # In slices: the catch-up holds _EXACT_STEPS terms per row.
+            # In slices: the catch-up holds _EXACT_STEPS terms per distinct last step.
             for start in range(0, variable.shape[0], _FLUSH_ROWS):
                 rows = tf.range(start, min(start + _FLUSH_ROWS, variable.shape[0]))
                 m, v, last = self._slots(variable)
                 caught_up = self._catch_up(self._decay(variable), steps,
                                            *(tf.gather(t, rows) for t in (variable, m, v, last)))
-                self._store(variable, rows, steps, *caught_up)
+                self._store(variable, rows, (*caught_up, tf.fill(tf.shape(rows), steps)))
 
     def mark_caught_up(self) -> None:
         """Every row current at this step: for state restored from a flushed optimizer
