@@ -48,8 +48,9 @@ def test_matches_numpy_adam_on_dense_and_on_the_batchs_rows():
         last[rows] = t
         w_t[rows], m_t[rows], v_t[rows] = _adam(w_t[rows], m_t[rows], v_t[rows], g[rows], t)
         w_d, m_d, v_d = _adam(w_d, m_d, v_d, g_dense, t)
-        np.testing.assert_allclose(table.numpy(), w_t, rtol=1e-6)  # the optimizer keeps lr in float32
-        np.testing.assert_allclose(dense.numpy(), w_d, rtol=1e-6)  # the optimizer keeps lr in float32
+        # rtol 1e-6: the optimizer keeps lr in float32.
+        np.testing.assert_allclose(table.numpy(), w_t, rtol=1e-6)
+        np.testing.assert_allclose(dense.numpy(), w_d, rtol=1e-6)
     untouched = [0, 3, 5]
     np.testing.assert_array_equal(table.numpy()[untouched], table0[untouched])
 
@@ -63,7 +64,8 @@ def _sparse_steps(rows=40, dim=3, steps=300, seed=2):
     for _ in range(steps):
         rare = rng.choice(np.arange(4, rows - 5), size=rng.integers(0, 4), replace=False)
         ids = np.concatenate([hot[rng.random(4) < 0.7], rare]).astype(np.int64)
-        yield ids, rng.normal(size=(ids.size, dim)) * rng.choice([1e-4, 1e-2, 1.0], ids.size)[:, None]
+        scale = rng.choice([1e-4, 1e-2, 1.0], ids.size)[:, None]
+        yield ids, rng.normal(size=(ids.size, dim)) * scale
 
 
 @pytest.mark.parametrize("flush_every", [None, 7])
@@ -90,6 +92,38 @@ def test_caught_up_rows_equal_keras_adam(flush_every):
         np.testing.assert_allclose(getattr(lazy, slot)[0].numpy(), getattr(keras, slot)[0].numpy(),
                                    rtol=1e-4, atol=1e-12)
     assert lazy.iterations.numpy() == keras.iterations.numpy() == 300
+
+
+def test_tables_of_several_shapes_and_decays_step_together_as_keras_adam():
+    """A step updates every table's rows at once (their rows concatenated, then split
+    back by table): tables of other sizes and widths, one excluded from weight decay,
+    int32 and int64 ids, duplicate ids, each caught up as Keras' Adam leaves it."""
+    rng = np.random.default_rng(4)
+    shapes = [(40, 3), (3, 3), (25, 2), (40, 3)]
+    starts = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
+    tables = {opt: [tf.Variable(start, name=f"table{i}") for i, start in enumerate(starts)]
+              for opt in (LazyAdam(learning_rate=0.01, weight_decay=0.001),
+                          tf.keras.optimizers.Adam(learning_rate=0.01, weight_decay=0.001))}
+    for opt in tables:
+        opt.exclude_from_weight_decay(var_names=["table3"])
+    for _ in range(200):
+        grads = []
+        for i, (rows, dim) in enumerate(shapes):
+            ids = rng.choice(rows, size=rng.integers(1, 4))  # with repeats
+            values = rng.normal(size=(ids.size, dim)) * rng.choice([1e-2, 1.0], (ids.size, 1))
+            grads.append((values.astype(np.float32), ids.astype(np.int32 if i == 2 else np.int64)))
+        for opt, variables in tables.items():
+            opt.apply_gradients([(tf.IndexedSlices(tf.constant(values), tf.constant(ids),
+                                                   tf.constant(var.shape, tf.int64)), var)
+                                 for (values, ids), var in zip(grads, variables)])
+    lazy, keras = tables
+    lazy.flush()
+    for i, (a, b) in enumerate(zip(tables[lazy], tables[keras])):
+        moved = np.abs(b.numpy() - starts[i]).max()
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-4 * moved)
+        for slot in ("_momentums", "_velocities"):
+            np.testing.assert_allclose(getattr(lazy, slot)[i].numpy(),
+                                       getattr(keras, slot)[i].numpy(), rtol=1e-4, atol=1e-12)
 
 
 def test_dense_updates_equal_keras_adam():
