@@ -27,6 +27,12 @@ weights are read for more than a training step: `JointModel` flushes before
 evaluating or predicting and at each epoch's end, and Keras calls
 `finalize_variable_values` at the end of `fit`. Dense gradients (the towers, the
 mapping nets) get Keras' Adam and its decoupled weight decay unchanged.
+
+On CPU a step's cost is the number of its ops more than their size, so one step
+updates the rows of all tables together (`_update_rows`): their ids offset into one
+row space, one unique, one catch-up and Adam over all rows, then a scatter per table.
+The catch-up depends on a row's last step alone, so it is computed once per distinct
+last step.
 """
 from __future__ import annotations
 
@@ -49,6 +55,10 @@ class LazyAdam(tf.keras.optimizers.Adam):
         if self.amsgrad:
             raise ValueError("LazyAdam: amsgrad keeps a running maximum of every row; "
                              "use tf.keras.optimizers.Adam for it")
+        if self.use_ema:
+            raise ValueError("LazyAdam: use_ema's averages are kept by Keras' update of "
+                             "each variable, which the embedding tables skip; use "
+                             "tf.keras.optimizers.Adam for it")
         self._sparse_keys: set[str] = set()
         # Every variable stepped by rows so far (references: not tracked, not saved).
         self._row_variables: set = set()
@@ -82,9 +92,9 @@ class LazyAdam(tf.keras.optimizers.Adam):
             [v for v in variables if self._var_key(v) not in self._sparse_keys])
 
     def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
-        # Called in cross-replica context (also without a strategy): the row
-        # gradients of all tables step together, in one update of each replica,
-        # since on CPU the cost of the row path is its ops' count, not their size.
+        # Keras calls this in cross-replica context (also without a strategy), then
+        # updates each variable on each replica; the row gradients of all tables
+        # instead step together, in one update per replica.
         rows = [(g, v) for g, v in grads_and_vars if self._var_key(v) in self._sparse_keys]
         if rows:
             grads, variables = zip(*rows)

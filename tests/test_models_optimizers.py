@@ -139,9 +139,10 @@ def test_dense_updates_equal_keras_adam():
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12)
 
 
-def test_amsgrad_is_refused():
-    with pytest.raises(ValueError, match="amsgrad"):
-        LazyAdam(amsgrad=True)
+@pytest.mark.parametrize("option", ["amsgrad", "use_ema"])
+def test_whole_table_options_are_refused(option):
+    with pytest.raises(ValueError, match=option):
+        LazyAdam(**{option: True})
 
 
 def test_the_setting_picks_the_optimizer_and_names_its_key():
