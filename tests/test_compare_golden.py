@@ -33,6 +33,7 @@ ARGS = ["--strategies", "none,ha_pfd_v2", "--seeds", "1", "--fixed"]
 SMALL = ["model.epochs=1", "model.hidden_units=[16,8]",
          "model.alignment.mapping_hidden_units=[8]", "model.hash_buckets=1000",
          "model.categorical_encoding=vocabulary", "model.min_id_count=2",
+         "model.embedding_optimizer=adam",
          "runner.direct_running_mode=in_memory", "runner.direct_num_workers=1"]
 
 
