@@ -86,15 +86,15 @@ def refit_failures(fitted, refit, separate: bool) -> list[str]:
     on (`refit`, models/predictions.py Predictions) worse than the fitted model ranked
     them unseen (`fitted`, the same rows) by more than `REFIT_FAILURE_SE` standard
     errors of the paired difference (models/auc_difference.py), or predicts
-    non-finite values. Every side
-    when one fails and they share tables (`separate` False): one cannot be swapped
-    without changing the other's inputs."""
+    non-finite values. Every side when one fails and they share tables (`separate`
+    False): one cannot be swapped without changing the other's inputs."""
     scored = [side for side in SIDES if getattr(fitted, side) is not None]
     failed = []
     for side in scored:
         new = np.asarray(getattr(refit, side))
         drop, se = auc_difference.lead(fitted.labels, getattr(fitted, side), new)
-        if not np.isfinite(new).all() or drop > REFIT_FAILURE_SE * se:  # NaN (a class missing): no evidence
+        # A NaN lead (a class missing from the rows) is no evidence either way.
+        if not np.isfinite(new).all() or drop > REFIT_FAILURE_SE * se:
             failed.append(side)
     return scored if failed and not separate else failed
 
