@@ -233,8 +233,9 @@ class LazyAdam(tf.keras.optimizers.Adam):
 
     def mark_caught_up(self) -> None:
         """Every row current at this step: for state restored from a flushed optimizer
-        (a warm start), whose rows' last steps are not saved."""
-        for last in self._last_steps:
+        (a warm start), whose rows' last steps are not saved. Unbuilt (the teacher's
+        optimizer of a strategy without a teacher): nothing to mark."""
+        for last in getattr(self, "_last_steps", None) or ():
             if last is not None:
                 last.assign(tf.fill(tf.shape(last), tf.cast(self.iterations, last.dtype)))
         self._flushed_at = int(self.iterations.numpy())

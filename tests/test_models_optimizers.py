@@ -149,7 +149,16 @@ def test_the_setting_picks_the_optimizer_and_names_its_key():
     from pfdx.config import ConfigError, ModelConfig, load_config
     from pfdx.models.model import make_optimizer
 
-    assert type(make_optimizer(ModelConfig())) is tf.keras.optimizers.Adam  # the paper's
-    assert isinstance(make_optimizer(ModelConfig(embedding_optimizer="lazy_adam")), LazyAdam)
+    assert isinstance(make_optimizer(ModelConfig()), LazyAdam)  # the default
+    paper = make_optimizer(ModelConfig(embedding_optimizer="adam"))
+    assert type(paper) is tf.keras.optimizers.Adam
     with pytest.raises(ConfigError, match="model.embedding_optimizer"):
         load_config(None, ["model.embedding_optimizer=sgd"])
+
+
+def test_marking_an_unbuilt_optimizer_caught_up_does_nothing():
+    """A warm start marks both optimizers; a strategy without a teacher never builds
+    the teacher's (pipeline runs with the student alone beside every strategy)."""
+    optimizer = LazyAdam(learning_rate=0.01)
+    optimizer.mark_caught_up()
+    assert getattr(optimizer, "_last_steps", None) is None
