@@ -125,10 +125,6 @@ def _staged_notes(names: list[str], model: ModelConfig) -> str:
     return " " + "; ".join(notes) + "." if notes else ""
 
 
-def _min_gain(summary: dict[str, Any]) -> str:
-    return f"{summary['config']['tuning'].get('min_gain_se', 0):g}"
-
-
 def markdown(summary: dict[str, Any]) -> str:
     table, windows, oracle = summary["table"], summary["windows"], summary["oracle_true_cvr"]
     model = summary["config"]["model"]
@@ -210,7 +206,8 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"window by {summary['config']['tuning']['metric']} among the no-distillation "
                   f"point, the configured values and up to "
                   f"{summary['config']['tuning']['max_trials']} grid points, distillation "
-                  f"only when ahead by more than {_min_gain(summary)} standard error(s) of the "
+                  f"only when ahead by more than "
+                  f"{summary['config']['tuning'].get('min_gain_se', 0):g} standard error(s) of the "
                   f"paired AUC difference (tuning.csv has every trial, `validation_gain` and "
                   f"`validation_gain_se` for the rival; the params column shows the choice)."]
     if summary.get("skipped"):

@@ -92,9 +92,11 @@ def refit_failures(fitted, refit, separate: bool) -> list[str]:
     failed = []
     for side in scored:
         new = np.asarray(getattr(refit, side))
+        if not np.isfinite(new).all():
+            failed.append(side)
+            continue
         drop, se = auc_difference.lead(fitted.labels, getattr(fitted, side), new)
-        # A NaN lead (a class missing from the rows) is no evidence either way.
-        if not np.isfinite(new).all() or drop > REFIT_FAILURE_SE * se:
+        if drop > REFIT_FAILURE_SE * se:  # NaN (a class missing): no evidence either way
             failed.append(side)
     return scored if failed and not separate else failed
 

@@ -107,9 +107,13 @@ class LazyAdam(tf.keras.optimizers.Adam):
 
     def _alpha(self, step: tf.Tensor, dtype) -> tf.Tensor:
         """Adam's bias-corrected step size at `step` (1-based)."""
-        lr = tf.cast(self.learning_rate, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        return lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+        return self._step_size(tf.pow(beta_1, step), tf.pow(beta_2, step), dtype)
+
+    def _step_size(self, beta_1_power, beta_2_power, dtype) -> tf.Tensor:
+        """lr sqrt(1 - beta_2^t) / (1 - beta_1^t), from the two powers at step t."""
+        lr = tf.cast(self.learning_rate, dtype)
+        return lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
 
     def _decay(self, variable) -> tf.Tensor:
         """The decoupled weight decay's shrink per step, lr * weight_decay (0: none)."""
@@ -149,14 +153,13 @@ class LazyAdam(tf.keras.optimizers.Adam):
         b1_first, b2_first, r_beyond, kept, b1_missed, b2_missed = tf.unstack(tf.exp(
             tf.stack([firsts, firsts, beyond, missed, missed, missed], 1) * tf.math.log(bases)),
             axis=1)
-        lr = tf.cast(self.learning_rate, dtype)
         j = tf.range(1, _EXACT_STEPS + 1, dtype=dtype)
         # alpha(first + j) with beta^(first + j) = beta^first beta^j.
-        terms = (lr * tf.pow(ratio, j) * tf.sqrt(1 - b2_first[:, None] * tf.pow(beta_2, j))
-                 / (1 - b1_first[:, None] * tf.pow(beta_1, j)))
+        terms = tf.pow(ratio, j) * self._step_size(
+            b1_first[:, None] * tf.pow(beta_1, j), b2_first[:, None] * tf.pow(beta_2, j), dtype)
         factor = tf.reduce_sum(tf.where(j <= missed[:, None], terms, 0.0), axis=1)
         after = _EXACT_STEPS + 1  # alpha(first + after) for every step beyond
-        factor += (lr * tf.sqrt(1 - b2_first * beta_2 ** after) / (1 - b1_first * beta_1 ** after)
+        factor += (self._step_size(b1_first * beta_1 ** after, b2_first * beta_2 ** after, dtype)
                    * ratio ** after * (1 - r_beyond) / (1 - ratio))
         shape = [-1] + [1] * (weights.shape.rank - 1)
         kept, factor, b1_missed, b2_missed = (
@@ -223,12 +226,11 @@ class LazyAdam(tf.keras.optimizers.Adam):
         for ref in self._row_variables:
             variable = ref.deref()
             steps = tf.cast(self.iterations, variable.dtype)
+            tables, decay = (variable, *self._slots(variable)), self._decay(variable)
             # In slices: the catch-up holds _EXACT_STEPS terms per distinct last step.
             for start in range(0, variable.shape[0], _FLUSH_ROWS):
                 rows = tf.range(start, min(start + _FLUSH_ROWS, variable.shape[0]))
-                m, v, last = self._slots(variable)
-                caught_up = self._catch_up(self._decay(variable), steps,
-                                           *(tf.gather(t, rows) for t in (variable, m, v, last)))
+                caught_up = self._catch_up(decay, steps, *(tf.gather(t, rows) for t in tables))
                 self._store(variable, rows, (*caught_up, tf.fill(tf.shape(rows), steps)))
 
     def mark_caught_up(self) -> None:
