@@ -3,7 +3,8 @@
 - `SmeLU`: the smooth ReLU the paper's towers use.
 - `FeatureIds` / `FeatureEmbeddings`: feature dict -> ids -> one 16-dim table per
   feature (HA-PFD appendix A: "all features ... 16-dimensional dense embeddings through hash
-  mapping"); the regular tables are shared by teacher and student.
+  mapping"); the regular tables are shared by teacher and student. `KeptRowsEmbedding`:
+  a table that stores only its nonzero rows, as the student is exported.
 - `Tower`: the 3-layer DNN (256 -> 128 -> 1) that returns its output and its hidden
   latents, reused with other widths for the mapping nets g^(i), the MTL auxiliary
   towers and the adversarial discriminators.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 import pfdx  # noqa: F401  (Keras 2 flag before TensorFlow)
 import tensorflow as tf
 
@@ -91,20 +93,51 @@ class FeatureIds(tf.keras.layers.Layer):
         return {**super().get_config(), "vocab_sizes": dict(self.vocab_sizes)}
 
 
+class KeptRowsEmbedding(tf.keras.layers.Layer):
+    """A table of `input_dim` rows that stores only the rows `kept` (sorted row ids)
+    with their `values`; every other row reads as zeros. `of(table)` keeps a table's
+    nonzero rows: the same lookups, without storing its zero rows."""
+
+    def __init__(self, input_dim: int, kept, values, **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim = int(input_dim)
+        values = np.asarray(values, np.float32)
+        # A sentinel row id past the table, paired with the zero row, ends the search:
+        # an id never found reads that row.
+        self.kept = tf.Variable(np.append(np.asarray(kept, np.int64), self.input_dim),
+                                trainable=False, name="kept_rows")
+        self.values = tf.Variable(np.concatenate([values, np.zeros((1,) + values.shape[1:],
+                                                                   np.float32)]),
+                                  trainable=False, name="values")
+
+    @classmethod
+    def of(cls, table: np.ndarray, **kwargs) -> "KeptRowsEmbedding":
+        kept = np.flatnonzero(np.any(table.reshape(len(table), -1) != 0, axis=1))
+        return cls(len(table), kept, table[kept], **kwargs)
+
+    def call(self, ids):
+        ids = tf.cast(ids, tf.int64)
+        position = tf.searchsorted(self.kept, ids, out_type=tf.int64)
+        found = tf.equal(tf.gather(self.kept, position), ids)
+        return tf.gather(self.values, tf.where(found, position, tf.size(self.kept, tf.int64) - 1))
+
+
 class FeatureEmbeddings(tf.keras.layers.Layer):
     """One `dim`-wide embedding table per feature; returns [B, len(vocab_sizes) * dim].
 
     Features are concatenated in sorted name order. See `FeatureIds` for the input
-    contract; features not in `vocab_sizes` are ignored.
+    contract; features not in `vocab_sizes` are ignored. `tables`: the layers to look
+    the ids up in, by feature (default: a trainable `Embedding` each).
     """
 
     def __init__(self, vocab_sizes: Mapping[str, int], dim: int = 16,
-                 init_stddev: float = 0.1, **kwargs):
+                 init_stddev: float = 0.1,
+                 tables: Mapping[str, tf.keras.layers.Layer] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.init_stddev = float(init_stddev)
         self.ids = FeatureIds(vocab_sizes, name="ids")
-        self.tables = {
+        self.tables = dict(tables) if tables is not None else {
             name: tf.keras.layers.Embedding(size, self.dim, name=f"{name}_embedding",
                                             embeddings_initializer=truncated_normal(init_stddev))
             for name, size in self.ids.vocab_sizes.items()}
@@ -112,6 +145,24 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     @property
     def output_dim(self) -> int:
         return len(self.tables) * self.dim
+
+    def zero_rows(self, keep: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """Sets to zero the rows of each table whose `keep` mask (by feature) is False;
+        returns feature -> rows kept."""
+        kept = {}
+        for name, mask in keep.items():
+            table = self.tables[name].embeddings
+            table.assign(tf.where(tf.reshape(mask, [-1, 1]), table, tf.zeros_like(table)))
+            kept[name] = int(np.sum(mask))
+        return kept
+
+    def without_zero_rows(self) -> "FeatureEmbeddings":
+        """These embeddings with each table storing only its nonzero rows
+        (`KeptRowsEmbedding`): the same output for every id."""
+        tables = {name: KeptRowsEmbedding.of(layer.embeddings.numpy(), name=layer.name)
+                  for name, layer in self.tables.items()}
+        return FeatureEmbeddings(self.ids.vocab_sizes, self.dim, self.init_stddev, tables,
+                                 name=self.name)
 
     def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
         ids = self.ids(features)

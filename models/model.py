@@ -37,7 +37,7 @@ from pfdx.models.calibration import PlattCalibration
 from pfdx.models.distributed import global_batch_size
 from pfdx.models.heads import CTR, HeadOutputs
 from pfdx.models.layers import FeatureEmbeddings, Tower
-from pfdx.models.optimizers import LazyAdam
+from pfdx.models.optimizers import LazyAdam, rows_with_gradient
 from pfdx.models.strategies import make_strategy
 from pfdx.models.strategy_base import CLICK, LABEL, Outputs
 
@@ -58,7 +58,7 @@ class Student(tf.keras.Model):
     (the identity until it is fitted; training losses read the raw logit of
     `forward`). A strategy may replace the tower with a multi-output head (`head`,
     returning `heads.HeadOutputs`); `embeddings` and `calibration` let a serving copy
-    share the trained weights (`with_head`)."""
+    share the trained weights (`with_parts`)."""
 
     def __init__(self, config: ModelConfig, regular_vocab: Mapping[str, int],
                  encoder: tf.keras.layers.Layer | None = None,
@@ -75,10 +75,14 @@ class Student(tf.keras.Model):
         self.calibration = calibration if calibration is not None else PlattCalibration(
             name="calibration")
 
-    def with_head(self, head: tf.keras.layers.Layer) -> "Student":
-        """A student with these embeddings, encoder and calibration and another head."""
-        return Student(self.model_config, self.embeddings.ids.vocab_sizes, self.encoder, head,
-                       self.embeddings, self.calibration, name=self.name)
+    def with_parts(self, head: tf.keras.layers.Layer | None = None,
+                   embeddings: FeatureEmbeddings | None = None) -> "Student":
+        """A student with this one's encoder and calibration, and its head and
+        embeddings unless others are given."""
+        return Student(self.model_config, self.embeddings.ids.vocab_sizes, self.encoder,
+                       self.tower if head is None else head,
+                       self.embeddings if embeddings is None else embeddings,
+                       self.calibration, name=self.name)
 
     def forward(self, features: Mapping[str, tf.Tensor], training=None) -> StudentOutputs:
         embedded = self.embeddings(features)
@@ -195,6 +199,13 @@ class JointModel(tfrs.Model):
             if isinstance(optimizer, LazyAdam):
                 optimizer.flush()
 
+    def zero_untrained_rows(self) -> dict[str, int]:
+        """Sets to zero the rows of the student's tables that no gradient ever reached
+        (`model.zero_untrained_rows`); returns feature -> rows kept."""
+        embeddings = self.student.embeddings
+        return embeddings.zero_rows({name: rows_with_gradient(self.optimizer, layer.embeddings)
+                                     for name, layer in embeddings.tables.items()})
+
     def fit(self, *args, callbacks=None, **kwargs):
         # First of the epoch-end callbacks: those that keep or restore weights read them.
         return super().fit(*args, callbacks=[_CatchUpRows(), *(callbacks or [])], **kwargs)
@@ -219,7 +230,7 @@ class JointModel(tfrs.Model):
         part of its head (`Strategy.serving_head`: EKTF's best head, TAML / UKD
         without their CTR tower); that student shares the trained weights."""
         head = self.strategy.serving_head
-        return self.student if head is None else self.student.with_head(head)
+        return self.student if head is None else self.student.with_parts(head)
 
     def loss_terms(self, features, labels, training: bool = False) -> dict[str, tf.Tensor]:
         """Every per-example loss term, [B] each, by name; updates the metrics."""

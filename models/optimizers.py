@@ -246,3 +246,12 @@ class LazyAdam(tf.keras.optimizers.Adam):
         # Keras calls this at the end of `fit`: the weights it leaves are read.
         self.flush()
         super().finalize_variable_values(var_list)
+
+
+def rows_with_gradient(optimizer: tf.keras.optimizers.Adam, table: tf.Variable) -> np.ndarray:
+    """Per row of `table` (a variable `optimizer` steps): whether a nonzero gradient ever
+    reached it, in this run or a warm start's lineage. Adam's second moment of such a
+    row is positive: it decays by beta_2 a step and reads zero again only when it falls
+    below float32's smallest normal, about 60k steps without the row at beta_2 0.999."""
+    velocity = optimizer._velocities[optimizer._index_dict[optimizer._var_key(table)]].numpy()
+    return np.any(velocity.reshape(len(velocity), -1) != 0, axis=1)

@@ -68,7 +68,8 @@ class Fitter:
     ships from a fitted one: with `model.refit`, a fresh model of the same config
     trained on train + validation for the fitted run's best number of epochs (the
     validation split is the freshest data before eval), with the fitted calibration;
-    then it scores the eval split (the plain metric names, and `predictions`).
+    then it zeroes the student's rows no gradient reached (`model.zero_untrained_rows`)
+    and scores the eval split (the plain metric names, and `predictions`).
 
     UKD's student needs its teacher's CVR: a raw column of the examples
     (`pseudo_label_column`) or the served student of its trained teacher stage
@@ -183,6 +184,9 @@ class Fitter:
                 best_epochs.copy_side(side, fitted.model, model)
             if failed:
                 metrics["refit_discarded"] = ",".join(failed)
+        if config.model.zero_untrained_rows:  # before scoring: what is served
+            kept = model.zero_untrained_rows()
+            metrics["student_trained_rows"] = sum(kept.values())
         calibration_layer = model.student_model().calibration
         if config.evaluation.calibration == "platt":  # the eval split before calibration
             calibration_layer.assign(calibration.IDENTITY)

@@ -80,12 +80,14 @@ def raw_to_spec(values: tf.Tensor, spec: tf.io.FixedLenFeature | tf.io.VarLenFea
 
 class StudentServingModule(tf.Module):
     """Tracks only the student model and the TFT layer, so only they are saved.
-    `student` is a `models.model.Student`: `predictions` gives what it serves."""
+    `student` is a `models.model.Student`: `predictions` gives what it serves. Its
+    tables are saved without their zero rows (`FeatureEmbeddings.without_zero_rows`):
+    the rows training never reached, zeroed at its end, are most of a hashed table."""
 
     def __init__(self, student: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
                  regular_features: Iterable[str]):
         super().__init__()
-        self.student = student
+        self.student = student.with_parts(embeddings=student.embeddings.without_zero_rows())
         self.tft_layer = tf_transform_output.transform_features_layer()
         self._regular = tuple(regular_features)
         self._spec = serving_feature_spec(tf_transform_output, self._regular)

@@ -54,7 +54,7 @@ def test_calibration_lowers_ece_of_a_miscalibrated_student_and_keeps_its_ranking
 
 def test_a_serving_copy_shares_the_calibration():
     student = Student(ModelConfig(), {})
-    copy = student.with_head(student.tower)
+    copy = student.with_parts(student.tower)
     student.calibration.assign((2.0, -1.0))
     assert copy.calibration.params == (2.0, -1.0)
 

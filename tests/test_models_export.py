@@ -1,4 +1,5 @@
-"""The exportable student takes regular features only and holds no teacher-side weight."""
+"""The exportable student takes regular features only and holds no teacher-side weight;
+its rows no gradient reached are zeroed after training and not stored."""
 import numpy as np
 import pytest
 
@@ -6,7 +7,7 @@ import pfdx  # noqa: F401
 import tensorflow as tf
 
 from pfdx.config import AlignmentConfig, ModelConfig
-from pfdx.models.model import JointModel
+from pfdx.models.model import JointModel, build_model
 from tests.student_export_checks import assert_saved_student_is_regular_only
 
 REGULAR = {"user_id": 40, "bid": 9}
@@ -64,3 +65,33 @@ def test_student_needs_no_privileged_input_and_matches_the_joint_model(batch):
 def test_saved_student_asks_for_regular_features_and_saves_no_teacher_weight(batch, tmp_path):
     model = built("ha_pfd_v2", batch)
     assert_saved_student_is_regular_only(model.student_model(), batch, REGULAR, tmp_path)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_rows_no_gradient_reached_are_zeroed_and_the_saved_student_stores_the_rest(
+        optimizer, batch, tmp_path):
+    config = ModelConfig(hidden_units=(16, 8), embedding_optimizer=optimizer,
+                         alignment=AlignmentConfig(mapping_hidden_units=(8,)))
+    model = build_model(config, REGULAR, PRIVILEGED)
+    features, labels = batch
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), verbose=0)
+    tables = model.student.embeddings.tables
+    ids = model.student.embeddings.ids(features)
+    looked_up = {name: np.isin(np.arange(size), ids[name].numpy())
+                 for name, size in REGULAR.items()}
+    before = {name: layer.embeddings.numpy() for name, layer in tables.items()}
+    kept = model.zero_untrained_rows()
+    assert kept == {name: int(mask.sum()) for name, mask in looked_up.items()}
+    assert kept["user_id"] < REGULAR["user_id"]  # 30 of 40 hash rows at most
+    for name, mask in looked_up.items():
+        after = tables[name].embeddings.numpy()
+        np.testing.assert_array_equal(after[mask], before[name][mask])
+        np.testing.assert_array_equal(after[~mask], 0.0)
+    served = model.student_model()(features).numpy()
+    compact = model.student_model().with_parts(
+        embeddings=model.student.embeddings.without_zero_rows())
+    np.testing.assert_array_equal(compact(features), served)
+    assert_saved_student_is_regular_only(compact, batch, REGULAR, tmp_path)
+    stored = sum(int(np.prod(v.shape)) for v in compact.embeddings.variables
+                 if v.dtype == tf.float32)
+    assert stored == (sum(kept.values()) + len(kept)) * config.embedding_dim

@@ -1,11 +1,12 @@
-"""FeatureEmbeddings' input contract and the Tower's shape and initialisation."""
+"""FeatureEmbeddings' input contract, tables stored without their zero rows, and the
+Tower's shape and initialisation."""
 import numpy as np
 import pytest
 
 import pfdx  # noqa: F401
 import tensorflow as tf
 
-from pfdx.models.layers import FeatureEmbeddings, Tower
+from pfdx.models.layers import FeatureEmbeddings, KeptRowsEmbedding, Tower
 
 VOCAB = {"user_id": 50, "bid": 9}
 
@@ -49,6 +50,32 @@ def test_one_table_per_feature_with_truncated_normal_init():
     values = layer.tables["a"].embeddings.numpy()
     assert np.abs(values).max() <= 0.2 + 1e-6  # truncated at 2 std
     assert 0.07 < values.std() < 0.1
+
+
+@pytest.mark.parametrize("kept", [[], [0], [7], [2, 3, 5], list(range(8))])
+def test_a_table_without_its_zero_rows_looks_up_every_id_as_the_full_table(kept):
+    rng = np.random.default_rng(0)
+    table = np.zeros((8, 3), np.float32)
+    table[kept] = rng.normal(size=(len(kept), 3))
+    compact = KeptRowsEmbedding.of(table)
+    ids = tf.constant([7, 0, 3, 3, 6, 5, 1, 2, 4], tf.int64)
+    np.testing.assert_array_equal(compact(ids), table[ids.numpy()])
+    assert compact.values.shape == (len(kept) + 1, 3)  # the stored rows and one zero row
+
+
+def test_embeddings_without_zero_rows_give_the_same_output_and_store_fewer_rows():
+    layer = FeatureEmbeddings(VOCAB, dim=4)
+    ids = {"user_id": tf.constant([3, 49, 0, 11], tf.int64),
+           "bid": tf.constant([1, 8, 0, 2], tf.int64)}
+    layer(ids)
+    kept = layer.zero_rows({"user_id": np.isin(np.arange(50), [3, 49]),
+                            "bid": np.ones(9, bool)})
+    assert kept == {"user_id": 2, "bid": 9}
+    np.testing.assert_array_equal(layer.tables["user_id"].embeddings.numpy()[[0, 11]], 0.0)
+    compact = layer.without_zero_rows()
+    np.testing.assert_array_equal(compact(ids), layer(ids))
+    stored = sum(int(np.prod(v.shape)) for v in compact.variables if v.dtype == tf.float32)
+    assert stored == (2 + 1 + 9 + 1) * 4
 
 
 def test_tower_returns_logit_and_both_hidden_latents():

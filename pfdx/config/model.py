@@ -57,6 +57,12 @@ class ModelConfig:
     embedding_optimizer: Literal["adam", "lazy_adam"] = "lazy_adam"
     clipnorm: float = 600.0
     init_stddev: float = 0.1
+    # At the end of training, the student's embedding rows that never received a
+    # gradient (no training id reached them: their Adam second moment is zero) are set
+    # to zero, the mean of their random init, so an id training never saw reads one
+    # neutral row instead of an arbitrary draw. The exported student then stores only
+    # its trained rows (serving/export.py); docs/paper-deviations.md item 13.
+    zero_untrained_rows: bool = True
     # TAML and UKD students also serve their CTR.
     serve_ctr: bool = False
     batch_size: int = 512
