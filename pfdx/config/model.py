@@ -88,7 +88,8 @@ class ModelConfig:
     share_embeddings: bool = True
     seed: int = 42
     # tf.distribute strategy: auto (MultiWorkerMirrored when TF_CONFIG names more
-    # than one host, else Mirrored over the local GPUs) | mirrored | multi_worker.
+    # than one host, else Mirrored over several local GPUs, else OneDevice) |
+    # one_device | mirrored | multi_worker (models/distributed.py).
     distribution: str = "auto"
     # The strategies' own settings, a section per building block (strategy_sections.py).
     kd: KdConfig = KdConfig()
