@@ -20,24 +20,25 @@ def distribution_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
     `auto` follows TF_CONFIG, which a multi-host job sets on every replica (Vertex AI
     worker pools, a Kubeflow TFJob): more than one chief/worker -> synchronous
     all-reduce across hosts (MultiWorkerMirroredStrategy); otherwise all local GPUs
-    when there are several (MirroredStrategy), else the one GPU or the CPU
-    (OneDeviceStrategy). One device gains nothing from mirroring and pays for it: a
-    MirroredStrategy over the CPU alone made the HA-PFD V2 step 2.5x slower
-    (bench/results/README.md, "train step").
+    when there are several (MirroredStrategy), else `one_device`: TensorFlow's default
+    strategy, which places ops on the one GPU or the CPU. One device gains nothing from
+    mirroring and pays for it: a MirroredStrategy over the CPU alone made the HA-PFD V2
+    step 2.5x slower (bench/results/README.md, "train step"). (Not OneDeviceStrategy,
+    which is as fast but which Keras' BackupAndRestore refuses.)
     """
     if distribution == "auto":
         cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
         hosts = sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs)
-        gpus = len(tf.config.list_logical_devices("GPU"))
-        distribution = ("multi_worker" if hosts > 1 else "mirrored" if gpus > 1
-                        else "one_device")
+        # Physical devices: listing logical ones would start the runtime, which
+        # MultiWorkerMirroredStrategy must configure first.
+        distribution = ("multi_worker" if hosts > 1 else "mirrored"
+                        if len(tf.config.list_physical_devices("GPU")) > 1 else "one_device")
     if distribution == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if distribution == "mirrored":
         return tf.distribute.MirroredStrategy()
     if distribution == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+        return tf.distribute.get_strategy()
     raise ValueError(f"model.distribution: {distribution!r} is not one of auto, one_device, "
                      "mirrored, multi_worker")
 

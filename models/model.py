@@ -200,11 +200,18 @@ class JointModel(tfrs.Model):
                 optimizer.flush()
 
     def zero_untrained_rows(self) -> dict[str, int]:
-        """Sets to zero the rows of the student's tables that no gradient ever reached
-        (`model.zero_untrained_rows`); returns feature -> rows kept."""
-        embeddings = self.student.embeddings
-        return embeddings.zero_rows({name: rows_with_gradient(self.optimizer, layer.embeddings)
-                                     for name, layer in embeddings.tables.items()})
+        """Sets to zero the rows of every table that no gradient ever reached
+        (`model.zero_untrained_rows`): the student's and the teacher's, so both score
+        an unseen id alike. Returns the student's feature -> rows kept."""
+        sides = [(self.student.embeddings, self.optimizer)]
+        if self.has_teacher:
+            sides += [(tables, self.teacher_optimizer) for tables in
+                      (self.teacher_regular_embeddings, self.privileged_embeddings)
+                      if tables is not None]
+        kept = [embeddings.zero_rows({
+            name: rows_with_gradient(optimizer, layer.embeddings)
+            for name, layer in embeddings.tables.items()}) for embeddings, optimizer in sides]
+        return kept[0]
 
     def fit(self, *args, callbacks=None, **kwargs):
         # First of the epoch-end callbacks: those that keep or restore weights read them.

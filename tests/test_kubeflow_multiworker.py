@@ -22,14 +22,13 @@ def _tf_config(ports: list[int], index: int) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
-def test_one_host_without_gpus_gets_one_device_strategy(monkeypatch):
+def test_one_host_without_gpus_gets_the_default_strategy(monkeypatch):
     from pfdx.models.distributed import distribution_strategy
     import tensorflow as tf
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    strategy = distribution_strategy()
-    assert type(strategy) is tf.distribute.OneDeviceStrategy
-    assert strategy.extended.worker_devices == ("/job:localhost/replica:0/task:0/device:CPU:0",)
+    assert distribution_strategy() is tf.distribute.get_strategy()  # nothing mirrored
+    assert distribution_strategy("one_device").num_replicas_in_sync == 1
     # An explicit choice wins over TF_CONFIG (here: no cluster is contacted).
     monkeypatch.setenv("TF_CONFIG", _tf_config([1, 2], 0))
     assert type(distribution_strategy("mirrored")) is tf.distribute.MirroredStrategy

@@ -67,10 +67,11 @@ def test_saved_student_asks_for_regular_features_and_saves_no_teacher_weight(bat
     assert_saved_student_is_regular_only(model.student_model(), batch, REGULAR, tmp_path)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+@pytest.mark.parametrize("optimizer,share", [("adam", True), ("lazy_adam", False)])
 def test_rows_no_gradient_reached_are_zeroed_and_the_saved_student_stores_the_rest(
-        optimizer, batch, tmp_path):
+        optimizer, share, batch, tmp_path):
     config = ModelConfig(hidden_units=(16, 8), embedding_optimizer=optimizer,
+                         share_embeddings=share,
                          alignment=AlignmentConfig(mapping_hidden_units=(8,)))
     model = build_model(config, REGULAR, PRIVILEGED)
     features, labels = batch
@@ -87,6 +88,10 @@ def test_rows_no_gradient_reached_are_zeroed_and_the_saved_student_stores_the_re
         after = tables[name].embeddings.numpy()
         np.testing.assert_array_equal(after[mask], before[name][mask])
         np.testing.assert_array_equal(after[~mask], 0.0)
+    if not share:  # the teacher's own tables too
+        teacher = model.teacher_regular_embeddings.tables["user_id"].embeddings.numpy()
+        assert np.all(teacher[looked_up["user_id"]] != 0)
+        np.testing.assert_array_equal(teacher[~looked_up["user_id"]], 0.0)
     served = model.student_model()(features).numpy()
     compact = model.student_model().with_parts(
         embeddings=model.student.embeddings.without_zero_rows())

@@ -113,3 +113,30 @@ def test_ukd_needs_exactly_one_source_of_pseudo_labels():
         fitter = training.Fitter(None, None, training.Splits([], [], []), **kwargs)
         with pytest.raises(ValueError, match="exactly one of a column or a teacher model"):
             fitter.fit(config)
+
+
+def test_a_fitter_builds_an_unshuffled_pass_once_and_a_shuffled_one_per_fit(monkeypatch):
+    import dataclasses
+
+    from pfdx.config import PipelineConfig
+    from pfdx.models import training
+
+    built = []
+
+    def transformed_dataset(factory, files, tft_output, config, shuffle, keep_truth, pseudo):
+        built.append((tuple(files), shuffle, keep_truth))
+        return tf.data.Dataset.range(3)
+
+    monkeypatch.setattr(training, "transformed_dataset", transformed_dataset)
+    fitter = training.Fitter(None, None, training.Splits(["train"], ["validation"], ["eval"]))
+    config = PipelineConfig()
+    other = dataclasses.replace(config, model=dataclasses.replace(config.model, learning_rate=0.1))
+    validation = fitter._dataset(config, ["validation"], shuffle=False)
+    assert fitter._dataset(other, ["validation"], shuffle=False) is validation
+    assert fitter._dataset(config, ["validation"], False, keep_truth=True) is not validation
+    bigger = dataclasses.replace(config, model=dataclasses.replace(config.model, batch_size=64))
+    assert fitter._dataset(bigger, ["validation"], shuffle=False) is not validation
+    assert fitter._dataset(config, ["train"], True) is not fitter._dataset(config, ["train"], True)
+    assert built == [(("validation",), False, False), (("validation",), False, True),
+                     (("validation",), False, False), (("train",), True, False),
+                     (("train",), True, False)]

@@ -57,8 +57,8 @@ class ModelConfig:
     embedding_optimizer: Literal["adam", "lazy_adam"] = "lazy_adam"
     clipnorm: float = 600.0
     init_stddev: float = 0.1
-    # At the end of training, the student's embedding rows that never received a
-    # gradient (no training id reached them: their Adam second moment is zero) are set
+    # At the end of training, the embedding rows that never received a gradient (no
+    # training id reached them: their Adam second moment is zero) are set
     # to zero, the mean of their random init, so an id training never saw reads one
     # neutral row instead of an arbitrary draw. The exported student then stores only
     # its trained rows (serving/export.py); docs/paper-deviations.md item 13.
@@ -88,7 +88,7 @@ class ModelConfig:
     share_embeddings: bool = True
     seed: int = 42
     # tf.distribute strategy: auto (MultiWorkerMirrored when TF_CONFIG names more
-    # than one host, else Mirrored over several local GPUs, else OneDevice) |
+    # than one host, else Mirrored over several local GPUs, else TF's default) |
     # one_device | mirrored | multi_worker (models/distributed.py).
     distribution: str = "auto"
     # The strategies' own settings, a section per building block (strategy_sections.py).
