@@ -25,7 +25,7 @@ import math
 from typing import Any, Callable, Mapping
 
 from pfdx.config import EvaluationConfig, PipelineConfig
-from pfdx.models import tuning
+from pfdx.models import registry, tuning
 
 BASELINE = "none"
 # Values of `shipped` (training_metrics.json, MLMD); printed with spaces for underscores.
@@ -137,4 +137,10 @@ def train_champion(config: PipelineConfig, fitter: Any, privileged_inputs: bool,
             f"so {strategy!r} was not trained and the student alone ships"), baseline, None)
     distilled = side(config)
     decision = gate(distilled.final.metrics, baseline.final.metrics, config.evaluation)
+    none = registry.STRATEGIES[strategy].no_distillation()
+    params = distilled.tuning.best.params
+    if decision.shipped == DISTILLED and none and all(params.get(k) == v for k, v in none.items()):
+        decision = dataclasses.replace(decision, reason=(
+            f"{decision.reason}; tuning kept no distillation (every term weight 0), so this "
+            "student trained as it would alone, beside its teacher"))
     return Champion(decision, baseline, distilled)

@@ -196,12 +196,14 @@ def test_the_gate_refuses_a_distilled_student_that_loses_to_the_baseline(distill
 
 
 def _fitter(auc_by_strategy):
-    """A Fitter stand-in: every model of a strategy scores `auc_by_strategy[it]`."""
+    """A Fitter stand-in: every model of a strategy scores `auc_by_strategy[it]` (or
+    that function of its config)."""
     trained = []
 
     def fit(config, name):
         trained.append(config.model.strategy)
         auc = auc_by_strategy[config.model.strategy]
+        auc = auc(config) if callable(auc) else auc
         m = {"validation_student_auc": auc, "best_epoch": 1}
         if config.model.strategy != "none":
             m["validation_teacher_auc"] = 0.9
@@ -227,6 +229,15 @@ def test_train_champion_ships_the_student_alone_when_distillation_loses():
     assert {k: metrics["distilled"]["trials"][0]["params"][k] for k in NO_DISTILLATION} \
         == NO_DISTILLATION
     assert set(trained) == {"none", "ha_pfd_v2"}
+
+
+@pytest.mark.parametrize("gain, kept", [(0.0, True), (0.1, False)])
+def test_a_shipped_distilled_student_says_when_tuning_kept_no_distillation(gain, kept):
+    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=0", "tuning.min_gain_se=0")
+    fitter, _ = _fitter({"none": 0.8, "ha_pfd_v2": lambda c: 0.8 + gain * (c.model.kd.lam > 0)})
+    result = champion.train_champion(config, fitter, privileged_inputs=True)
+    assert result.decision.shipped == champion.DISTILLED
+    assert ("tuning kept no distillation" in result.decision.reason) == kept
 
 
 def test_nothing_to_distil_trains_and_ships_the_student_alone():
