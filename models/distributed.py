@@ -29,10 +29,14 @@ def distribution_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
     if distribution == "auto":
         cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
         hosts = sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs)
+        if hosts > 1:
+            distribution = "multi_worker"
         # Physical devices: listing logical ones would start the runtime, which
         # MultiWorkerMirroredStrategy must configure first.
-        distribution = ("multi_worker" if hosts > 1 else "mirrored"
-                        if len(tf.config.list_physical_devices("GPU")) > 1 else "one_device")
+        elif len(tf.config.list_physical_devices("GPU")) > 1:
+            distribution = "mirrored"
+        else:
+            distribution = "one_device"
     if distribution == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if distribution == "mirrored":

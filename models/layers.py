@@ -93,6 +93,11 @@ class FeatureIds(tf.keras.layers.Layer):
         return {**super().get_config(), "vocab_sizes": dict(self.vocab_sizes)}
 
 
+def nonzero_rows(table: np.ndarray) -> np.ndarray:
+    """Per row of a 2-D array: whether any of its values is nonzero."""
+    return np.any(table != 0, axis=1)
+
+
 class KeptRowsEmbedding(tf.keras.layers.Layer):
     """A table of `input_dim` rows that stores only the rows `kept` (sorted row ids)
     with their `values`; every other row reads as zeros. `of(table)` keeps a table's
@@ -112,7 +117,7 @@ class KeptRowsEmbedding(tf.keras.layers.Layer):
 
     @classmethod
     def of(cls, table: np.ndarray, **kwargs) -> "KeptRowsEmbedding":
-        kept = np.flatnonzero(np.any(table.reshape(len(table), -1) != 0, axis=1))
+        kept = np.flatnonzero(nonzero_rows(table))
         return cls(len(table), kept, table[kept], **kwargs)
 
     def call(self, ids):

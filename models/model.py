@@ -203,15 +203,15 @@ class JointModel(tfrs.Model):
         """Sets to zero the rows of every table that no gradient ever reached
         (`model.zero_untrained_rows`): the student's and the teacher's, so both score
         an unseen id alike. Returns the student's feature -> rows kept."""
-        sides = [(self.student.embeddings, self.optimizer)]
+        def zero(embeddings: FeatureEmbeddings, optimizer) -> dict[str, int]:
+            return embeddings.zero_rows({name: rows_with_gradient(optimizer, layer.embeddings)
+                                         for name, layer in embeddings.tables.items()})
+
         if self.has_teacher:
-            sides += [(tables, self.teacher_optimizer) for tables in
-                      (self.teacher_regular_embeddings, self.privileged_embeddings)
-                      if tables is not None]
-        kept = [embeddings.zero_rows({
-            name: rows_with_gradient(optimizer, layer.embeddings)
-            for name, layer in embeddings.tables.items()}) for embeddings, optimizer in sides]
-        return kept[0]
+            for tables in (self.teacher_regular_embeddings, self.privileged_embeddings):
+                if tables is not None:
+                    zero(tables, self.teacher_optimizer)
+        return zero(self.student.embeddings, self.optimizer)
 
     def fit(self, *args, callbacks=None, **kwargs):
         # First of the epoch-end callbacks: those that keep or restore weights read them.

@@ -40,6 +40,8 @@ import numpy as np
 import pfdx  # noqa: F401  (Keras 2 flag before TensorFlow)
 import tensorflow as tf
 
+from pfdx.models.layers import nonzero_rows
+
 # Missed steps summed term by term (bias correction varies per step); the rest, whose
 # weight is below (beta_1 / sqrt(beta_2)) ** 64 ~ 0.1 % of the first, in closed form.
 _EXACT_STEPS = 64
@@ -253,5 +255,5 @@ def rows_with_gradient(optimizer: tf.keras.optimizers.Adam, table: tf.Variable) 
     reached it, in this run or a warm start's lineage. Adam's second moment of such a
     row is positive: it decays by beta_2 a step and reads zero again only when it falls
     below float32's smallest normal, about 60k steps without the row at beta_2 0.999."""
-    velocity = optimizer._velocities[optimizer._index_dict[optimizer._var_key(table)]].numpy()
-    return np.any(velocity.reshape(len(velocity), -1) != 0, axis=1)
+    velocity = optimizer._velocities[optimizer._index_dict[optimizer._var_key(table)]]
+    return nonzero_rows(velocity.numpy())
