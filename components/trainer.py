@@ -107,7 +107,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                            selection_report.load_selection(selection)
                            if tf.io.gfile.exists(selection) else None)
     logging.info("warm start: %s", plan.reason)
-    restorer = warm_start.Restorer(plan, tokens, strategy)
+    restorer = warm_start.Restorer(plan, tokens)
     fitter = training.Fitter(
         tf_transform_output, fn_args.data_accessor.tf_dataset_factory,
         training.Splits(fn_args.train_files, validation_files, eval_files), strategy, callbacks,

@@ -75,7 +75,7 @@ class Fitter:
     (`pseudo_label_column`) or the served student of its trained teacher stage
     (`teacher`; models/registry.py `teacher_stage`). `callbacks(name)` gives each
     training its own (TensorBoard, backup).
-    `initialize(config, model, train_batches)` sees every model built before it
+    `initialize(config, model)` sees every model, its variables created, before it
     trains (the warm start, models/warm_start.py `Restorer`).
     """
 
@@ -84,8 +84,7 @@ class Fitter:
                  callbacks: Callable[[str], Sequence[tf.keras.callbacks.Callback]] = lambda _: (),
                  verbose: int = 2, pseudo_label_column: str | None = None,
                  teacher: tf.keras.Model | None = None,
-                 initialize: Callable[[PipelineConfig, JointModel, tf.data.Dataset], None]
-                 | None = None):
+                 initialize: Callable[[PipelineConfig, JointModel], None] | None = None):
         self.tf_transform_output = tf_transform_output
         self.factory = factory
         self.splits = splits
@@ -130,8 +129,9 @@ class Fitter:
         regular_vocab, privileged_vocab = vocabularies(config, self.tf_transform_output)
         with self.strategy.scope():
             model = build_model(m, regular_vocab, privileged_vocab)
+            model.create_variables(next(iter(self._dataset(config, self.splits.train, False))))
         if self.initialize is not None:
-            self.initialize(config, model, self._dataset(config, self.splits.train, shuffle=False))
+            self.initialize(config, model)
         return model
 
     def predict(self, config: PipelineConfig, model: JointModel, files) -> Predictions:

@@ -270,28 +270,17 @@ class Restorer:
     vocabulary file, this run's). Records per strategy what it did (`log`)."""
 
     def __init__(self, plan_: Plan, tokens: Mapping[str, str],
-                 strategy: tf.distribute.Strategy,
                  log: Callable[[str], None] = logging.info):
         self.plan = plan_
         self.tokens = {f: _read_tokens(p) for f, p in tokens.items()}
-        self.strategy = strategy
         self.log = log
         self.restored: dict[str, dict[str, Any]] = {}
 
-    def __call__(self, config: PipelineConfig, model: JointModel, batches: tf.data.Dataset) -> None:
+    def __call__(self, config: PipelineConfig, model: JointModel) -> None:
         name = config.model.strategy
         if name not in self.plan.params:
             return
-        with self.strategy.scope():
-            # Keras creates variables on first use: one loss pass creates them all
-            # (the strategy's nets too), and the optimizers are built on their sides.
-            self.strategy.run(model.compute_loss, args=(next(iter(batches)),))
-            # Each optimizer on what `JointModel.train_step` gives it.
-            teacher = {v.ref() for v in model.teacher_variables()}
-            model.optimizer.build([v for v in model.trainable_variables if v.ref() not in teacher])
-            if teacher:
-                model.teacher_optimizer.build(model.teacher_variables())
-            self.restored[name] = self._restore(name, model, teacher_side(model))
+        self.restored[name] = self._restore(name, model, teacher_side(model))
 
     def summary(self, trained: Mapping[str, tuple[JointModel, Any]]) -> dict[str, Any]:
         """training_metrics.json's `warm_start`: the plan, what each restore did, and

@@ -84,7 +84,7 @@ def test_a_restored_calibration_does_not_leak_into_the_fit(tmp_path):
         outputs[windows.CLICK], windows.dataset_factory,
         training.Splits([click[windows.TRAIN].pattern], [click[windows.VALIDATION].pattern],
                         [click[windows.TEST].pattern]), verbose=0,
-        initialize=lambda c, model, _: model.student_model().calibration.assign(restored))
+        initialize=lambda c, model: model.student_model().calibration.assign(restored))
 
     fitted = fitter.fit(config)
     calibration_layer = fitted.model.student_model().calibration

@@ -72,11 +72,11 @@ def _restore(tmp_path, base, new_tokens, teacher=True, config=SMALL):
     warm_start.save_inputs(str(tmp_path / "base"), {"user_id": old}, None)
     plan = warm_start.Plan(str(tmp_path / "base"), {"ha_pfd_v2": {"kd.lam": 1.0}}, teacher, "test")
     new = _write_tokens(tmp_path / "new", "vocabulary__user_id", new_tokens)
-    restorer = warm_start.Restorer(plan, {"user_id": new}, tf.distribute.get_strategy(),
-                                   log=lambda _: None)
+    restorer = warm_start.Restorer(plan, {"user_id": new}, log=lambda _: None)
     tf.keras.utils.set_random_seed(2)
     model = build_model(config, {"user_id": len(new_tokens) + 1, "bid": 5}, PRIVILEGED)
-    restorer(load_config(None), model, _batches(seed=1))
+    model.create_variables(next(iter(_batches(seed=1))))
+    restorer(load_config(None), model)
     return model, restorer
 
 
@@ -258,8 +258,8 @@ def test_three_days_each_read_their_span_and_continue_the_last_blessed_run(tmp_p
     starts = []  # per run: strategy -> the model's state before its first step
     restore = warm_start.Restorer.__call__
 
-    def spy(self, run_config, model, batches):
-        restore(self, run_config, model, batches)
+    def spy(self, run_config, model):
+        restore(self, run_config, model)
         if run_config.model.strategy in self.restored:
             starts[-1][run_config.model.strategy] = {
                 k: v.numpy() for k, v in warm_start.state(model).items()}
