@@ -38,9 +38,9 @@ TRAINING_METRICS_FILE = "training_metrics.json"
 # model, per-run tuning (models/tuning.py), the calibration and its bins (fitted and
 # scored on the validation split), and the baseline gate's tolerances
 # (models/champion.py: the gate picks which of the two trained students this Trainer
-# exports, so it stays here). Only these are the Trainer's exec properties: editing
-# anything else -- the Evaluator's thresholds and slices, runner.*, kubeflow.*,
-# compare.* -- leaves the Trainer cached (and its BackupAndRestore fingerprint,
+# exports, so it stays here), and how often it backs up (components/resume.py). Only
+# these are the Trainer's exec properties: editing anything else -- the Evaluator's
+# thresholds and slices, the rest of runner.*, kubeflow.*, compare.* -- leaves the Trainer cached (and its BackupAndRestore fingerprint,
 # components/resume.py, unchanged). Settings that change what the Trainer reads
 # arrive through its input artifacts instead (data.* -> the examples, selection.* ->
 # the Transform graph). A field training starts to read must be added here: in the
@@ -51,6 +51,7 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {
     "tuning": None,
     "evaluation": ("calibration", "calibration_bins", "baseline_auc_tolerance",
                    "baseline_ece_tolerance"),
+    "runner": ("backup_seconds",),
 }
 
 
@@ -95,8 +96,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     def callbacks(name: str) -> list[tf.keras.callbacks.Callback]:
         return [
             tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs", name)),
-            # Pre-emption: a re-run of a killed Trainer resumes from its last epoch.
-            resume.backup_and_restore(fn_args, name),
+            # Pre-emption: a re-run of a killed Trainer resumes from its last backup.
+            resume.backup_and_restore(fn_args, name, config.runner.backup_seconds),
         ]
 
     tokens = warm_start.vocabulary_tokens(tf_transform_output,

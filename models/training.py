@@ -24,8 +24,8 @@ import tensorflow_transform as tft
 
 from pfdx.config import PipelineConfig
 from pfdx.models import best_epochs, calibration, impressions, registry
-from pfdx.models.datasets import (DatasetFactory, sampled_impressions, transformed_dataset,
-                                  vocabularies)
+from pfdx.models.datasets import (DatasetFactory, count_records, sampled_impressions,
+                                  transformed_dataset, vocabularies)
 from pfdx.models.model import JointModel, build_model
 from pfdx.models.predictions import Predictions, predict, summarize
 
@@ -98,9 +98,11 @@ class Fitter:
 
     def _dataset(self, config: PipelineConfig, files, shuffle: bool, keep_truth: bool = False):
         # An unshuffled pass reads what every config of a run reads: it is built, and
-        # its TFT layer traced (about 2 s), once. A shuffled one is built per fit, so a
-        # fit sees its seed's order whatever trained before it.
-        key = (tuple(files), keep_truth, config.model.batch_size, config.space,
+        # its TFT layer traced (about 2 s), once, and a split of at most
+        # `model.cache_rows` rows is kept in memory after its first pass. A shuffled one
+        # is built per fit, so a fit sees its seed's order whatever trained before it.
+        m = config.model
+        key = (tuple(files), keep_truth, m.batch_size, m.cache_rows, config.space,
                config.data.columns)
         if not shuffle and key in self._unshuffled:
             return self._unshuffled[key]
@@ -109,6 +111,8 @@ class Fitter:
         if self.teacher is not None:
             ds = impressions.with_pseudo_labels(self.teacher, ds)
         if not shuffle:
+            if count_records(files) <= m.cache_rows:
+                ds = ds.cache()
             self._unshuffled[key] = ds
         return ds
 
@@ -129,7 +133,7 @@ class Fitter:
         regular_vocab, privileged_vocab = vocabularies(config, self.tf_transform_output)
         with self.strategy.scope():
             model = build_model(m, regular_vocab, privileged_vocab)
-            model.create_variables(next(iter(self._dataset(config, self.splits.train, False))))
+            model.create_variables(self._dataset(config, self.splits.train, False).element_spec)
         if self.initialize is not None:
             self.initialize(config, model)
         return model

@@ -39,6 +39,7 @@ SMALL = ["data.columns.regular_categorical=[user_id,ad_id,device,region,placemen
          "data.columns.regular_numeric=[bid]",
          "data.columns.privileged_continuous=[duration,click_leave_time]",
          "data.columns.privileged_discrete=[page_jump,play_2s,tag,like,share,payment_page_visit]",
+         "runner.backup_seconds=0",  # a backup every epoch: the kill test waits for one
          "model.hash_buckets=1000", "model.batch_size=64", "model.hidden_units=[64,32]",
          "model.alignment.mapping_hidden_units=[32]", f"model.epochs={EPOCHS}",
          # One training per student, for all its epochs: resuming is under test, not

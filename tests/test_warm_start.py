@@ -75,7 +75,7 @@ def _restore(tmp_path, base, new_tokens, teacher=True, config=SMALL):
     restorer = warm_start.Restorer(plan, {"user_id": new}, log=lambda _: None)
     tf.keras.utils.set_random_seed(2)
     model = build_model(config, {"user_id": len(new_tokens) + 1, "bid": 5}, PRIVILEGED)
-    model.create_variables(next(iter(_batches(seed=1))))
+    model.create_variables(_batches(seed=1).element_spec)
     restorer(load_config(None), model)
     return model, restorer
 

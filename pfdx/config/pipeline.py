@@ -37,6 +37,7 @@ class PipelineConfig:
         self.data.validate()
         self.tuning.validate()
         self.compare.validate()
+        self.runner.validate()
         self.model.validate()
         if self.space == registry.IMPRESSION and self.data.columns.click is None:
             raise ConfigError(f"model.strategy: {self.model.strategy!r} trains on every "

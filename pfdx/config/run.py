@@ -73,6 +73,15 @@ class RunnerConfig:
     # Proceed past data-validation anomalies (components/validation_gate.py) instead
     # of stopping before training; the run records that it was overridden.
     allow_anomalies: bool = False
+    # The Trainer backs a training up at an epoch's end once this many seconds have
+    # passed since it began or since its last backup (tf.estimator's 600 s default):
+    # a killed Trainer re-run loses at most that and an epoch. 0: every epoch. Its one
+    # field the Trainer reads (components/resume.py).
+    backup_seconds: float = 600.0
+
+    def validate(self) -> None:
+        if not self.backup_seconds >= 0:
+            raise ConfigError(f"runner.backup_seconds: {self.backup_seconds} is below 0")
 
 
 @dataclasses.dataclass(frozen=True)
