@@ -12,8 +12,9 @@ training completes, so a finished training is never "resumed".
 
 Backups are at an epoch's end, at most every `runner.backup_seconds`: tf-keras
 resumes mid-epoch only when it knows the steps per epoch, which a TFXIO dataset does
-not declare (restoring a step-level backup then fails with a TypeError). Two concurrent executions with identical inputs would
-share one backup; the local runner and a scheduled Kubeflow run never do that.
+not declare (restoring a step-level backup then fails with a TypeError). Two
+concurrent executions with identical inputs would share one backup; the local runner
+and a scheduled Kubeflow run never do that.
 """
 from __future__ import annotations
 

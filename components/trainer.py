@@ -40,8 +40,9 @@ TRAINING_METRICS_FILE = "training_metrics.json"
 # (models/champion.py: the gate picks which of the two trained students this Trainer
 # exports, so it stays here), and how often it backs up (components/resume.py). Only
 # these are the Trainer's exec properties: editing anything else -- the Evaluator's
-# thresholds and slices, the rest of runner.*, kubeflow.*, compare.* -- leaves the Trainer cached (and its BackupAndRestore fingerprint,
-# components/resume.py, unchanged). Settings that change what the Trainer reads
+# thresholds and slices, the rest of runner.*, kubeflow.*, compare.* -- leaves the
+# Trainer cached (and its BackupAndRestore fingerprint, components/resume.py,
+# unchanged). Settings that change what the Trainer reads
 # arrive through its input artifacts instead (data.* -> the examples, selection.* ->
 # the Transform graph). A field training starts to read must be added here: in the
 # Trainer every other field holds its default.

@@ -214,16 +214,17 @@ class JointModel(tfrs.Model):
         return zero(self.student.embeddings, self.optimizer)
 
     def create_variables(self, spec) -> None:
-        """Creates every variable training steps, before the first step: one eager loss
+        """Creates every variable a training step uses, before the first: one eager loss
         pass on a batch of zeros (empty strings) shaped as `spec`, the training
         batches' (features, labels) element spec -- Keras builds layers on first
         use, the strategy's nets too -- then each optimizer built on its side of
         `train_step`. Keras' train function then traces once, not twice (a trace
         that creates variables is traced again without): about 3.5 s a model. Call
         inside the model's distribution scope."""
-        def zeros(spec: tf.TensorSpec) -> tf.Tensor:
-            shape = [2 if d is None else d for d in spec.shape]  # any batch
-            return tf.fill(shape, tf.constant("" if spec.dtype == tf.string else 0, spec.dtype))
+        def zeros(tensor: tf.TensorSpec) -> tf.Tensor:
+            shape = [2 if d is None else d for d in tensor.shape]  # any batch
+            return tf.fill(shape, tf.constant("" if tensor.dtype == tf.string else 0,
+                                              tensor.dtype))
 
         inputs = tf.nest.map_structure(zeros, spec)
         tf.distribute.get_strategy().run(self.compute_loss, args=(inputs,))
