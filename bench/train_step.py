@@ -14,6 +14,12 @@ One row per table size (`--hash-buckets`, rows per categorical table; issue 16: 
 100k, 1M), each timed on its own models; a round is at most `--steps` steps and
 about `--round-seconds` long (a 1M-row step can take a second).
 Target: the HA-PFD V2 step costs at most 2.5x the student-only step.
+
+TensorFlow's thread pools are set by the environment before it starts: on 2 cores,
+`TF_NUM_INTRAOP_THREADS=1` (each op on one thread; the step's independent ops still
+run side by side on the inter-op pool) made the ha_pfd_v2 step at 100k rows 40.7k
+against 34.8k examples/s with the default (median of 5 runs each, alternating
+processes; bench/results/README.md "Train step").
 """
 from __future__ import annotations
 
@@ -117,7 +123,9 @@ def main() -> None:
     print(f"batch {args.batch} ({args.batches} distinct), {args.rounds} rounds of up to "
           f"{args.steps} steps, "
           f"{len(schema.REGULAR_CATEGORICAL)} hashed features, {len(PRIVILEGED)} privileged "
-          f"features, {os.cpu_count()} CPU cores")
+          f"features, {os.cpu_count()} CPU cores, TF_NUM_INTRAOP_THREADS "
+          f"{os.environ.get('TF_NUM_INTRAOP_THREADS', 'unset')}, TF_NUM_INTEROP_THREADS "
+          f"{os.environ.get('TF_NUM_INTEROP_THREADS', 'unset')}")
     table = []
     for buckets in args.hash_buckets:
         base = dataclasses.replace(ModelConfig(), hash_buckets=buckets,
