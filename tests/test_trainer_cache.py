@@ -23,7 +23,8 @@ UNREAD = ["evaluation.min_auc=0.01", "evaluation.max_auc_drop=0.5", "evaluation.
           "compare.seeds=1", "runner.allow_anomalies=true"]
 READ = ["evaluation.calibration=none", "evaluation.calibration_bins=20",
         "evaluation.baseline_auc_tolerance=0.01", "evaluation.baseline_ece_tolerance=0.1",
-        "model.kd.lam=1.0", "tuning.max_trials=1", "data.columns.truth=null"]
+        "model.kd.lam=1.0", "tuning.max_trials=1", "data.columns.truth=null",
+        "runner.backup_seconds=0"]
 
 
 def _trainer_exec_properties(tmp_path, *overrides):
@@ -39,8 +40,9 @@ def test_trainer_exec_properties_hold_only_what_training_reads(tmp_path):
     for setting in READ:
         assert _trainer_exec_properties(tmp_path, setting) != base, setting
     custom = json.loads(base["custom_config"])[trainer.PIPELINE_CONFIG_KEY]
-    assert sorted(custom) == ["data", "evaluation", "model", "tuning"]
+    assert sorted(custom) == ["data", "evaluation", "model", "runner", "tuning"]
     assert sorted(custom["data"]) == ["columns"]
+    assert sorted(custom["runner"]) == ["backup_seconds"]
 
 
 def test_run_fn_config_keeps_every_training_setting(tmp_path):
@@ -103,7 +105,8 @@ def test_editing_evaluation_or_kubeflow_settings_reruns_the_evaluator_not_the_tr
     local_runner.run(config)
     allowed = {f"{s}.{f}" for s, fields in trainer.TRAINING_FIELDS.items() if s in SECTIONS
                for f in fields}
-    # Exactly what it is given: the columns, calibration and the baseline gate's tolerances.
+    # Exactly what it is given: the columns, calibration, the baseline gate's tolerances
+    # and the backup interval.
     assert training_reads == allowed, (training_reads - allowed, allowed - training_reads)
 
     before = len(store(config).get_executions())
