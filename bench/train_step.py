@@ -15,11 +15,8 @@ One row per table size (`--hash-buckets`, rows per categorical table; issue 16: 
 about `--round-seconds` long (a 1M-row step can take a second).
 Target: the HA-PFD V2 step costs at most 2.5x the student-only step.
 
-TensorFlow's thread pools are set by the environment before it starts: on 2 cores,
-`TF_NUM_INTRAOP_THREADS=1` (each op on one thread; the step's independent ops still
-run side by side on the inter-op pool) made the ha_pfd_v2 step at 100k rows 40.7k
-against 34.8k examples/s with the default (median of 5 runs each, alternating
-processes; bench/results/README.md "Train step").
+TensorFlow's thread pools come from the environment (`TF_NUM_INTRAOP_THREADS`,
+`TF_NUM_INTEROP_THREADS`, printed with the figures); docs/pipeline.md "Threads".
 """
 from __future__ import annotations
 

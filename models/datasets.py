@@ -66,12 +66,14 @@ def with_pseudo_label_column(schema: schema_pb2.Schema, column: str) -> schema_p
 def transformed_dataset(factory: DatasetFactory, files: Sequence[str],
                         tf_transform_output: tft.TFTransformOutput, config: PipelineConfig,
                         shuffle: bool, keep_truth: bool = False,
-                        pseudo_label_column: str | None = None) -> tf.data.Dataset:
+                        pseudo_label_column: str | None = None,
+                        rows: int | None = None) -> tf.data.Dataset:
     """One pass over `files`: raw examples -> TFT layer -> (features, labels) batches,
     or (features, labels, true probability) with `keep_truth` -- an empty [0] tensor
     per batch when the examples have no true-probability column. `labels` is the
     conversion, or in impression space {label, click} (+ the raw
-    `pseudo_label_column` as "pseudo_label")."""
+    `pseudo_label_column` as "pseudo_label"). `rows`: the examples in `files`, when
+    the caller knows them (else counted for a shuffle)."""
     m = config.model
     label, click = config.data.columns.label, config.data.columns.click
     impression = config.space == registry.IMPRESSION
@@ -79,7 +81,7 @@ def transformed_dataset(factory: DatasetFactory, files: Sequence[str],
     schema = tf_transform_output.raw_metadata.schema
     if pseudo_label_column is not None:
         schema = with_pseudo_label_column(schema, pseudo_label_column)
-    raw = factory(list(files), dataset_options(files, m, shuffle), schema)
+    raw = factory(list(files), dataset_options(files, m, shuffle, rows), schema)
     tft_layer = tf_transform_output.transform_features_layer()
 
     def apply(features):
@@ -97,8 +99,8 @@ def transformed_dataset(factory: DatasetFactory, files: Sequence[str],
     return raw.map(apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def dataset_options(files: Sequence[str], m: ModelConfig,
-                    shuffle: bool) -> tfxio.TensorFlowDatasetOptions:
+def dataset_options(files: Sequence[str], m: ModelConfig, shuffle: bool,
+                    rows: int | None = None) -> tfxio.TensorFlowDatasetOptions:
     """One pass in batches of `model.batch_size`; shuffled over the whole of `files`
     (up to `model.shuffle_buffer_rows`), so a log sorted by label, user or time still
     gives mixed batches (tfx-bsl's default buffer is 10,000 rows)."""
@@ -107,7 +109,7 @@ def dataset_options(files: Sequence[str], m: ModelConfig,
         drop_final_batch=False)
     if shuffle:
         options = options._replace(shuffle_buffer_size=max(1, min(
-            count_records(files), m.shuffle_buffer_rows)))
+            count_records(files) if rows is None else rows, m.shuffle_buffer_rows)))
     return options
 
 

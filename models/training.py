@@ -95,6 +95,14 @@ class Fitter:
         self.teacher = teacher
         self.initialize = initialize
         self._unshuffled: dict[tuple, tf.data.Dataset] = {}
+        self._rows: dict[tuple, int] = {}
+
+    def _row_count(self, files) -> int:
+        """Examples in `files`, counted once per Fitter (a pass over the records)."""
+        key = tuple(files)
+        if key not in self._rows:
+            self._rows[key] = count_records(files)
+        return self._rows[key]
 
     def _dataset(self, config: PipelineConfig, files, shuffle: bool, keep_truth: bool = False):
         # An unshuffled pass reads what every config of a run reads: it is built, and
@@ -106,12 +114,13 @@ class Fitter:
                config.data.columns)
         if not shuffle and key in self._unshuffled:
             return self._unshuffled[key]
+        rows = self._row_count(files)
         ds = transformed_dataset(self.factory, files, self.tf_transform_output, config, shuffle,
-                                 keep_truth, self.pseudo_label_column)
+                                 keep_truth, self.pseudo_label_column, rows)
         if self.teacher is not None:
             ds = impressions.with_pseudo_labels(self.teacher, ds)
         if not shuffle:
-            if count_records(files) <= m.cache_rows:
+            if rows <= m.cache_rows:
                 ds = ds.cache()
             self._unshuffled[key] = ds
         return ds
@@ -133,7 +142,9 @@ class Fitter:
         regular_vocab, privileged_vocab = vocabularies(config, self.tf_transform_output)
         with self.strategy.scope():
             model = build_model(m, regular_vocab, privileged_vocab)
-            model.create_variables(self._dataset(config, self.splits.train, False).element_spec)
+            # The validation pass's spec is the training batches': every fit builds it.
+            model.create_variables(
+                self._dataset(config, self.splits.validation, False).element_spec)
         if self.initialize is not None:
             self.initialize(config, model)
         return model

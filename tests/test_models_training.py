@@ -123,7 +123,8 @@ def test_a_fitter_builds_an_unshuffled_pass_once_and_a_shuffled_one_per_fit(monk
 
     built = []
 
-    def transformed_dataset(factory, files, tft_output, config, shuffle, keep_truth, pseudo):
+    def transformed_dataset(factory, files, tft_output, config, shuffle, keep_truth, pseudo,
+                            rows):
         built.append((tuple(files), shuffle, keep_truth))
         return tf.data.Dataset.range(3)
 
