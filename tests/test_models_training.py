@@ -141,3 +141,51 @@ def test_a_fitter_builds_an_unshuffled_pass_once_and_a_shuffled_one_per_fit(monk
     assert built == [(("validation",), False, False), (("validation",), False, True),
                      (("validation",), False, False), (("train",), True, False),
                      (("train",), True, False)]
+
+
+def _small_batches():
+    rng = np.random.default_rng(0)
+    features = {"user_id": rng.integers(0, 4, 32), "bid": rng.integers(0, 5, 32),
+                "privileged__x": rng.integers(0, 3, 32)}
+    return tf.data.Dataset.from_tensor_slices((features, rng.integers(0, 2, 32))).batch(8)
+
+
+@pytest.mark.parametrize("created", [False, True])
+def test_variables_created_up_front_let_keras_trace_its_train_function_once(created):
+    config = ModelConfig(strategy="ha_pfd_v2", hidden_units=(8, 4))
+    model = build_model(config, {"user_id": 4, "bid": 5}, {"privileged__x": 3})
+    batches = _small_batches()
+    if created:
+        model.create_variables(batches.element_spec)
+    model.fit(batches, epochs=1, verbose=0)
+    # A trace that creates variables is traced again without them.
+    assert model.train_function.experimental_get_tracing_count() == (1 if created else 2)
+
+
+@pytest.mark.parametrize("cache_rows, passes", [(10, 1), (4, 2)])
+def test_an_unshuffled_split_within_cache_rows_is_read_once(monkeypatch, cache_rows, passes):
+    import dataclasses
+
+    from pfdx.config import PipelineConfig
+    from pfdx.models import training
+
+    reads = []
+
+    def transformed_dataset(factory, files, tft_output, config, shuffle, keep_truth, pseudo,
+                            rows):
+        def read(x):
+            reads.append(int(x))
+            return x
+        return tf.data.Dataset.range(5).map(
+            lambda x: tf.py_function(read, [x], tf.int64))
+
+    monkeypatch.setattr(training, "transformed_dataset", transformed_dataset)
+    monkeypatch.setattr(training, "count_records", lambda files: 5)
+    fitter = training.Fitter(None, None, training.Splits(["train"], ["validation"], ["eval"]))
+    config = PipelineConfig()
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                    cache_rows=cache_rows))
+    ds = fitter._dataset(config, ["validation"], shuffle=False)
+    for _ in range(2):
+        assert [int(x) for x in ds] == [0, 1, 2, 3, 4]
+    assert len(reads) == 5 * passes
