@@ -84,6 +84,7 @@ def transformed_dataset(factory: DatasetFactory, files: Sequence[str],
     raw = factory(list(files), dataset_options(files, m, shuffle, rows), schema)
     tft_layer = tf_transform_output.transform_features_layer()
 
+    @tf.autograph.experimental.do_not_convert  # plain graph code: traces in a fraction
     def apply(features):
         pseudo = features.pop(pseudo_label_column) if pseudo_label_column is not None else None
         out = tft_layer(features)

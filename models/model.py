@@ -309,6 +309,7 @@ class JointModel(tfrs.Model):
                  self.teacher_regular_embeddings]
         return [v for part in parts if part is not None for v in part.trainable_variables]
 
+    @tf.autograph.experimental.do_not_convert  # as compute_loss
     def train_step(self, inputs):
         """tfrs' step, with the gradient clip (HA-PFD appendix A: 600) applied to the
         teacher's gradients and to the rest *separately*, each by its own global norm,
@@ -336,6 +337,10 @@ class JointModel(tfrs.Model):
         metrics = {metric.name: metric.result() for metric in self.metrics}
         metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
         return metrics
+
+    @tf.autograph.experimental.do_not_convert  # as compute_loss
+    def test_step(self, inputs):
+        return super().test_step(inputs)
 
     # Plain graph code (no tensor-dependent Python control flow): without autograph's
     # source transforms of every nested layer, the first train step traces in about
