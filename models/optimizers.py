@@ -26,9 +26,7 @@ up, the forward pass reads it without its pending moves, so a flush is due where
 weights are read for more than a training step: `JointModel` flushes before
 evaluating or predicting and at each epoch's end, and Keras calls
 `finalize_variable_values` at the end of `fit`. Dense gradients (the towers, the
-mapping nets) get Keras' decoupled weight decay and Keras' Adam formula, run as
-TensorFlow's fused kernel (`ResourceApplyAdam`, one op per variable where Keras
-builds about 20: a tenth of the HA-PFD V2 step's ops).
+mapping nets) get Keras' Adam and its decoupled weight decay unchanged.
 
 On CPU a step's cost is the number of its ops more than their size, so one step
 updates the rows of all tables together (`_update_rows`): their ids offset into one
@@ -85,22 +83,6 @@ class LazyAdam(tf.keras.optimizers.Adam):
         self._sparse_keys = {self._var_key(v) for v in rows}
         self._row_variables |= {v.ref() for v in rows}
         return super().apply_gradients(grads_and_vars, *args, **kwargs)
-
-    def update_step(self, gradient, variable):
-        if isinstance(gradient, tf.IndexedSlices) or self.adaptive_epsilon:
-            return super().update_step(gradient, variable)
-        # Keras' dense Adam as TensorFlow's fused kernel: the same formula, in its
-        # order. The kernel takes 1 - beta in the variable's dtype where Keras takes
-        # it in Python's double, a relative difference of 1e-5 in the moments' rates.
-        dtype = variable.dtype
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        index = self._index_dict[self._var_key(variable)]
-        return tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=self._momentums[index].handle,
-            v=self._velocities[index].handle, beta1_power=tf.pow(beta_1, step),
-            beta2_power=tf.pow(beta_2, step), lr=tf.cast(self.learning_rate, dtype),
-            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype), grad=gradient)
 
     def _deduplicate_sparse_grad(self, grads):
         # `_update_rows` sums duplicate ids of every table at once.
