@@ -25,6 +25,21 @@ def sim_log():
     return simulate.simulate(60_000, seed=11)
 
 
+@pytest.fixture
+def autograph_conversions(monkeypatch):
+    """The qualified names of the functions autograph converts while the test runs."""
+    from tensorflow.python.autograph.impl import api
+
+    converted, convert = [], api._convert_actual
+
+    def spy(entity, program_ctx):
+        converted.append(getattr(entity, "__qualname__", repr(entity)))
+        return convert(entity, program_ctx)
+
+    monkeypatch.setattr(api, "_convert_actual", spy)
+    return converted
+
+
 def pytest_unconfigure(config):
     """Last hook of a run, after pytest's own tmp_path bookkeeping."""
     shutil.rmtree(SUITE_TMP, ignore_errors=True)

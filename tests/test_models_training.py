@@ -162,19 +162,11 @@ def test_variables_created_up_front_let_keras_trace_its_train_function_once(crea
     assert model.train_function.experimental_get_tracing_count() == (1 if created else 2)
 
 
-def test_keras_traces_the_model_steps_without_autograph(monkeypatch):
+def test_keras_traces_the_model_steps_without_autograph(autograph_conversions):
     """The train and test steps are plain graph code: autograph's source transform of
     them and of everything they call (the optimizers, the strategies) took most of a
     trace."""
-    from tensorflow.python.autograph.impl import api
-
-    converted, convert = [], api._convert_actual
-
-    def spy(entity, program_ctx):
-        converted.append(getattr(entity, "__qualname__", repr(entity)))
-        return convert(entity, program_ctx)
-
-    monkeypatch.setattr(api, "_convert_actual", spy)
+    converted = autograph_conversions
     config = ModelConfig(strategy="ha_pfd_v2", hidden_units=(8, 4))
     model = build_model(config, {"user_id": 4, "bid": 5}, {"privileged__x": 3})
     model.fit(_small_batches(), validation_data=_small_batches(), epochs=1, verbose=0)
