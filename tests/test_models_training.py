@@ -150,10 +150,15 @@ def _small_batches():
     return tf.data.Dataset.from_tensor_slices((features, rng.integers(0, 2, 32))).batch(8)
 
 
+def _small_model():
+    """A HA-PFD V2 model over `_small_batches`' features."""
+    config = ModelConfig(strategy="ha_pfd_v2", hidden_units=(8, 4))
+    return build_model(config, {"user_id": 4, "bid": 5}, {"privileged__x": 3})
+
+
 @pytest.mark.parametrize("created", [False, True])
 def test_variables_created_up_front_let_keras_trace_its_train_function_once(created):
-    config = ModelConfig(strategy="ha_pfd_v2", hidden_units=(8, 4))
-    model = build_model(config, {"user_id": 4, "bid": 5}, {"privileged__x": 3})
+    model = _small_model()
     batches = _small_batches()
     if created:
         model.create_variables(batches.element_spec)
@@ -167,8 +172,7 @@ def test_keras_traces_the_model_steps_without_autograph(autograph_conversions):
     them and of everything they call (the optimizers, the strategies) took most of a
     trace."""
     converted = autograph_conversions
-    config = ModelConfig(strategy="ha_pfd_v2", hidden_units=(8, 4))
-    model = build_model(config, {"user_id": 4, "bid": 5}, {"privileged__x": 3})
+    model = _small_model()
     model.fit(_small_batches(), validation_data=_small_batches(), epochs=1, verbose=0)
     assert "Model.make_train_function.<locals>.train_function" in converted  # Keras' own
     assert not [name for name in converted if name.startswith(("JointModel", "LazyAdam"))
