@@ -16,6 +16,8 @@ Then the student a pipeline run pushed (`make run` first; --pushed, default the
 newest version under --config's serving folder), end to end as TF Serving calls it:
 its size on disk and `serving_default` on serialized tf.Examples -- parsing, the
 TFT graph and the network -- with the run's own warm-up requests as the examples.
+And the time to build the two serving signatures (`serving/export.py`) on that
+run's Transform output for a fresh student: what each export pays in tracing.
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ import numpy as np  # noqa: E402
 import pfdx  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
-from pfdx.config import ModelConfig, load_config  # noqa: E402
-from pfdx.serving.export import EXAMPLES_INPUT, WARMUP_FILE  # noqa: E402
+from pfdx.config import ModelConfig, PipelineConfig, load_config  # noqa: E402
+from pfdx.serving.export import EXAMPLES_INPUT, WARMUP_FILE, StudentServingModule  # noqa: E402
+from pfdx.models.datasets import vocabularies as transform_vocabularies  # noqa: E402
 from pfdx.models.model import build_model  # noqa: E402
 from train_step import batch, vocabularies  # noqa: E402
 
@@ -127,12 +130,39 @@ def main() -> None:
     print(f"teacher/student: p50 x{t['p50_ms'] / s['p50_ms']:.2f}, p99 x{t['p99_ms'] / s['p99_ms']:.2f}, "
           f"throughput x{t['examples_per_s'] / s['examples_per_s']:.2f} "
           f"(median of 3 interleaved rounds)")
-    pushed = args.pushed or newest_version(load_config(args.config).serving_dir)
+    run = load_config(args.config)
+    pushed = args.pushed or newest_version(run.serving_dir)
     if pushed is None:
-        print(f"no pushed student under {load_config(args.config).serving_dir}: `make run` "
-              "first, or pass --pushed")
+        print(f"no pushed student under {run.serving_dir}: `make run` first, or pass --pushed")
     else:
         end_to_end(pushed, args.requests, args.batch)
+    transform = newest_transform(run.pipeline_root)
+    if transform is not None:
+        signature_build(run, transform)
+
+
+def newest_transform(pipeline_root: str) -> str | None:
+    """The newest PrivilegedTransform output under `pipeline_root`, or None."""
+    root = os.path.join(pipeline_root, "PrivilegedTransform", "transform_graph")
+    ids = sorted((d for d in os.listdir(root) if d.isdigit()), key=int) if os.path.isdir(root) else []
+    return os.path.join(root, ids[-1]) if ids else None
+
+
+def signature_build(config: PipelineConfig, transform_dir: str) -> None:
+    """Seconds to trace the serving signatures of a fresh student on `transform_dir`,
+    twice (the first one in a process also builds what traces share)."""
+    import tensorflow_transform as tft
+    output = tft.TFTransformOutput(transform_dir)
+    regular, privileged = transform_vocabularies(config, output)
+    model = build_model(config.model, regular, privileged)
+    model.loss_terms(*batch(regular, privileged, 8))  # creates every variable
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        StudentServingModule(model.student_model(), output, regular).signatures()
+        times.append(time.perf_counter() - start)
+    print(f"\nserving signatures of a fresh student on {transform_dir}: built in "
+          f"{times[0]:.2f} s, then {times[1]:.2f} s")
 
 
 def newest_version(serving_dir: str) -> str | None:

@@ -14,6 +14,9 @@ One row per table size (`--hash-buckets`, rows per categorical table; issue 16: 
 100k, 1M), each timed on its own models; a round is at most `--steps` steps and
 about `--round-seconds` long (a 1M-row step can take a second).
 Target: the HA-PFD V2 step costs at most 2.5x the student-only step.
+With `lazy_adam`, each round ends with a flush (`JointModel.catch_up_rows`: every
+row of every table caught up on its missed steps), timed apart: a fit flushes
+before each validation pass and at each epoch's end.
 
 TensorFlow's thread pools come from the environment (`TF_NUM_INTRAOP_THREADS`,
 `TF_NUM_INTEROP_THREADS`, printed with the figures); docs/pipeline.md "Threads".
@@ -54,8 +57,8 @@ def batch(regular, privileged, size: int, seed: int = 0):
 
 
 def train_step(config: ModelConfig, batch_size: int, batches: int):
-    """Keras' compiled train function for `config` over `batches` distinct batches,
-    traced and warmed up."""
+    """(model, step): Keras' compiled train function for `config` over `batches`
+    distinct batches, traced and warmed up."""
     regular, privileged = vocabularies(config)
     model = build_model(config, regular, privileged)
     # Batched up front: slicing a [batches, batch_size] tensor per step costs nothing,
@@ -66,7 +69,8 @@ def train_step(config: ModelConfig, batch_size: int, batches: int):
     step = model.make_train_function()
     for _ in range(3):  # trace, build the optimizer slots, warm caches
         step(data)
-    return lambda: step(data)
+    model.catch_up_rows()  # traces the flush
+    return model, lambda: step(data)
 
 
 def seconds(step, steps: int) -> tuple[float, float]:
@@ -79,28 +83,38 @@ def seconds(step, steps: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
+def flush_seconds(model) -> float:
+    """Wall seconds of one flush of `model`'s LazyAdams (rows left behind by the
+    steps since the last one)."""
+    wall = time.perf_counter()
+    model.catch_up_rows()
+    return time.perf_counter() - wall
+
+
 def measure(base: ModelConfig, batch_size: int, batches: int, max_steps: int, rounds: int,
-            round_seconds: float) -> tuple[dict[str, tuple[float, float]], int]:
-    """(strategy -> best (wall, CPU) seconds per step at `base`'s table size, steps
-    per round)."""
+            round_seconds: float) -> tuple[dict[str, tuple[float, float, float]], int]:
+    """(strategy -> best (wall, CPU) seconds per step and best flush seconds at
+    `base`'s table size, steps per round)."""
     strategies = ("none", "ha_pfd_v2")
-    steps = {}
+    trained = {}
     for strategy in strategies:
         tf.keras.utils.set_random_seed(0)
-        steps[strategy] = train_step(dataclasses.replace(base, strategy=strategy), batch_size,
-                                     batches)
+        trained[strategy] = train_step(dataclasses.replace(base, strategy=strategy),
+                                       batch_size, batches)
     # Steps per round: about `round_seconds` of the slower strategy, 3 to `max_steps`.
-    slowest = max(seconds(step, 3)[0] for step in steps.values())
+    slowest = max(seconds(step, 3)[0] for _, step in trained.values())
     n = max(3, min(max_steps, int(round_seconds / slowest)))
     # Alternating rounds, best of each: the CPU is shared, and load that lands on
     # one strategy's round must not pass for its cost.
-    times = {s: [] for s in strategies}
+    times, flushes = {s: [] for s in strategies}, {s: [] for s in strategies}
     for _ in range(rounds):
-        for strategy in strategies:
-            times[strategy].append(seconds(steps[strategy], n))
-    del steps
+        for strategy, (model, step) in trained.items():
+            times[strategy].append(seconds(step, n))
+            flushes[strategy].append(flush_seconds(model))
+    del trained
     tf.keras.backend.clear_session()
-    return {s: (min(w for w, _ in t), min(c for _, c in t)) for s, t in times.items()}, n
+    return {s: (min(w for w, _ in t), min(c for _, c in t), min(flushes[s]))
+            for s, t in times.items()}, n
 
 
 def main() -> None:
@@ -130,9 +144,10 @@ def main() -> None:
         result, n = measure(base, args.batch, args.batches, args.steps, args.rounds,
                             args.round_seconds)
         print(f"{buckets} rows per table ({n} steps per round):")
-        for strategy, (wall, cpu) in result.items():
+        for strategy, (wall, cpu, flush) in result.items():
             print(f"  {strategy:>10}: {args.batch / wall:9.0f} examples/s "
-                  f"({1000 * wall:.1f} ms/step wall, {1000 * cpu:.1f} ms CPU)")
+                  f"({1000 * wall:.1f} ms/step wall, {1000 * cpu:.1f} ms CPU), "
+                  f"flush {1000 * flush:.1f} ms")
         ratio = {label: result["ha_pfd_v2"][i] / result["none"][i]
                  for i, label in enumerate(("wall", "CPU"))}
         for label, r in ratio.items():
@@ -142,7 +157,7 @@ def main() -> None:
     print("\n| rows per table | none | ha_pfd_v2 |\n|---|---|---|")
     for buckets, result in table:
         cells = [f"{args.batch / w / 1000:.1f}k ex/s ({1000 * w:.1f} ms)"
-                 for w, _ in (result["none"], result["ha_pfd_v2"])]
+                 for w, _, _ in (result["none"], result["ha_pfd_v2"])]
         print(f"| {buckets:,} | {cells[0]} | {cells[1]} |")
 
 
