@@ -135,6 +135,20 @@ def _check_cell(name: str, value: Any) -> None:
         raise ValueError(f"field {name!r}: {raw!r} is not UTF-8 text")
 
 
+def _check_cells(names: tuple[str, ...], row: Mapping[str, Any]) -> None:
+    """`_check_cell` of each of `names`. A row of ASCII text alone (most CSV rows)
+    passes as a whole: one C-level join instead of a call per cell, a third of
+    reading a 1M-row log."""
+    values = list(map(row.get, names))
+    try:
+        if "".join(values).isascii():
+            return
+    except TypeError:
+        pass  # not all text (Parquet, TFRecord, a missing column): cell by cell
+    for name, value in zip(names, values):
+        _check_cell(name, value)
+
+
 def _parse_float(name: str, value: Any, booleans: bool = False) -> float:
     if booleans and isinstance(value, str) and value in _BOOLEANS:
         return _BOOLEANS[value]
@@ -172,8 +186,10 @@ def _as_bytes(value: Any) -> bytes:
 def _check_unclicked(schema: RowSchema, row: Mapping[str, Any]) -> None:
     """Post-click signals exist only after a click: an unclicked row may hold none
     (empty, 0/false or NaN); anything else means the click column or the join is wrong."""
-    for name in schema.privileged:
-        v = row.get(name)
+    values = list(map(row.get, schema.privileged))
+    if values.count(None) + values.count("") == len(values):
+        return  # the usual unclicked row: no signal at all
+    for name, v in zip(schema.privileged, values):
         if _is_missing(v):
             continue
         x = _parse_float(name, v, booleans=name in schema.flags)
@@ -205,8 +221,7 @@ def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]
     space an unclicked row is (UNCLICKED, Example). Each value is stored in its
     contract kind (`RowSchema.kinds`)."""
     try:
-        for name in schema.required:
-            _check_cell(name, row.get(name))
+        _check_cells(schema.required, row)
         label = _as_flag(schema.label, row.get(schema.label))
         clicked = schema.click is None or _as_flag(schema.click, row.get(schema.click)) == 1
         if not clicked:
@@ -292,7 +307,8 @@ def read_rows(path: str, stream: io.BufferedIOBase, fmt: str, separator: str,
             if isinstance(record, str):
                 yield Row(number, QUARANTINED, record, None)
                 continue
-            unknown.update(c for c in record if c not in known)
+            if not known.issuperset(record):  # C-level; the slow path only for new columns
+                unknown.update(c for c in record if c not in known)
             yield Row(number, *row_to_example(schema, record), record)
 
     return unknown, rows()
