@@ -110,7 +110,8 @@ def measure(args: argparse.Namespace, work: str) -> None:
     graph = latest(config, standard_artifacts.TransformGraph)
     tft_output = tft.TFTransformOutput(graph.uri)
     factory = tfxio_utils.get_tf_dataset_factory_from_artifact([examples], [])
-    train = [os.path.join(artifact_utils.get_split_uri([examples], splits.TRAIN), "*")]
+    train, validation = ([os.path.join(artifact_utils.get_split_uri([examples], split), "*")]
+                         for split in (splits.TRAIN, splits.VALIDATION))
     rows = datasets.count_records(train)
     m = config.model
     print(f"train split: {rows} rows, batch {m.batch_size}, strategy {m.strategy}, "
@@ -132,7 +133,8 @@ def measure(args: argparse.Namespace, work: str) -> None:
               f"then {1000 * (total - first) / max(n - 1, 1):.1f} ms/batch "
               f"({rows / total:.0f} examples/s)")
 
-    fitter = training.Fitter(tft_output, factory, training.Splits(train, [], []))
+    # A model is built for the validation split's batches (Fitter._build).
+    fitter = training.Fitter(tft_output, factory, training.Splits(train, validation, []))
     model = fitter._build(config)
     epoch_seconds(model, stream(), 1)  # trace every batch shape
     cached = stream().cache()

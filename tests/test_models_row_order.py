@@ -41,3 +41,30 @@ def test_batches_of_a_label_sorted_split_hold_both_classes(tmp_path):
     assert np.abs(means[:-1] - POSITIVES / ROWS).max() < 0.1
     small = _batch_means(path, ModelConfig(shuffle_buffer_rows=10_000))
     assert (small[:20] == 1.0).all()
+
+
+def _ids(patterns, m, shuffle):
+    schema = schema_utils.schema_from_feature_spec({"label": tf.io.FixedLenFeature([], tf.int64)})
+    ds = dataset_factory(patterns, datasets.dataset_options(patterns, m, shuffle), schema)
+    return np.concatenate([b["label"].numpy() for b in ds])
+
+
+def test_the_sequential_and_the_parallel_reader_read_every_row_once(tmp_path):
+    # Three files of distinct ids; `model.reader_threads` 0 (the default: tf.data's
+    # sequential interleave) and 2 (parallel readers).
+    for f in range(3):
+        with tf.io.TFRecordWriter(str(tmp_path / f"part-{f}.gz"),
+                                  tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+            for i in range(1000 * f, 1000 * f + 700):
+                w.write(tf.train.Example(features=tf.train.Features(feature={"label": tf.train.Feature(
+                    int64_list=tf.train.Int64List(value=[i]))})).SerializeToString())
+    patterns = [str(tmp_path / "*.gz")]
+    expected = sorted(i for f in range(3) for i in range(1000 * f, 1000 * f + 700))
+    for threads in (0, 2):
+        m = ModelConfig(reader_threads=threads)
+        for shuffle in (False, True):
+            assert sorted(_ids(patterns, m, shuffle)) == expected
+    sequential = ModelConfig()
+    assert sequential.reader_threads == 0
+    # Seeded and sequential: the same order on every pass.
+    np.testing.assert_array_equal(_ids(patterns, sequential, True), _ids(patterns, sequential, True))

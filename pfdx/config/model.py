@@ -82,6 +82,12 @@ class ModelConfig:
     # pass: the next ones neither parse nor transform (nor open the TFT layer's
     # vocabularies) again. About 0.3 KB a row; 0: never.
     cache_rows: int = 1_000_000
+    # Threads reading a split's files. 0: one reader takes the files in turn, record
+    # by record, on the input pipeline's own thread; N: N parallel readers, which
+    # pay off where reads wait on remote storage (GCS, S3) and cores are spare. On
+    # local files with 2 cores, tf.data's parallel interleave read 3-4x slower than
+    # the plain one (bench/input_pipeline.py) and its threads compete with the step.
+    reader_threads: int = 0
     # What the teacher receives of a continuous privileged feature: `binary`, the
     # HA-PFD Eq. 8 threshold's bit (the paper's), or `quantiles`: `privileged_buckets`
     # quantile buckets of its value (selection still ranks by the Eq. 8 bit). Per-run tuning
@@ -129,8 +135,9 @@ class ModelConfig:
                     "max_vocabulary", "min_id_count", "oov_buckets"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}: {getattr(self, key)} is below 1")
-        if self.cache_rows < 0:
-            raise ConfigError(f"model.cache_rows: {self.cache_rows} is below 0")
+        for key in ("cache_rows", "reader_threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.{key}: {getattr(self, key)} is below 0")
         for key in ("learning_rate", "teacher_learning_rate"):
             value = getattr(self, key)
             if value is not None and not value > 0.0:
