@@ -11,7 +11,11 @@ gzip TFRecord reads, whole-split shuffle, batch, `parse_example_dataset`) and
 prefetch). It reports, for the configured strategy's model (`Fitter._build`):
 
 - input alone: batches/s of the dataset iterated without training, and the first
-  batch's wait (the whole-split shuffle buffer fills at the start of every epoch);
+  batch's wait (the whole-split shuffle buffer fills at the start of every epoch),
+  with the configured `model.reader_threads` and with one parallel reader per core
+  (tf.data's parallel interleave, as tfx-bsl reads by default); and the raw
+  records alone at a larger scale: the split's files listed `--copies` times,
+  through the same interleave and a 20k-row shuffle buffer, each reader setting;
 - training on it vs training on the same batches held in memory (`Dataset.cache`
   filled beforehand), both with Keras' `fit` as the Trainer runs it, best of
   `--rounds`: the input share of step time is 1 - memory / streaming. The fit is
@@ -88,6 +92,8 @@ def main() -> None:
                         "(default: a fresh temporary folder)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per timed fit")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=25,
+                        help="the train split's files read this many times over (raw reads)")
     parser.add_argument("--reuse", action="store_true",
                         help="read the last run's artifacts in --work; do not run the DAG")
     args = parser.parse_args()
@@ -96,6 +102,23 @@ def main() -> None:
             measure(args, work)
     else:
         measure(args, args.work)
+
+
+def raw_reads(patterns, copies: int, readers, rounds: int) -> None:
+    """Seconds to read `patterns`' records `copies` times over, per reader setting
+    (0: sequential interleave; N: N parallel readers), alternating, best of `rounds`."""
+    files = [f for p in patterns for f in tf.io.gfile.glob(p)] * copies
+    best = {}
+    for _ in range(rounds):
+        for threads in sorted(readers):
+            records = tf.data.Dataset.from_tensor_slices(files).interleave(
+                lambda f: tf.data.TFRecordDataset(f, "GZIP"), num_parallel_calls=threads or None)
+            start = time.perf_counter()
+            n = sum(int(tf.size(b)) for b in records.shuffle(20_000, seed=0).batch(512))
+            best[threads] = min(best.get(threads, float("inf")), time.perf_counter() - start)
+    for threads, seconds in sorted(best.items()):
+        print(f"raw records x{copies} ({n} records), reader_threads {threads}: {seconds:.2f}s "
+              f"({n / seconds:.0f} records/s)")
 
 
 def measure(args: argparse.Namespace, work: str) -> None:
@@ -117,23 +140,27 @@ def measure(args: argparse.Namespace, work: str) -> None:
     print(f"train split: {rows} rows, batch {m.batch_size}, strategy {m.strategy}, "
           f"{m.hash_buckets} hash buckets, {os.cpu_count()} CPU cores")
 
-    def stream():
-        return datasets.transformed_dataset(factory, train, tft_output, config, shuffle=True)
+    def stream(run=config):
+        return datasets.transformed_dataset(factory, train, tft_output, run, shuffle=True)
 
-    # Input alone.
+    # Input alone, alternating the configured readers and parallel ones.
+    readers = {m.reader_threads, os.cpu_count()}
     for _ in range(args.rounds):
-        dataset = stream()
-        t0 = time.perf_counter()
-        it = iter(dataset)
-        next(it)
-        first = time.perf_counter() - t0
-        n = 1 + sum(1 for _ in it)
-        total = time.perf_counter() - t0
-        print(f"input alone: {n} batches in {total:.2f}s: first batch {1000 * first:.0f} ms, "
-              f"then {1000 * (total - first) / max(n - 1, 1):.1f} ms/batch "
-              f"({rows / total:.0f} examples/s)")
+        for threads in sorted(readers):
+            dataset = stream(config.with_model({"reader_threads": threads}))
+            t0 = time.perf_counter()
+            it = iter(dataset)
+            next(it)
+            first = time.perf_counter() - t0
+            n = 1 + sum(1 for _ in it)
+            total = time.perf_counter() - t0
+            print(f"input alone, reader_threads {threads}: {n} batches in {total:.2f}s: first "
+                  f"batch {1000 * first:.0f} ms, then {1000 * (total - first) / max(n - 1, 1):.1f} "
+                  f"ms/batch ({rows / total:.0f} examples/s)")
 
     # A model is built for the validation split's batches (Fitter._build).
+    raw_reads(train, args.copies, readers, args.rounds)
+
     fitter = training.Fitter(tft_output, factory, training.Splits(train, validation, []))
     model = fitter._build(config)
     epoch_seconds(model, stream(), 1)  # trace every batch shape

@@ -85,7 +85,7 @@ class ModelConfig:
     # Threads reading a split's files. 0: one reader takes the files in turn, record
     # by record, on the input pipeline's own thread; N: N parallel readers, which
     # pay off where reads wait on remote storage (GCS, S3) and cores are spare. On
-    # local files with 2 cores, tf.data's parallel interleave read 3-4x slower than
+    # local files with 2 cores, tf.data's parallel interleave read 3.3x slower than
     # the plain one (bench/input_pipeline.py) and its threads compete with the step.
     reader_threads: int = 0
     # What the teacher receives of a continuous privileged feature: `binary`, the
