@@ -107,11 +107,13 @@ def dataset_options(files: Sequence[str], m: ModelConfig, shuffle: bool,
     """One pass in batches of `model.batch_size`; shuffled over the whole of `files`
     (up to `model.shuffle_buffer_rows`), so a log sorted by label, user or time still
     gives mixed batches (tfx-bsl's default buffer is 10,000 rows); the files read by
-    `model.reader_threads` (0: tf.data's sequential interleave, tfx-bsl's default
-    being its parallel one)."""
+    `model.reader_threads` readers (None: tfx-bsl's default; 0: tf.data's sequential
+    interleave)."""
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=m.batch_size, shuffle=shuffle, shuffle_seed=m.seed, num_epochs=1,
-        drop_final_batch=False, reader_num_threads=m.reader_threads or None)
+        drop_final_batch=False)
+    if m.reader_threads is not None:
+        options = options._replace(reader_num_threads=m.reader_threads or None)
     if shuffle:
         options = options._replace(shuffle_buffer_size=max(1, min(
             count_records(files) if rows is None else rows, m.shuffle_buffer_rows)))

@@ -82,12 +82,15 @@ class ModelConfig:
     # pass: the next ones neither parse nor transform (nor open the TFT layer's
     # vocabularies) again. About 0.3 KB a row; 0: never.
     cache_rows: int = 1_000_000
-    # Threads reading a split's files. 0: one reader takes the files in turn, record
-    # by record, on the input pipeline's own thread; N: N parallel readers, which
-    # pay off where reads wait on remote storage (GCS, S3) and cores are spare. On
-    # local files with 2 cores, tf.data's parallel interleave read 3.3x slower than
-    # the plain one (bench/input_pipeline.py) and its threads compete with the step.
-    reader_threads: int = 0
+    # Threads reading a split's files. None: tfx-bsl's default, tf.data's parallel
+    # interleave with autotuned threads; 0: its sequential interleave, one reader taking
+    # the files in turn on the input pipeline's own thread; N: N parallel readers. On
+    # local files with 2 cores the sequential one read 3.3x faster and took `make run`'s
+    # Trainer from 154-175 s to 129-143 s, but it shuffles into another order, and on
+    # KuaiRand that order's students came out less calibrated in 8 of 10 seeds (ECE
+    # 0.058 vs 0.042, AUC equal; docs/pipeline.md "Threads"), unexplained: so not yet
+    # the default.
+    reader_threads: int | None = None
     # What the teacher receives of a continuous privileged feature: `binary`, the
     # HA-PFD Eq. 8 threshold's bit (the paper's), or `quantiles`: `privileged_buckets`
     # quantile buckets of its value (selection still ranks by the Eq. 8 bit). Per-run tuning
@@ -136,7 +139,7 @@ class ModelConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}: {getattr(self, key)} is below 1")
         for key in ("cache_rows", "reader_threads"):
-            if getattr(self, key) < 0:
+            if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"model.{key}: {getattr(self, key)} is below 0")
         for key in ("learning_rate", "teacher_learning_rate"):
             value = getattr(self, key)
