@@ -107,8 +107,8 @@ def dataset_options(files: Sequence[str], m: ModelConfig, shuffle: bool,
     """One pass in batches of `model.batch_size`; shuffled over the whole of `files`
     (up to `model.shuffle_buffer_rows`), so a log sorted by label, user or time still
     gives mixed batches (tfx-bsl's default buffer is 10,000 rows); the files read by
-    `model.reader_threads` readers (None: tfx-bsl's default; 0: tf.data's sequential
-    interleave)."""
+    `model.reader_threads` readers (0: tf.data's sequential interleave; None:
+    tfx-bsl's default, its parallel one)."""
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=m.batch_size, shuffle=shuffle, shuffle_seed=m.seed, num_epochs=1,
         drop_final_batch=False)

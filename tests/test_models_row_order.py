@@ -50,8 +50,8 @@ def _ids(patterns, m, shuffle):
 
 
 def test_the_sequential_and_the_parallel_reader_read_every_row_once(tmp_path):
-    # Three files of distinct ids; `model.reader_threads` None (tfx-bsl's default
-    # parallel interleave), 0 (tf.data's sequential interleave) and 2 parallel readers.
+    # Three files of distinct ids; `model.reader_threads` 0 (the default: tf.data's
+    # sequential interleave), None (tfx-bsl's parallel interleave) and 2 parallel readers.
     for f in range(3):
         with tf.io.TFRecordWriter(str(tmp_path / f"part-{f}.gz"),
                                   tf.io.TFRecordOptions(compression_type="GZIP")) as w:
@@ -64,7 +64,7 @@ def test_the_sequential_and_the_parallel_reader_read_every_row_once(tmp_path):
         m = ModelConfig(reader_threads=threads)
         for shuffle in (False, True):
             assert sorted(_ids(patterns, m, shuffle)) == expected
-    assert ModelConfig().reader_threads is None
-    sequential = ModelConfig(reader_threads=0)
+    sequential = ModelConfig()
+    assert sequential.reader_threads == 0
     # Seeded and sequential: the same order on every pass.
     np.testing.assert_array_equal(_ids(patterns, sequential, True), _ids(patterns, sequential, True))

@@ -82,15 +82,14 @@ class ModelConfig:
     # pass: the next ones neither parse nor transform (nor open the TFT layer's
     # vocabularies) again. About 0.3 KB a row; 0: never.
     cache_rows: int = 1_000_000
-    # Threads reading a split's files. None: tfx-bsl's default, tf.data's parallel
-    # interleave with autotuned threads; 0: its sequential interleave, one reader taking
-    # the files in turn on the input pipeline's own thread; N: N parallel readers. On
-    # local files with 2 cores the sequential one read 3.3x faster and took `make run`'s
-    # Trainer from 154-175 s to 129-143 s, but it shuffles into another order, and on
-    # KuaiRand that order's students came out less calibrated in 8 of 10 seeds (ECE
-    # 0.058 vs 0.042, AUC equal; docs/pipeline.md "Threads"), unexplained: so not yet
-    # the default.
-    reader_threads: int | None = None
+    # Threads reading a split's files. 0: tf.data's sequential interleave, one reader
+    # taking the files in turn on the input pipeline's own thread; N: N parallel
+    # readers; None: tfx-bsl's default, the parallel interleave with autotuned threads.
+    # On local files with 2 cores the sequential one read 3.3x faster and took
+    # `make run`'s Trainer from 154-175 s to 129-143 s; it shuffles into another order,
+    # which over 20 KuaiRand seeds left AUC and ECE within noise (docs/pipeline.md
+    # "Threads"). Parallel readers pay off where reads wait on remote storage.
+    reader_threads: int | None = 0
     # What the teacher receives of a continuous privileged feature: `binary`, the
     # HA-PFD Eq. 8 threshold's bit (the paper's), or `quantiles`: `privileged_buckets`
     # quantile buckets of its value (selection still ranks by the Eq. 8 bit). Per-run tuning
