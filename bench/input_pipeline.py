@@ -68,9 +68,14 @@ def run_to_transform(config) -> None:
 
 
 def latest(config, artifact_type):
+    """The newest `artifact_type` artifact `config`'s runs recorded in MLMD."""
     store = metadata_store.MetadataStore(
         tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
-    mlmd = max(store.get_artifacts_by_type(artifact_type.TYPE_NAME), key=lambda a: a.id)
+    artifacts = store.get_artifacts_by_type(artifact_type.TYPE_NAME)
+    if not artifacts:
+        raise SystemExit(f"no {artifact_type.TYPE_NAME} in {config.metadata_path}: "
+                         "run the pipeline first")
+    mlmd = max(artifacts, key=lambda a: a.id)
     artifact = artifact_type()
     artifact.set_mlmd_artifact(mlmd)
     return artifact
@@ -158,9 +163,9 @@ def measure(args: argparse.Namespace, work: str) -> None:
                   f"batch {1000 * first:.0f} ms, then {1000 * (total - first) / max(n - 1, 1):.1f} "
                   f"ms/batch ({rows / total:.0f} examples/s)")
 
-    # A model is built for the validation split's batches (Fitter._build).
     raw_reads(train, args.copies, readers, args.rounds)
 
+    # A model is built for the validation split's batches (Fitter._build).
     fitter = training.Fitter(tft_output, factory, training.Splits(train, validation, []))
     model = fitter._build(config)
     epoch_seconds(model, stream(), 1)  # trace every batch shape

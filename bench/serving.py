@@ -35,10 +35,13 @@ import numpy as np  # noqa: E402
 import pfdx  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
+from tfx.types import standard_artifacts  # noqa: E402
+
 from pfdx.config import ModelConfig, PipelineConfig, load_config  # noqa: E402
 from pfdx.serving.export import EXAMPLES_INPUT, WARMUP_FILE, StudentServingModule  # noqa: E402
 from pfdx.models.datasets import vocabularies as transform_vocabularies  # noqa: E402
 from pfdx.models.model import build_model  # noqa: E402
+from input_pipeline import latest  # noqa: E402
 from train_step import batch, vocabularies  # noqa: E402
 
 
@@ -136,16 +139,8 @@ def main() -> None:
         print(f"no pushed student under {run.serving_dir}: `make run` first, or pass --pushed")
     else:
         end_to_end(pushed, args.requests, args.batch)
-    transform = newest_transform(run.pipeline_root)
-    if transform is not None:
-        signature_build(run, transform)
-
-
-def newest_transform(pipeline_root: str) -> str | None:
-    """The newest PrivilegedTransform output under `pipeline_root`, or None."""
-    root = os.path.join(pipeline_root, "PrivilegedTransform", "transform_graph")
-    ids = sorted((d for d in os.listdir(root) if d.isdigit()), key=int) if os.path.isdir(root) else []
-    return os.path.join(root, ids[-1]) if ids else None
+    if os.path.exists(run.metadata_path):  # the newest Transform of the run's MLMD
+        signature_build(run, latest(run, standard_artifacts.TransformGraph).uri)
 
 
 def signature_build(config: PipelineConfig, transform_dir: str) -> None:

@@ -11,18 +11,26 @@ from pfdx.experiments.windows import dataset_factory
 ROWS, POSITIVES = 30_000, 24_000  # KuaiRand-like: 80 % positives, all first
 
 
-def _sorted_log(path):
+def _write(path, labels):
+    """A gzip TFRecord file of examples with one int64 `label` each."""
     with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
-        for i in range(ROWS):
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i < POSITIVES)]))}))
-            w.write(example.SerializeToString())
+        for label in labels:
+            w.write(tf.train.Example(features=tf.train.Features(feature={"label": tf.train.Feature(
+                int64_list=tf.train.Int64List(value=[int(label)]))})).SerializeToString())
+
+
+def _sorted_log(path):
+    _write(path, (i < POSITIVES for i in range(ROWS)))
+
+
+def _label_batches(patterns, m, shuffle=True):
+    schema = schema_utils.schema_from_feature_spec({"label": tf.io.FixedLenFeature([], tf.int64)})
+    ds = dataset_factory(patterns, datasets.dataset_options(patterns, m, shuffle), schema)
+    return [b["label"].numpy() for b in ds]
 
 
 def _batch_means(path, m):
-    schema = schema_utils.schema_from_feature_spec({"label": tf.io.FixedLenFeature([], tf.int64)})
-    ds = dataset_factory([path], datasets.dataset_options([path], m, shuffle=True), schema)
-    return np.array([b["label"].numpy().mean() for b in ds])
+    return np.array([b.mean() for b in _label_batches([path], m)])
 
 
 def test_count_records_counts_every_example(tmp_path):
@@ -44,20 +52,14 @@ def test_batches_of_a_label_sorted_split_hold_both_classes(tmp_path):
 
 
 def _ids(patterns, m, shuffle):
-    schema = schema_utils.schema_from_feature_spec({"label": tf.io.FixedLenFeature([], tf.int64)})
-    ds = dataset_factory(patterns, datasets.dataset_options(patterns, m, shuffle), schema)
-    return np.concatenate([b["label"].numpy() for b in ds])
+    return np.concatenate(_label_batches(patterns, m, shuffle))
 
 
 def test_the_sequential_and_the_parallel_reader_read_every_row_once(tmp_path):
     # Three files of distinct ids; `model.reader_threads` 0 (the default: tf.data's
     # sequential interleave), None (tfx-bsl's parallel interleave) and 2 parallel readers.
     for f in range(3):
-        with tf.io.TFRecordWriter(str(tmp_path / f"part-{f}.gz"),
-                                  tf.io.TFRecordOptions(compression_type="GZIP")) as w:
-            for i in range(1000 * f, 1000 * f + 700):
-                w.write(tf.train.Example(features=tf.train.Features(feature={"label": tf.train.Feature(
-                    int64_list=tf.train.Int64List(value=[i]))})).SerializeToString())
+        _write(str(tmp_path / f"part-{f}.gz"), range(1000 * f, 1000 * f + 700))
     patterns = [str(tmp_path / "*.gz")]
     expected = sorted(i for f in range(3) for i in range(1000 * f, 1000 * f + 700))
     for threads in (None, 0, 2):
