@@ -16,9 +16,11 @@ prefetch). It reports, for the configured strategy's model (`Fitter._build`):
   (tf.data's parallel interleave, as tfx-bsl reads by default); and the raw
   records alone at a larger scale: the split's files listed `--copies` times,
   through the same interleave and a 20k-row shuffle buffer, each reader setting;
-- training on it vs training on the same batches held in memory (`Dataset.cache`
-  filled beforehand), both with Keras' `fit` as the Trainer runs it, best of
-  `--rounds`: the input share of step time is 1 - memory / streaming. The fit is
+- training on it, on what the Trainer trains on (a split within `model.cache_rows`:
+  its Transform-ed rows held in memory, shuffled by index each epoch) and on the
+  same batches replayed from memory (`Dataset.cache` filled beforehand), all with
+  Keras' `fit` as the Trainer runs it, best of `--rounds`: the input share of step
+  time is 1 - replayed / streaming (or / the Trainer's). The fit is
   timed around the call, so an epoch's start (the iterator, its shuffle-buffer fill)
   counts; the validation pass the Trainer adds per epoch does not run here.
 """
@@ -172,18 +174,29 @@ def measure(args: argparse.Namespace, work: str) -> None:
     cached = stream().cache()
     for _ in cached:  # fill the cache
         pass
-    streaming, memory = [], []
+    # What the Trainer trains on: a split within `model.cache_rows` is read once, then
+    # its rows are shuffled by index each epoch and gathered (Fitter._train).
+    trainer = fitter._train(config, train)
+    for _ in range(2):
+        t0 = time.perf_counter()
+        n = sum(1 for _ in trainer)
+        print(f"input alone, the Trainer's rows in memory: {n} batches in "
+              f"{time.perf_counter() - t0:.2f}s")
+    times = {"streaming": [], "trainer": [], "memory": []}
     for _ in range(args.rounds):  # alternating, best of each: the cores are shared
-        streaming.append(epoch_seconds(model, stream(), args.epochs))
-        memory.append(epoch_seconds(model, cached, args.epochs))
+        for name, dataset in (("streaming", stream), ("trainer", lambda: trainer),
+                              ("memory", lambda: cached)):
+            times[name].append(epoch_seconds(model, dataset(), args.epochs))
     steps = -(-rows // m.batch_size)
-    s, mem = min(streaming), min(memory)
-    print(f"fit, streaming input: {1000 * s / steps:.1f} ms/step ({rows / s:.0f} examples/s); "
-          f"batches in memory: {1000 * mem / steps:.1f} ms/step ({rows / mem:.0f} examples/s)")
-    print(f"share of step time waiting for input: {max(0.0, 1 - mem / s):.1%} "
-          f"(epochs of {steps} steps; streaming {[round(t, 2) for t in streaming]} s, "
-          f"memory {[round(t, 2) for t in memory]} s)")
-
+    best = {name: min(t) for name, t in times.items()}
+    for name, label in (("streaming", "streaming input (every epoch reads, parses, transforms)"),
+                        ("trainer", "the Trainer's (rows in memory, shuffled by index)"),
+                        ("memory", "the same batches replayed (no shuffle)")):
+        print(f"fit, {label}: {1000 * best[name] / steps:.1f} ms/step "
+              f"({rows / best[name]:.0f} examples/s), epochs {[round(t, 2) for t in times[name]]} s")
+    for name in ("streaming", "trainer"):
+        print(f"share of step time waiting for input, {name}: "
+              f"{max(0.0, 1 - best['memory'] / best[name]):.1%} (epochs of {steps} steps)")
 
 if __name__ == "__main__":
     main()

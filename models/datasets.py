@@ -120,6 +120,29 @@ def dataset_options(files: Sequence[str], m: ModelConfig, shuffle: bool,
     return options
 
 
+def in_memory(batches: tf.data.Dataset):
+    """Every row of one pass over `batches`, as one structure of tensors (the batches'
+    concatenated), or None when a component is not a dense tensor (`shuffled_rows`
+    gathers rows by index)."""
+    if not all(isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(batches.element_spec)):
+        return None
+    parts = list(batches)
+    return tf.nest.map_structure(lambda *t: tf.concat(t, 0), *parts) if parts else None
+
+
+def shuffled_rows(rows, m: ModelConfig) -> tf.data.Dataset:
+    """Batches of `model.batch_size` of `rows` (`in_memory`'s), in another seeded
+    order on every pass: the row indices shuffled as a streamed split's records are
+    (over at most `shuffle_buffer_rows`), each batch gathered from memory. A pass then
+    neither reads, parses nor transforms (the TFT layer) its rows again."""
+    count = int(tf.nest.flatten(rows)[0].shape[0])
+    order = tf.data.Dataset.range(count).shuffle(max(1, min(count, m.shuffle_buffer_rows)),
+                                                 seed=m.seed)
+    return order.batch(m.batch_size).map(
+        lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), rows),
+        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def count_records(file_patterns: Sequence[str]) -> int:
     """Examples in the gzip TFRecord files matching `file_patterns` (ExampleGen's and
     compare's format): one pass over the serialized records, nothing parsed."""

@@ -24,8 +24,8 @@ import tensorflow_transform as tft
 
 from pfdx.config import PipelineConfig
 from pfdx.models import best_epochs, calibration, impressions, registry
-from pfdx.models.datasets import (DatasetFactory, count_records, sampled_impressions,
-                                  transformed_dataset, vocabularies)
+from pfdx.models.datasets import (DatasetFactory, count_records, in_memory, sampled_impressions,
+                                  shuffled_rows, transformed_dataset, vocabularies)
 from pfdx.models.model import JointModel, build_model
 from pfdx.models.predictions import Predictions, predict, summarize
 
@@ -95,6 +95,7 @@ class Fitter:
         self.teacher = teacher
         self.initialize = initialize
         self._unshuffled: dict[tuple, tf.data.Dataset] = {}
+        self._in_memory: dict[tuple, object] = {}
         self._rows: dict[tuple, int] = {}
 
     def _row_count(self, files) -> int:
@@ -108,27 +109,46 @@ class Fitter:
         # An unshuffled pass reads what every config of a run reads: it is built, and
         # its TFT layer traced (about 2 s), once, and a split of at most
         # `model.cache_rows` rows is kept in memory after its first pass. A shuffled one
-        # is built per fit, so a fit sees its seed's order whatever trained before it.
+        # (a split above `cache_rows`, `_train`) is built per fit, so a fit sees its
+        # seed's order whatever trained before it.
         m = config.model
         key = (tuple(files), keep_truth, m.batch_size, m.cache_rows, config.space,
                config.data.columns)
         if not shuffle and key in self._unshuffled:
             return self._unshuffled[key]
-        rows = self._row_count(files)
-        ds = transformed_dataset(self.factory, files, self.tf_transform_output, config, shuffle,
-                                 keep_truth, self.pseudo_label_column, rows)
-        if self.teacher is not None:
-            ds = impressions.with_pseudo_labels(self.teacher, ds)
+        ds = self._transformed(config, files, shuffle, keep_truth)
         if not shuffle:
-            if rows <= m.cache_rows:
+            if self._row_count(files) <= m.cache_rows:
                 ds = ds.cache()
             self._unshuffled[key] = ds
         return ds
 
+    def _transformed(self, config: PipelineConfig, files, shuffle: bool,
+                     keep_truth: bool = False) -> tf.data.Dataset:
+        ds = transformed_dataset(self.factory, files, self.tf_transform_output, config, shuffle,
+                                 keep_truth, self.pseudo_label_column, self._row_count(files))
+        return ds if self.teacher is None else impressions.with_pseudo_labels(self.teacher, ds)
+
     def _train(self, config: PipelineConfig, files) -> tf.data.Dataset:
         if registry.STRATEGIES[config.model.strategy].samples_unclicked:
             return sampled_impressions(self._dataset(config, files, shuffle=False), config.model)
-        return self._dataset(config, files, shuffle=True)
+        rows = self._rows_in_memory(config, files)
+        if rows is None:
+            return self._dataset(config, files, shuffle=True)
+        return shuffled_rows(rows, config.model)
+
+    def _rows_in_memory(self, config: PipelineConfig, files):
+        """The Transform-ed rows of `files` held in memory (`in_memory`), read once per
+        Fitter for every fit of a run (tuning's trials, the refit); None for a split
+        above `model.cache_rows` rows, or across hosts (each worker reads its own files)."""
+        m = config.model
+        if self._row_count(files) > m.cache_rows or isinstance(
+                self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return None
+        key = (tuple(files), config.space, config.data.columns)
+        if key not in self._in_memory:
+            self._in_memory[key] = in_memory(self._transformed(config, files, shuffle=False))
+        return self._in_memory[key]
 
     def _build(self, config: PipelineConfig) -> JointModel:
         m = config.model

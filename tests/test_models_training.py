@@ -206,3 +206,47 @@ def test_an_unshuffled_split_within_cache_rows_is_read_once(monkeypatch, cache_r
     for _ in range(2):
         assert [int(x) for x in ds] == [0, 1, 2, 3, 4]
     assert len(reads) == 5 * passes
+
+
+@pytest.mark.parametrize("cache_rows", [100, 99])
+def test_the_train_split_is_read_once_and_shuffled_in_memory_every_epoch(monkeypatch, cache_rows):
+    """Within `model.cache_rows`, every fit of a Fitter trains on the split's rows read
+    once: each pass holds every row once, in another order each pass, the same
+    orders for the same seed. Above it, every pass streams (and reads) the split."""
+    import dataclasses
+
+    from pfdx.config import PipelineConfig
+    from pfdx.models import training
+
+    reads = []
+
+    def transformed_dataset(factory, files, tft_output, config, shuffle, keep_truth, pseudo,
+                            rows):
+        def read(x):
+            reads.append(int(x))
+            return x
+        rows = tf.data.Dataset.range(100).map(lambda x: tf.py_function(read, [x], tf.int64))
+        rows = rows.map(lambda x: ({"id": tf.reshape(x, [])}, x % 2))
+        return (rows.shuffle(100, seed=config.model.seed) if shuffle else rows).batch(8)
+
+    monkeypatch.setattr(training, "transformed_dataset", transformed_dataset)
+    monkeypatch.setattr(training, "count_records", lambda files: 100)
+    fitter = training.Fitter(None, None, training.Splits(["train"], ["validation"], ["eval"]))
+    config = PipelineConfig()
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, cache_rows=cache_rows, batch_size=8))
+
+    def passes(ds, n=2):
+        out = []
+        for _ in range(n):
+            ids = np.concatenate([features["id"].numpy() for features, _ in ds])
+            assert sorted(ids) == list(range(100))
+            out.append(ids)
+        return out
+
+    first, second = passes(fitter._train(config, ["train"]))
+    assert not np.array_equal(first, second) and not np.array_equal(first, np.arange(100))
+    again = passes(fitter._train(config, ["train"]))  # another fit, the same seed
+    np.testing.assert_array_equal(again[0], first)
+    np.testing.assert_array_equal(again[1], second)
+    assert len(reads) == (100 if cache_rows == 100 else 400)

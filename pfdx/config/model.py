@@ -77,10 +77,12 @@ class ModelConfig:
     # Rows shuffled together: the whole train split up to this many. Logs come
     # sorted (by time, user, outcome); a small buffer would feed one-class batches.
     shuffle_buffer_rows: int = 1_000_000
-    # Unshuffled passes over a split of at most this many rows (validation every
-    # epoch, predictions) keep its Transform-ed batches in memory after the first
-    # pass: the next ones neither parse nor transform (nor open the TFT layer's
-    # vocabularies) again. About 0.3 KB a row; 0: never.
+    # A split of at most this many rows is read, parsed and Transform-ed once and
+    # then held in memory: unshuffled passes (validation every epoch, predictions)
+    # replay its batches; the train split's rows are shuffled by index each epoch
+    # and gathered, for every fit of the run (tuning's trials, the refit), so no
+    # epoch after a run's first parses or transforms (nor opens the TFT layer's
+    # vocabularies) again. About 0.3 KB a row; 0: never (every epoch streams).
     cache_rows: int = 1_000_000
     # Threads reading a split's files. 0: tf.data's sequential interleave, one reader
     # taking the files in turn on the input pipeline's own thread; N: N parallel
