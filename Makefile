@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
-# The built-in simulated log with weights tuned on it (see the file's comments).
+# The built-in simulated log at the library defaults, tuned per run (see the file's comments).
 CONFIG ?= pipeline/configs/simulated.yaml
 PYTEST_ARGS ?=
 
