@@ -201,5 +201,6 @@ def measure(args: argparse.Namespace, work: str) -> None:
         print(f"share of step time waiting for input, {name}: "
               f"{max(0.0, 1 - best['memory'] / best[name]):.1%} (epochs of {steps} steps)")
 
+
 if __name__ == "__main__":
     main()

@@ -36,6 +36,7 @@ last step.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -109,6 +110,11 @@ def _catch_up(h: _Hyper, decay, steps, weights, m_rows, v_rows, first):
     return weights, m_rows * b1_missed, v_rows * b2_missed
 
 
+# A flush catches whole tables up in one graph per process (its shapes relaxed after
+# the second table), shared by every optimizer: eagerly it cost about 50 op dispatches
+# a table, 30 of the 204 s of `make run`'s Trainer under cProfile (one flush before
+# each validation pass).
+@functools.partial(tf.function, reduce_retracing=True, autograph=False)
 def _caught_up_table(h: _Hyper, decay, steps, weights, m, v, first):
     """A whole table caught up to `steps`, as (every row's weights with the weight
     decay it missed, the moving rows, their caught-up weights, momentum and
@@ -118,18 +124,10 @@ def _caught_up_table(h: _Hyper, decay, steps, weights, m, v, first):
     per row (`_catch_up`'s own). So the whole table takes one pass of decay, and
     Adam's catch-up runs on the rows a gradient reached: about 2 % of `make run`'s
     100k-row tables."""
-    moving = tf.where(tf.reduce_any(tf.not_equal(v, 0.0), axis=1)
-                      | tf.reduce_any(tf.not_equal(m, 0.0), axis=1))[:, 0]
+    moving = tf.where(tf.reduce_any(tf.not_equal(v, 0.0) | tf.not_equal(m, 0.0), axis=1))[:, 0]
     caught_up = _catch_up(h, decay, steps, *(tf.gather(t, moving) for t in (weights, m, v, first)))
     kept = tf.exp(tf.maximum(steps - first, 0.0) * tf.math.log(1 - decay))
     return (weights * kept[:, None], moving, *caught_up)
-
-
-# A flush catches whole tables up in one graph per process (its shapes relaxed after
-# the second table), shared by every optimizer: eagerly it cost about 50 op dispatches
-# a table, 30 of the 204 s of `make run`'s Trainer under cProfile (one flush before
-# each validation pass).
-_caught_up_table = tf.function(_caught_up_table, reduce_retracing=True, autograph=False)
 
 
 class LazyAdam(tf.keras.optimizers.Adam):

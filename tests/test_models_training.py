@@ -179,8 +179,10 @@ def test_keras_traces_the_model_steps_without_autograph(autograph_conversions):
                 or name.split(".")[-1] in ("train_step", "test_step", "apply_gradients")]
 
 
-@pytest.mark.parametrize("cache_rows, passes", [(10, 1), (4, 2)])
-def test_an_unshuffled_split_within_cache_rows_is_read_once(monkeypatch, cache_rows, passes):
+def _counting_fitter(monkeypatch, rows, split, **model):
+    """A Fitter whose every split is `split(ids, config, shuffle)` over `rows` ids
+    (`training.transformed_dataset` replaced), its config with `model` settings, and
+    the list of every id read so far."""
     import dataclasses
 
     from pfdx.config import PipelineConfig
@@ -188,20 +190,27 @@ def test_an_unshuffled_split_within_cache_rows_is_read_once(monkeypatch, cache_r
 
     reads = []
 
+    def read(x):
+        reads.append(int(x))
+        return x
+
     def transformed_dataset(factory, files, tft_output, config, shuffle, keep_truth, pseudo,
-                            rows):
-        def read(x):
-            reads.append(int(x))
-            return x
-        return tf.data.Dataset.range(5).map(
-            lambda x: tf.py_function(read, [x], tf.int64))
+                            count):
+        ids = tf.data.Dataset.range(rows).map(lambda x: tf.py_function(read, [x], tf.int64))
+        return split(ids, config, shuffle)
 
     monkeypatch.setattr(training, "transformed_dataset", transformed_dataset)
-    monkeypatch.setattr(training, "count_records", lambda files: 5)
+    monkeypatch.setattr(training, "count_records", lambda files: rows)
     fitter = training.Fitter(None, None, training.Splits(["train"], ["validation"], ["eval"]))
     config = PipelineConfig()
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model,
-                                                                    cache_rows=cache_rows))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
+    return fitter, config, reads
+
+
+@pytest.mark.parametrize("cache_rows, passes", [(10, 1), (4, 2)])
+def test_an_unshuffled_split_within_cache_rows_is_read_once(monkeypatch, cache_rows, passes):
+    fitter, config, reads = _counting_fitter(monkeypatch, 5, lambda ids, config, shuffle: ids,
+                                             cache_rows=cache_rows)
     ds = fitter._dataset(config, ["validation"], shuffle=False)
     for _ in range(2):
         assert [int(x) for x in ds] == [0, 1, 2, 3, 4]
@@ -213,28 +222,12 @@ def test_the_train_split_is_read_once_and_shuffled_in_memory_every_epoch(monkeyp
     """Within `model.cache_rows`, every fit of a Fitter trains on the split's rows read
     once: each pass holds every row once, in another order each pass, the same
     orders for the same seed. Above it, every pass streams (and reads) the split."""
-    import dataclasses
-
-    from pfdx.config import PipelineConfig
-    from pfdx.models import training
-
-    reads = []
-
-    def transformed_dataset(factory, files, tft_output, config, shuffle, keep_truth, pseudo,
-                            rows):
-        def read(x):
-            reads.append(int(x))
-            return x
-        rows = tf.data.Dataset.range(100).map(lambda x: tf.py_function(read, [x], tf.int64))
-        rows = rows.map(lambda x: ({"id": tf.reshape(x, [])}, x % 2))
+    def split(ids, config, shuffle):
+        rows = ids.map(lambda x: ({"id": tf.reshape(x, [])}, x % 2))
         return (rows.shuffle(100, seed=config.model.seed) if shuffle else rows).batch(8)
 
-    monkeypatch.setattr(training, "transformed_dataset", transformed_dataset)
-    monkeypatch.setattr(training, "count_records", lambda files: 100)
-    fitter = training.Fitter(None, None, training.Splits(["train"], ["validation"], ["eval"]))
-    config = PipelineConfig()
-    config = dataclasses.replace(config, model=dataclasses.replace(
-        config.model, cache_rows=cache_rows, batch_size=8))
+    fitter, config, reads = _counting_fitter(monkeypatch, 100, split, cache_rows=cache_rows,
+                                             batch_size=8)
 
     def passes(ds, n=2):
         out = []
