@@ -150,6 +150,7 @@ class JointModel(tfrs.Model):
                                self.strategy.student_head, name="student")
         self.student_task = _ranking_task("student", calibration=True)
         self.distillation_loss = tf.keras.metrics.Mean(name="distillation_loss")
+        self._reset_evaluation_functions()
         # `none` and `mtl` have no teacher: the teacher's task loss would otherwise
         # train the shared regular embeddings with privileged information.
         self.has_teacher = self.strategy.uses_teacher
@@ -249,6 +250,30 @@ class JointModel(tfrs.Model):
     def predict_both(self, features) -> dict[str, tf.Tensor]:
         """Student and teacher predictions for evaluation (same as calling the model)."""
         return self(features, training=False)
+
+    # As Keras' own cache of its train and predict functions: not a checkpoint dependency.
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _reset_evaluation_functions(self) -> None:
+        self._evaluation_functions = {}
+
+    def evaluation_function(self, spec):
+        """`predict_both` as one traced function of feature batches of `spec` (a
+        dataset's features element spec), with "student" the served student's
+        (`student_model`: EKTF's best head, say, not the ensemble it trained in): what
+        `models/predictions.py` scores. Traced once per model and spec and reused by
+        every pass (the calibration is a variable): run op by op, a batch took about
+        45 ms, most of a validation pass."""
+        key = tuple(tf.nest.flatten(spec))
+        if key not in self._evaluation_functions:
+            served = self.student_model()
+
+            @tf.function(input_signature=[spec], autograph=False)
+            def outputs(features):
+                out = self.predict_both(features)
+                return out if served is self.student else dict(out, student=served(features))
+
+            self._evaluation_functions[key] = outputs
+        return self._evaluation_functions[key]
 
     def student_model(self) -> Student:
         """The exportable student: regular features in, CVR probability out. It

@@ -60,11 +60,9 @@ def predict(model: JointModel, dataset: tf.data.Dataset) -> Predictions:
     and the CTR those of the joint model."""
     columns: dict[str, list[np.ndarray]] = {k: [] for k in (
         "labels", "clicks", "student", "teacher", CTR, "truth")}
-    served = model.student_model()
+    outputs = model.evaluation_function(dataset.element_spec[0])
     for features, y, t in dataset:
-        out = model.predict_both(features)
-        if served is not model.student:  # a strategy serving part of its head
-            out = dict(out, student=served(features))
+        out = outputs(features)
         if isinstance(y, dict):
             columns["clicks"].append(np.reshape(y[CLICK], [-1]))
             y = y[LABEL]
