@@ -178,15 +178,15 @@ class Fitter:
         m, bins = config.model, config.evaluation.calibration_bins
         model = self._build(config)
         stopping = tf.keras.callbacks.EarlyStopping(
-            monitor=f"val_{VALIDATION_METRIC}", mode="max", patience=m.early_stopping_patience,
-            restore_best_weights=True)
-        # A teacher with its own tables keeps its own best epoch (models/best_epochs.py),
-        # after the student's restore.
+            monitor=f"val_{VALIDATION_METRIC}", mode="max", patience=m.early_stopping_patience)
+        # The model at the student's best epoch, then a teacher with its own tables at
+        # its own (models/best_epochs.py).
+        best = best_epochs.KeepWeights(best_epochs.whole_model, monitor=f"val_{VALIDATION_METRIC}")
         teacher = [best_epochs.KeepWeights(best_epochs.teacher_side, monitor=f"val_{TEACHER_METRIC}")
                    ] if model.teacher_stands_alone else []
         history = model.fit(self._train(config, self.splits.train), epochs=m.epochs,
                             validation_data=self._dataset(config, self.splits.validation, False),
-                            callbacks=[*self.callbacks(name), stopping, *teacher],
+                            callbacks=[*self.callbacks(name), stopping, best, *teacher],
                             verbose=self.verbose)
         # Post-hoc calibration is fitted on this fit's raw logits: a warm start restored
         # the base run's, which would otherwise be fitted over and applied twice.

@@ -47,6 +47,43 @@ def test_after_fit_each_side_holds_its_own_best_epoch():
     assert after["student_auc"] == pytest.approx(student[stopping.best_epoch], abs=1e-6)
 
 
+def test_the_whole_model_is_restored_at_the_best_epoch_as_keras_early_stopping_does():
+    """`Fitter.fit`'s restore: EarlyStopping only stops, `KeepWeights` of the whole
+    model (tensors) puts back every weight of the student's best epoch."""
+    tf.keras.utils.set_random_seed(3)
+    model = build_model(small_config("ha_pfd_v2", {"learning_rate": 0.05}), REGULAR, PRIVILEGED)
+    snapshots = []
+    record = tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.append(
+        [v.numpy() for v in model.weights]))
+    stopping = tf.keras.callbacks.EarlyStopping(monitor="val_student_auc", mode="max",
+                                                patience=EPOCHS)
+    keep = best_epochs.KeepWeights(best_epochs.whole_model, monitor="val_student_auc")
+    student = model.fit(_data(0), epochs=EPOCHS, validation_data=_data(1),
+                        callbacks=[record, stopping, keep], verbose=0).history["val_student_auc"]
+    assert keep.best_epoch == stopping.best_epoch + 1 == int(np.argmax(student)) + 1
+    assert keep.best_epoch < EPOCHS  # else the test shows nothing
+    assert len(model.weights) == len(snapshots[0]) > 10
+    for variable, best in zip(model.weights, snapshots[keep.best_epoch - 1]):
+        np.testing.assert_array_equal(variable.numpy(), best)
+
+
+def test_until_the_monitor_has_a_number_the_first_epoch_is_kept():
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,))])
+    keep = best_epochs.KeepWeights(best_epochs.whole_model, monitor="val_auc")
+    keep.set_model(model)
+    snapshots, kept = [], []
+    for epoch, auc in enumerate([np.nan, np.nan, 0.7, np.nan, 0.6]):
+        snapshots.append([v.numpy() for v in model.weights])
+        keep.on_epoch_end(epoch, {"val_auc": auc})
+        kept.append(keep.best_epoch)
+        for v in model.weights:
+            v.assign_add(tf.ones_like(v))
+    keep.on_train_end()
+    assert kept == [1, 1, 3, 3, 3]
+    for variable, value in zip(model.weights, snapshots[2]):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
 def test_a_given_epoch_is_kept_and_the_other_side_is_untouched():
     tf.keras.utils.set_random_seed(3)
     model = build_model(small_config("ha_pfd_v2", {"share_embeddings": False}), REGULAR,
