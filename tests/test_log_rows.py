@@ -1,3 +1,4 @@
+import csv
 import io
 
 import pytest
@@ -164,6 +165,34 @@ def test_a_non_utf8_byte_quarantines_its_row_only_under_its_own_number():
     assert bad == {2066: "field 'device': b'd\\xe9' is not UTF-8 text"}
     with pytest.raises(log_rows.LogFormatError, match="f.csv: the header is not UTF-8"):
         _read_csv(b"conversion,\xe9\n1,2\n")
+
+
+def test_plain_unclicked_csv_rows_skip_the_checks_and_land_where_the_checks_put_them():
+    """`read_rows` buckets an unclicked row with no signal from its cells alone (its
+    record None); every row lands where `row_to_example` of the row puts it."""
+    plain = _row(click="0", **{c: "" for c in SCHEMA.privileged})
+    rows = [plain,
+            dict(plain, device="t\u00e9l\u00e9"),  # text that is not ASCII
+            dict(plain, device="BAD"),  # a byte that is not UTF-8
+            dict(plain, click="false"), dict(plain, conversion="0.0"),
+            dict(plain, page_jump="0"), dict(plain, duration="nan"),
+            dict(plain, page_jump="1"),  # a post-click signal without a click
+            dict(plain, conversion="1"),  # a conversion without a click
+            dict(plain, click="2"), _row(), dict(plain, bid="not a number")]
+    lines = [HEADER] + [",".join(r[c] for c in SCHEMA.required) for r in rows]
+    data = "\n".join(lines).encode().replace(b"BAD", b"b\xe9d")
+    _, read = log_rows.read_rows("f.csv", io.BytesIO(data), "csv", ",", SCHEMA)
+    read = list(read)
+    decoded = io.TextIOWrapper(io.BytesIO(data), "utf-8", "surrogateescape", newline="")
+    expected = [log_rows.row_to_example(SCHEMA, r) for r in csv.DictReader(decoded)]
+    assert [(r.status, r.payload) for r in read] == expected
+    # The last: a bad number, but unclicked rows' numbers are not read either way.
+    assert [r.record is None for r in read] == [True] + [False] * (len(rows) - 2) + [True]
+    assert [s for s, _ in expected] == [log_rows.UNCLICKED] * 2 + [log_rows.QUARANTINED] + [
+        log_rows.UNCLICKED] * 4 + [log_rows.QUARANTINED] * 3 + [log_rows.USED, log_rows.UNCLICKED]
+    # Impression space reads every row in full: its unclicked rows are examples.
+    _, read = log_rows.read_rows("f.csv", io.BytesIO(data), "csv", ",", IMPRESSIONS)
+    assert all(r.record is not None for r in read)
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column():
