@@ -259,7 +259,7 @@ def row_to_example(schema: RowSchema, row: Mapping[str, Any]) -> tuple[str, Any]
 # Readers. `read_file` checks a file's header (CSV / Parquet) at once and returns
 # the extra columns no role names and the rows: (row_number, {column: value}), or
 # (row_number, reason) for a row that cannot be read, or (row_number, UNCLICKED) for
-# a CSV row bucketed from its cells alone (`_plain_unclicked`); `read_rows` adds each
+# a row bucketed from its cells alone (`_plain_unclicked`); `read_rows` adds each
 # row's bucket. Row numbers are 1-based data rows (CSV line = row + 1 for the header;
 # TFRecord: the record index + 1).
 
@@ -302,7 +302,7 @@ class Row(NamedTuple):
     """One row of a file and its bucket: `payload` is the Example (USED, and UNCLICKED
     in impression space), None (UNCLICKED in click space) or the reason (QUARANTINED);
     `record` is the row as read ({column: value}; None when it could not be read, or
-    for a CSV row bucketed UNCLICKED from its cells alone)."""
+    for a row bucketed UNCLICKED from its cells alone)."""
 
     number: int
     status: str
@@ -390,17 +390,68 @@ def _read_parquet(path: str, stream: io.BufferedIOBase,
     except (pa.ArrowException, OSError) as e:
         raise LogFormatError(f"{path}: not a readable Parquet file: {e}") from None
 
+    unknown = schema.check_header(path, pfile.schema_arrow.names)
+    unclicked = _plain_unclicked_columns(schema, pfile.schema_arrow)
+
     def rows() -> Rows:
         row = 0
         try:
             for batch in pfile.iter_batches(batch_size=8192):
-                for record in batch.to_pylist():
+                plain = unclicked(batch) if unclicked is not None else None
+                if plain is None or not plain.any():
+                    for record in batch.to_pylist():
+                        row += 1
+                        yield row, record
+                    continue
+                records = iter(batch.filter(pa.array(~plain)).to_pylist())
+                for is_plain in plain.tolist():
                     row += 1
-                    yield row, record
+                    yield row, UNCLICKED if is_plain else next(records)
         except (pa.ArrowException, OSError) as e:
             raise LogFormatError(f"{path}: unreadable Parquet data after row {row}: {e}") from None
 
-    return schema.check_header(path, pfile.schema_arrow.names), rows()
+    return unknown, rows()
+
+
+def _plain_unclicked_columns(schema: RowSchema, arrow_schema) -> Callable[[Any], np.ndarray] | None:
+    """`_plain_unclicked` for Parquet, on a batch's columns: per row, whether click and
+    label are 0 (false, "0") and every post-click signal null, NaN, 0 (false, "").
+    Such a row skips the conversion to a dict, which costs most of reading a Parquet
+    log. None in impression space, without a click column, or when a column the test
+    or `row_to_example`'s checks read is not a plain number, boolean or string (a list
+    is quarantined row by row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def plain_type(t) -> bool:
+        return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                or pa.types.is_string(t) or pa.types.is_large_string(t))
+
+    types = dict(zip(arrow_schema.names, arrow_schema.types))
+    if (schema.impressions or schema.click is None
+            or not all(plain_type(types[c]) for c in schema.required)):
+        return None
+
+    def equals(column, number: float, text: str):
+        t = column.type
+        if pa.types.is_boolean(t):
+            return pc.equal(column, bool(number))
+        return pc.equal(column, text if pa.types.is_string(t) or pa.types.is_large_string(t)
+                        else number)
+
+    def no_signal(column):
+        # Kleene logic: a null is absent, whatever the other tests make of it.
+        absent = pc.or_kleene(pc.is_null(column), equals(column, 0, ""))
+        return pc.or_kleene(absent, pc.is_nan(column)) if pa.types.is_floating(column.type) else absent
+
+    def plain(batch) -> np.ndarray:
+        mask = pc.and_kleene(equals(batch.column(schema.label), 0, "0"),
+                             equals(batch.column(schema.click), 0, "0"))
+        for name in schema.privileged:
+            mask = pc.and_kleene(mask, no_signal(batch.column(name)))
+        return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+
+    return plain
 
 
 def _read_tfrecord(path: str) -> Rows:

@@ -1,6 +1,8 @@
 import csv
 import io
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
@@ -192,6 +194,38 @@ def test_plain_unclicked_csv_rows_skip_the_checks_and_land_where_the_checks_put_
         log_rows.UNCLICKED] * 4 + [log_rows.QUARANTINED] * 3 + [log_rows.USED, log_rows.UNCLICKED]
     # Impression space reads every row in full: its unclicked rows are examples.
     _, read = log_rows.read_rows("f.csv", io.BytesIO(data), "csv", ",", IMPRESSIONS)
+    assert all(r.record is not None for r in read)
+
+
+def _parquet(rows: list[dict]) -> io.BytesIO:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    buf.seek(0)
+    return buf
+
+
+def test_plain_unclicked_parquet_rows_are_bucketed_from_their_columns():
+    """As for CSV, on typed columns: a signal that is null, NaN or 0 is no signal."""
+    numeric = set(SCHEMA.numeric) | {SCHEMA.truth}
+    clicked = {c: 1 if c in (SCHEMA.label, SCHEMA.click) else 1.0 if c in numeric else
+               1700000000 if c == SCHEMA.time else "x" for c in SCHEMA.required}
+    plain = dict(clicked, **{SCHEMA.label: 0, SCHEMA.click: 0},
+                 **{c: None for c in SCHEMA.privileged})
+    rows = [plain, dict(plain, duration=float("nan")), dict(plain, page_jump=0.0),
+            dict(plain, page_jump=1.0),  # a post-click signal without a click
+            dict(plain, conversion=1),  # a conversion without a click
+            dict(plain, click=None), clicked, dict(plain, bid=float("nan"))]
+    _, read = log_rows.read_rows("f.parquet", _parquet(rows), "parquet", ",", SCHEMA)
+    read = list(read)
+    records = pq.read_table(_parquet(rows)).to_pylist()
+    assert [(r.status, r.payload) for r in read] == [
+        log_rows.row_to_example(SCHEMA, r) for r in records]
+    assert [r.status for r in read] == [log_rows.UNCLICKED] * 3 + [log_rows.QUARANTINED] * 3 + [
+        log_rows.USED, log_rows.UNCLICKED]
+    assert [r.record is None for r in read] == [True] * 3 + [False] * 4 + [True]
+    # A list in any column read: every row is read in full (the list is quarantined).
+    listed = [dict(row, device=["a"]) for row in rows]
+    _, read = log_rows.read_rows("f.parquet", _parquet(listed), "parquet", ",", SCHEMA)
     assert all(r.record is not None for r in read)
 
 
