@@ -2,8 +2,10 @@
 
 Every click-space run trains the configured strategy, tuned on the validation split
 (models/tuning.py), and the student alone (`none`, its learning rate tuned the same
-way) on the same splits. The baseline gate (`gate`) ships the distilled student only
-if, on the eval split, it is not worse than the student alone on AUC and ECE
+way) on the same splits; when the strategy's setup stage trained the student alone's
+very student at each rate, its trials are read off that stage instead of trained
+again (`tuning.student_alone`). The baseline gate (`gate`) ships the distilled student
+only if, on the eval split, it is not worse than the student alone on AUC and ECE
 (`evaluation.baseline_*_tolerance`); otherwise the student alone ships, and the run
 says why. When no privileged feature survived selection there is nothing to distil:
 only the student alone trains and ships. The Evaluator then judges whatever ships
@@ -112,30 +114,42 @@ def train_champion(config: PipelineConfig, fitter: Any, privileged_inputs: bool,
     eval. `privileged_inputs`: whether any privileged feature survived selection.
     `base_params`: strategy -> the values a warm start's base run chose (not tuned)."""
 
-    def side(side_config: PipelineConfig) -> Side:
+    strategy = config.model.strategy
+
+    def side(side_config: PipelineConfig, beside: tuning.Outcome | None = None) -> Side:
         name = side_config.model.strategy
 
         def train(c: PipelineConfig, trial: str) -> Any:
             return fitter.fit(c, f"{name}-{trial}")
 
+        outcome = None
         if name in base_params:
             outcome = tuning.reuse(side_config, base_params[name], train)
-        else:
+        elif beside is not None:
+            outcome = tuning.student_alone(side_config, beside,
+                                           lambda c, fitted: fitter.student_alone(c, fitted))
+            if outcome is not None:
+                log(f"{name}: trials read off {strategy}'s setup stage (the same students): "
+                    + ", ".join(f"{t.params} {t.score(config.tuning.metric):.4f}"
+                                for t in outcome.trials))
+        if outcome is None:
             outcome = tuning.tune(side_config, train, lambda line: log(f"{name}: {line}"))
         final = fitter.finish(side_config.with_model(outcome.best.params),
                               outcome.best_result, f"{name}-final")
         return Side(outcome, final)
 
-    baseline = side(config.with_model({"strategy": BASELINE}))
-    strategy = config.model.strategy
+    alone = config.with_model({"strategy": BASELINE})
     if strategy == BASELINE:
         return Champion(Decision(STUDENT_ALONE, "model.strategy is 'none': the student "
-                                 "alone"), baseline, None)
+                                 "alone"), side(alone), None)
     if not privileged_inputs:
         return Champion(Decision(
             STUDENT_ALONE, f"no privileged feature survived selection: nothing to distil, "
-            f"so {strategy!r} was not trained and the student alone ships"), baseline, None)
+            f"so {strategy!r} was not trained and the student alone ships"), side(alone), None)
+    # The distilled side first: its setup stage may train the student alone's trials.
     distilled = side(config)
+    baseline = side(alone, distilled.tuning)
+    distilled.tuning.no_distillation = None  # its model is not needed any more
     decision = gate(distilled.final.metrics, baseline.final.metrics, config.evaluation)
     none = registry.STRATEGIES[strategy].no_distillation()
     params = distilled.tuning.best.params

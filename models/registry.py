@@ -49,12 +49,24 @@ class StrategySpec:
     # Trains on every clicked row and a sample of the unclicked ones (UKD §3.1,
     # models/impressions.py), not on every impression.
     samples_unclicked: bool = False
+    # Gives the student other layers or owns its loss (MTL's auxiliary towers, the
+    # heads of EKTF, TAML and UKD; models/strategy_base.py): its student is not the
+    # student alone's.
+    reshapes_student: bool = False
 
     @property
     def tuning_keys(self) -> tuple[str, ...]:
         """The model settings (`tuning.grid` keys) per-run tuning may vary."""
         return (self.term_weights + (_PRIVILEGED_ENCODING,) * self.reads_privileged
                 + _TEACHER_TUNING * self.tunes_teacher + (_LEARNING_RATE,))
+
+    @property
+    def setup_student_alone(self) -> bool:
+        """Whether its no-distillation point (`no_distillation`) trains the very student
+        `none` trains: a teacher on its own tables and a student of the plain shape.
+        Tuning reads the student alone off its setup stage (models/tuning.py
+        `student_alone`; tests/test_models_setup_student.py checks it to the bit)."""
+        return self.tunes_teacher and not self.reshapes_student
 
     def no_distillation(self) -> dict[str, Any]:
         """The point where nothing privileged reaches the student: every weight of
@@ -82,7 +94,8 @@ def _combined(name: str, *parts: StrategySpec) -> StrategySpec:
         name, frozenset().union(*(p.loss_terms for p in parts)), union("term_weights"),
         union("settings"), privileged_teacher=any(p.privileged_teacher for p in parts),
         reads_privileged=any(p.reads_privileged for p in parts),
-        tunes_teacher=any(p.tunes_teacher for p in parts))
+        tunes_teacher=any(p.tunes_teacher for p in parts),
+        reshapes_student=any(p.reshapes_student for p in parts))
 
 
 _MAPPING = ("alignment.mapping_hidden_units",)
@@ -93,15 +106,16 @@ _LAYER_ALIGN = _distiller("layer_align", {"layer_align"}, ("alignment.weight",),
 # The student's heads teach each other: no privileged teacher, so nothing of one to
 # tune, and it still runs when selection keeps no privileged feature.
 _EKTF = StrategySpec("ektf", frozenset({"heads_task", "ektf_kd", "ektf_dml"}),
-                     settings=("ektf.heads", "ektf.serve"))
+                     settings=("ektf.heads", "ektf.serve"), reshapes_student=True)
 _UKD_TEACHER = StrategySpec(
     "ukd_teacher", frozenset({"click_discriminator"}), ("ukd.reversal_scale",),
     ("ukd.discriminator_hidden_units", "ukd.hidden_units", "ukd.unclicked_rate"), IMPRESSION,
-    samples_unclicked=True)
+    samples_unclicked=True, reshapes_student=True)
 
 _SPECS = (
     StrategySpec("none"),
-    StrategySpec("mtl", frozenset({"auxiliary"}), ("mtl.weight",), reads_privileged=True),
+    StrategySpec("mtl", frozenset({"auxiliary"}), ("mtl.weight",), reads_privileged=True,
+                 reshapes_student=True),
     _KD, _FOCAL_V1, _FOCAL_V2, _LAYER_ALIGN,
     _combined("kd_layer_align", _LAYER_ALIGN, _KD),
     _combined("ha_pfd_v1", _LAYER_ALIGN, _FOCAL_V1),
@@ -116,12 +130,12 @@ _SPECS = (
     StrategySpec("taml", frozenset({"ctr_task", "ctcvr_task", "ctr_self_kd", "cvr_self_kd"}),
                  ("taml.alpha", "taml.beta"),
                  ("taml.learners", "taml.experts", "taml.expert_units", "taml.hidden_units",
-                  "taml.activation", "serve_ctr"), IMPRESSION),
+                  "taml.activation", "serve_ctr"), IMPRESSION, reshapes_student=True),
     _UKD_TEACHER,
     StrategySpec("ukd", frozenset({"cvr_click", "cvr_unclick", "uncertainty", "ctr_task"}),
                  ("ukd.pseudo_weight", "ukd.uncertainty_scale"),
                  ("ukd.ctr_weight", "ukd.dropout", "ukd.hidden_units", "serve_ctr"), IMPRESSION,
-                 teacher_stage=_UKD_TEACHER.name),
+                 teacher_stage=_UKD_TEACHER.name, reshapes_student=True),
 )
 # Name -> spec, in the order `pfdx compare` lists them.
 STRATEGIES: dict[str, StrategySpec] = {s.name: s for s in _SPECS}

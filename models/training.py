@@ -245,6 +245,22 @@ class Fitter:
         metrics.update(summarize(predictions, bins))
         return Result(model, predictions, metrics)
 
+    def student_alone(self, config: PipelineConfig, fitted: Result) -> Result:
+        """`fitted`'s student as the student alone's fit (`config`: strategy `none`): a
+        `none` model holding the student's weights, with the student's validation
+        predictions and metrics. `fitted` trained it without distillation beside a
+        teacher on its own tables, as `none` trains it (models/tuning.py
+        `student_alone`); `finish` then refits the student alone from scratch."""
+        model = self._build(config)
+        source = fitted.model.student.weights
+        if [w.shape for w in model.student.weights] != [w.shape for w in source]:
+            raise ValueError(f"{fitted.model.config.strategy!r}'s student is not the student "
+                             "alone's: their weights differ in shape")
+        for target, value in zip(model.student.weights, source):
+            target.assign(value)
+        metrics = {k: v for k, v in fitted.metrics.items() if "teacher" not in k}
+        return Result(model, None, metrics, dataclasses.replace(fitted.validation, teacher=None))
+
     def fit_and_evaluate(self, config: PipelineConfig, name: str = "run") -> Result:
         """`fit` then `finish`: one config, start to end."""
         return self.finish(config, self.fit(config, name), name)

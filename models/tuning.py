@@ -60,6 +60,11 @@ class Outcome:
     best: Trial
     best_result: Any  # what `train` returned for the best trial
     trials: list[Trial]
+    # A strategy whose setup stage trains the student alone (registry
+    # `StrategySpec.setup_student_alone`): that stage's trials and its winner (trial,
+    # result), which `student_alone` reads the student alone's tuning off.
+    setup: list[Trial] = dataclasses.field(default_factory=list)
+    no_distillation: tuple[Trial, Any] | None = None
 
     def table(self) -> list[dict[str, Any]]:
         """One plain row per trial, for reports and MLMD."""
@@ -166,12 +171,45 @@ def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
     else:  # the encodings trained the same student: without a teacher (MTL) it decides
         chosen = _best([(t, r) for t, r in setup if t.params.get("learning_rate") == lr],
                        lambda t: t.score(metric))
+    setup_trials = [t for t, _ in setup]
     del setup
     distillation = run(distillation_candidates(config, chosen[0].params), "distillation")
     best = _best([chosen] + distillation, lambda t: t.score(metric))
     if best is not chosen and not _clearly_ahead(config, best, chosen, log):
         best = chosen
+    if config.tuning.enabled and registry.STRATEGIES[config.model.strategy].setup_student_alone:
+        return Outcome(best[0], best[1], trials, setup_trials, chosen)
     return Outcome(best[0], best[1], trials)
+
+
+def student_alone(config: PipelineConfig, beside: Outcome,
+                  convert: Callable[[PipelineConfig, Any], Any]) -> Outcome | None:
+    """The student alone's tuning (`config`: strategy `none`) read off `beside`, the
+    tuning of a strategy whose setup stage trained that very student at each learning
+    rate (`Outcome.setup`; tests/test_models_setup_student.py checks it to the bit):
+    one trial per rate of `config`'s grid, with the student's validation metrics; the
+    best is the setup's winner, whose result `convert(config, result)` makes a `none`
+    one (models/training.py `Fitter.student_alone`). Saves the student alone's own
+    trials, 2 of `make run`'s 13-14 trainings. None when it cannot: no such stage,
+    a rate the stage did not train, or `model.refit` off (the shipped model would be
+    the converted one, whose optimizer never stepped)."""
+    if beside.no_distillation is None or not config.model.refit:
+        return None
+    default = config.model.learning_rate
+    trials = []
+    for point in setup_candidates(config):
+        rate = point.get("learning_rate", default)
+        trial = next((t for t in beside.setup if t.params.get("learning_rate", default) == rate),
+                     None)
+        if trial is None:
+            return None
+        metrics = {k: v for k, v in trial.metrics.items() if "teacher" not in k}
+        trials.append(Trial(dict(point), metrics, trial.seconds))
+    best = _best([(t, None) for t in trials], lambda t: t.score(config.tuning.metric))[0]
+    winner, result = beside.no_distillation
+    if winner.params.get("learning_rate", default) != best.params.get("learning_rate", default):
+        return None  # the same students score the same: only if that did not hold
+    return Outcome(best, convert(config.with_model(best.params), result), trials)
 
 
 def _clearly_ahead(config: PipelineConfig, rival: tuple[Trial, Any], chosen: tuple[Trial, Any],

@@ -9,8 +9,9 @@ from pfdx.config import PipelineConfig, load_config
 
 # Beam in-memory: TFX start-up, not data, dominates small pipeline tests.
 FAST = ["runner.direct_running_mode=in_memory", "runner.direct_num_workers=1",
-        # Per-run tuning trains its fixed candidates only: the student alone, and the
-        # strategy without distillation and at its configured values (models/tuning.py).
+        # Per-run tuning trains its fixed candidates only: the strategy without
+        # distillation (the student alone's trial is read off it) and at its configured
+        # values (models/tuning.py).
         "tuning.grid={}", "tuning.max_trials=0"]
 
 

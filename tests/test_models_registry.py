@@ -48,6 +48,8 @@ def test_each_strategy_is_what_its_spec_declares(name, batch):
     model = JointModel(config, REGULAR, PRIVILEGED)
     assert model.strategy.space == spec.space
     assert model.has_teacher == spec.privileged_teacher
+    assert spec.reshapes_student == (model.strategy.student_encoder is not None or (
+        model.strategy.student_head is not None or model.strategy.owns_student_task))
     features, labels = batch
     if spec.space == registry.CLICK:
         labels = labels["label"]

@@ -219,7 +219,8 @@ def _fitter(auc_by_strategy):
 
 
 def test_train_champion_ships_the_student_alone_when_distillation_loses():
-    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=0")
+    # Without refit the student alone trains its own trials (scored apart here).
+    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=0", "model.refit=false")
     fitter, trained = _fitter({"none": 0.8, "ha_pfd_v2": 0.7})
     result = champion.train_champion(config, fitter, privileged_inputs=True)
     assert result.decision.shipped == champion.STUDENT_ALONE
@@ -233,11 +234,40 @@ def test_train_champion_ships_the_student_alone_when_distillation_loses():
 
 @pytest.mark.parametrize("gain, kept", [(0.0, True), (0.1, False)])
 def test_a_shipped_distilled_student_says_when_tuning_kept_no_distillation(gain, kept):
-    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=0", "tuning.min_gain_se=0")
+    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=0", "tuning.min_gain_se=0",
+                     "model.refit=false")
     fitter, _ = _fitter({"none": 0.8, "ha_pfd_v2": lambda c: 0.8 + gain * (c.model.kd.lam > 0)})
     result = champion.train_champion(config, fitter, privileged_inputs=True)
     assert result.decision.shipped == champion.DISTILLED
     assert ("tuning kept no distillation" in result.decision.reason) == kept
+
+
+def test_the_student_alone_is_read_off_the_setup_stage_that_trained_it():
+    config = _config("model.strategy=ha_pfd_v2", "tuning.max_trials=0")
+    auc = {0.0025: 0.70, 0.025: 0.75}
+    fitter, trained = _fitter({"none": 0.8, "ha_pfd_v2": lambda c: auc[c.model.learning_rate]})
+    converted = []
+
+    def student_alone(c, fitted):
+        converted.append((c.model.strategy, c.model.learning_rate, fitted.name))
+        return SimpleNamespace(metrics=dict(fitted.metrics), name="none")
+
+    fitter.student_alone = student_alone
+    result = champion.train_champion(config, fitter, privileged_inputs=True)
+    assert set(trained) == {"ha_pfd_v2"}  # no trial of its own
+    assert converted == [("none", 0.025, "ha_pfd_v2")]  # the setup stage's winner
+    alone = result.metrics()["student_alone"]
+    assert alone["chosen"] == {"learning_rate": 0.025}
+    assert [(t["params"], t["validation_student_auc"]) for t in alone["trials"]] == [
+        ({"learning_rate": 0.0025}, 0.70), ({"learning_rate": 0.025}, 0.75)]
+    assert not any("teacher" in k for t in alone["trials"] for k in t)
+    # Other rates than the setup stage trained, or no setup stage: its own trials.
+    for override in ('tuning.grid={"none:learning_rate": [0.01], "learning_rate": [0.0025]}',
+                     "tuning.enabled=false", "model.strategy=ektf"):
+        fitter, trained = _fitter({"none": 0.8, "ha_pfd_v2": 0.7, "ektf": 0.7})
+        champion.train_champion(_config("model.strategy=ha_pfd_v2", "tuning.max_trials=0",
+                                        override), fitter, privileged_inputs=True)
+        assert "none" in trained
 
 
 def test_nothing_to_distil_trains_and_ships_the_student_alone():
