@@ -115,12 +115,9 @@ def served(tmp_path_factory):
     for fmt in FORMATS:
         (path,) = simulate.write(df, str(tmp / fmt), fmt)
         with open(path, "rb") as stream:
-            _, rows = log_rows.read_file(path, stream, fmt, ",", schema)
-            canonical = {}
-            for number, row in rows:
-                status, example = log_rows.row_to_example(schema, row)
-                if status == log_rows.USED:
-                    canonical[number] = example.serialized
+            _, rows = log_rows.read_rows(path, stream, fmt, ",", schema)
+            canonical = {row.number: row.payload.serialized for row in rows
+                         if row.status == log_rows.USED}
         for reader, logged in typed_rows(fmt, path).items():
             replays[fmt, reader] = [
                 (r if isinstance(r, bytes) else logged_example(r), canonical[i + 1])
