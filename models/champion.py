@@ -129,9 +129,10 @@ def train_champion(config: PipelineConfig, fitter: Any, privileged_inputs: bool,
             outcome = tuning.student_alone(side_config, beside,
                                            lambda c, fitted: fitter.student_alone(c, fitted))
             if outcome is not None:
-                log(f"{name}: trials read off {strategy}'s setup stage (the same students): "
-                    + ", ".join(f"{t.params} {t.score(config.tuning.metric):.4f}"
-                                for t in outcome.trials))
+                metric = f"validation_{config.tuning.metric}"
+                log(f"{name}: trials read off {strategy}'s setup stage (the same students), "
+                    f"{metric}: " + ", ".join(f"{t.params} {t.metrics.get(metric, math.nan):.4f}"
+                                              for t in outcome.trials))
         if outcome is None:
             outcome = tuning.tune(side_config, train, lambda line: log(f"{name}: {line}"))
         final = fitter.finish(side_config.with_model(outcome.best.params),
