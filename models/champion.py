@@ -126,8 +126,7 @@ def train_champion(config: PipelineConfig, fitter: Any, privileged_inputs: bool,
         if name in base_params:
             outcome = tuning.reuse(side_config, base_params[name], train)
         elif beside is not None:
-            outcome = tuning.student_alone(side_config, beside,
-                                           lambda c, fitted: fitter.student_alone(c, fitted))
+            outcome = tuning.student_alone(side_config, beside, fitter.student_alone)
             if outcome is not None:
                 metric = f"validation_{config.tuning.metric}"
                 log(f"{name}: trials read off {strategy}'s setup stage (the same students), "

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pfdx.config import PipelineConfig
-from pfdx.models import best_epochs, calibration, impressions, registry
+from pfdx.models import best_epochs, calibration, impressions, registry, tuning
 from pfdx.models.datasets import (DatasetFactory, count_records, in_memory, sampled_impressions,
                                   shuffled_rows, transformed_dataset, vocabularies)
 from pfdx.models.model import JointModel, build_model
@@ -181,8 +181,9 @@ class Fitter:
             monitor=f"val_{VALIDATION_METRIC}", mode="max", patience=m.early_stopping_patience)
         # The model at the student's best epoch, then a teacher with its own tables at
         # its own (models/best_epochs.py).
-        best = best_epochs.KeepWeights(best_epochs.whole_model, monitor=f"val_{VALIDATION_METRIC}")
-        teacher = [best_epochs.KeepWeights(best_epochs.teacher_side, monitor=f"val_{TEACHER_METRIC}")
+        keep = best_epochs.KeepWeights
+        best = keep(best_epochs.whole_model, monitor=f"val_{VALIDATION_METRIC}")
+        teacher = [keep(best_epochs.teacher_side, monitor=f"val_{TEACHER_METRIC}")
                    ] if model.teacher_stands_alone else []
         history = model.fit(self._train(config, self.splits.train), epochs=m.epochs,
                             validation_data=self._dataset(config, self.splits.validation, False),
@@ -258,8 +259,8 @@ class Fitter:
                              "alone's: their weights differ in shape")
         for target, value in zip(model.student.weights, source):
             target.assign(value)
-        metrics = {k: v for k, v in fitted.metrics.items() if "teacher" not in k}
-        return Result(model, None, metrics, dataclasses.replace(fitted.validation, teacher=None))
+        return Result(model, None, tuning.student_metrics(fitted.metrics),
+                      dataclasses.replace(fitted.validation, teacher=None))
 
     def fit_and_evaluate(self, config: PipelineConfig, name: str = "run") -> Result:
         """`fit` then `finish`: one config, start to end."""

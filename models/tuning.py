@@ -182,6 +182,11 @@ def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
     return Outcome(best[0], best[1], trials)
 
 
+def student_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A trial's metrics without its teacher's: what the student alone would have."""
+    return {k: v for k, v in metrics.items() if "teacher" not in k}
+
+
 def student_alone(config: PipelineConfig, beside: Outcome,
                   convert: Callable[[PipelineConfig, Any], Any]) -> Outcome | None:
     """The student alone's tuning (`config`: strategy `none`) read off `beside`, the
@@ -203,8 +208,7 @@ def student_alone(config: PipelineConfig, beside: Outcome,
                      None)
         if trial is None:
             return None
-        metrics = {k: v for k, v in trial.metrics.items() if "teacher" not in k}
-        trials.append(Trial(dict(point), metrics, trial.seconds))
+        trials.append(Trial(dict(point), student_metrics(trial.metrics), trial.seconds))
     best = _best([(t, None) for t in trials], lambda t: t.score(config.tuning.metric))[0]
     winner, result = beside.no_distillation
     if winner.params.get("learning_rate", default) != best.params.get("learning_rate", default):

@@ -215,7 +215,10 @@ def _fitter(auc_by_strategy):
         if "validation_teacher_auc" in m:
             m["teacher_auc"] = m["validation_teacher_auc"]
         return SimpleNamespace(metrics=m, name=fitted.name)
-    return SimpleNamespace(fit=fit, finish=finish), trained
+
+    def student_alone(config, fitted):
+        return SimpleNamespace(metrics=dict(fitted.metrics), name="none")
+    return SimpleNamespace(fit=fit, finish=finish, student_alone=student_alone), trained
 
 
 def test_train_champion_ships_the_student_alone_when_distillation_loses():
