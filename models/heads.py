@@ -200,13 +200,10 @@ def task_adaptive_learners(config, name: str = "taml") -> TaskAdaptiveLearners:
 
 
 def reverse_gradient(x: tf.Tensor, scale: float) -> tf.Tensor:
-    """Identity forward; the gradient is multiplied by -scale on the way back."""
-
-    @tf.custom_gradient
-    def _reverse(x):
-        return tf.identity(x), lambda dy: -scale * dy
-
-    return _reverse(x)
+    """Identity forward (x + 0 * -scale); the gradient is multiplied by -scale on the
+    way back, however it is differentiated. Not `tf.custom_gradient`, which keeps
+    every traced graph alive (models/layers.py `with_gradient`)."""
+    return tf.stop_gradient(x) + (x - tf.stop_gradient(x)) * -scale
 
 
 class GradientReversal(tf.keras.layers.Layer):

@@ -1,5 +1,8 @@
 """Each loss against an independent float64 numpy formula, including probabilities
 near 0 and 1 and extreme logits, plus the stop-gradient on the teacher side."""
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -7,6 +10,7 @@ import pfdx  # noqa: F401
 import tensorflow as tf
 
 from pfdx.models import losses
+from pfdx.models.heads import GradientReversal
 from pfdx.models.layers import SmeLU
 
 GAMMAS = (0.0, 1.0, 2.0)
@@ -166,6 +170,24 @@ def test_adversarial_losses_match_binary_cross_entropy():
                                2 * (bce1(d_t) + bce0(d_s))[:, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(losses.adversarial_student_loss([d_s]), bce1(d_s)[:, 0],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_hand_written_gradients_let_their_traced_graph_go():
+    # tf.custom_gradient kept every trace's graph, and the variables it captured
+    # (a model's tables and optimizer slots), alive for the life of the process.
+    v = tf.Variable(np.array([-2.0, 0.0, 2.0], np.float32))
+
+    @tf.function
+    def gradient():
+        with tf.GradientTape() as tape:
+            y = tf.reduce_sum(SmeLU(1.0)(v) + GradientReversal(0.5)(v))
+        return tape.gradient(y, v)
+
+    np.testing.assert_allclose(gradient(), [0.0 - 0.5, 0.5 - 0.5, 1.0 - 0.5])
+    graph = weakref.ref(gradient.get_concrete_function().graph)
+    del gradient
+    gc.collect()
+    assert graph() is None
 
 
 def test_smelu_matches_piecewise_definition_and_is_smooth():
