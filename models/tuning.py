@@ -134,12 +134,16 @@ def distillation_candidates(config: PipelineConfig, setup: dict[str, Any]) -> li
 def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
          log: Callable[[str], None] = lambda _: None) -> Outcome:
     """The two stages of the module docstring; `train(config, trial_name)` returns
-    an object with `.metrics` (models/training.py `Result`). Only the best
-    result of each stage is held."""
+    an object with `.metrics` (models/training.py `Result`). The setup stage holds
+    its results until it has chosen; the distillation stage only its leading one."""
     metric = config.tuning.metric
     trials: list[Trial] = []
 
-    def run(points: list[dict[str, Any]], stage: str) -> list[tuple[Trial, Any]]:
+    def run(points: list[dict[str, Any]], stage: str,
+            leader_only: bool = False) -> list[tuple[Trial, Any]]:
+        """The stage's (trial, result) pairs; `leader_only`: a trial's result is
+        dropped (None) once another trial leads the stage, the only result that can
+        still win it (`_best` keeps the first of equal scores)."""
         out = []
         for point in points:
             start = time.perf_counter()
@@ -152,6 +156,11 @@ def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
                 + (f", teacher AUC {teacher:.4f}" if teacher is not None else "")
                 + f", {trial.metrics.get('best_epoch')} epoch(s)")
             out.append((trial, result))
+            if leader_only:
+                leader = _best(out, lambda t: t.score(metric))
+                # A result holds a model, its tables and optimizer slots: the others go.
+                out = [pair if pair is leader else (pair[0], None) for pair in out]
+                del result, leader
         return out
 
     setup = run(setup_candidates(config), "setup")
@@ -173,7 +182,8 @@ def tune(config: PipelineConfig, train: Callable[[PipelineConfig, str], Any],
                        lambda t: t.score(metric))
     setup_trials = [t for t, _ in setup]
     del setup
-    distillation = run(distillation_candidates(config, chosen[0].params), "distillation")
+    distillation = run(distillation_candidates(config, chosen[0].params), "distillation",
+                       leader_only=True)
     best = _best([chosen] + distillation, lambda t: t.score(metric))
     if best is not chosen and not _clearly_ahead(config, best, chosen, log):
         best = chosen

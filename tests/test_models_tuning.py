@@ -1,5 +1,6 @@
 """Per-run tuning (candidates, choice on validation) and the baseline gate."""
 import math
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -131,6 +132,38 @@ def test_tune_keeps_the_no_distillation_point_when_distillation_loses_and_nan_ne
     outcome = tuning.tune(config, train)
     assert outcome.best.params == {}
 
+
+class _Result:
+    """A stand-in trial result that can be referenced weakly (a SimpleNamespace cannot)."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+
+def test_the_distillation_stage_holds_only_the_result_leading_it():
+    config = _config("model.strategy=kd", "model.kd.lam=10", "tuning.max_trials=4",
+                     'tuning.grid={"kd.lam": [1, 2, 3, 5]}')
+    scores = {0.0: 0.70, 10.0: 0.71, 1.0: 0.73, 2.0: 0.74, 3.0: 0.74, 5.0: 0.72}
+    distilled, alive_at_start = [], []
+
+    def train(config, name):
+        if name.startswith("distillation"):
+            alive_at_start.append(sum(r() is not None for _, r in distilled))
+        result = _Result({"validation_student_auc": scores[config.model.kd.lam]})
+        if name.startswith("distillation"):
+            distilled.append((config.model.kd.lam, weakref.ref(result)))
+        return result
+
+    outcome = tuning.tune(config, train)
+    assert len(distilled) == 5
+    # Every trial after the first starts beside the one result leading so far.
+    assert alive_at_start == [0, 1, 1, 1, 1]
+    # The first of the two best (2 and 3 tie) wins, as when every result was held.
+    lams = [lam for lam, _ in distilled]
+    winner = min((lam for lam in lams if scores[lam] == 0.74), key=lams.index)
+    assert outcome.best.params["kd.lam"] == winner
+    assert outcome.best_result is dict(distilled)[winner]()
+    assert [lam for lam, r in distilled if r() is not None] == [winner]
 
 def _validation(labels, scores):
     """A train result on `scores` of the validation rows `labels`, with its AUC."""
