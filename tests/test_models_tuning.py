@@ -165,6 +165,7 @@ def test_the_distillation_stage_holds_only_the_result_leading_it():
     assert outcome.best_result is dict(distilled)[winner]()
     assert [lam for lam, r in distilled if r() is not None] == [winner]
 
+
 def _validation(labels, scores):
     """A train result on `scores` of the validation rows `labels`, with its AUC."""
     from sklearn.metrics import roc_auc_score
