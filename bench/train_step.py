@@ -2,7 +2,7 @@
 
     python bench/train_step.py [--batch 512] [--steps 20] [--rounds 5]
         [--hash-buckets 1000 100000 1000000] [--round-seconds 2] [--batches 100]
-        [--embedding-optimizer adam|lazy_adam]
+        [--embedding-optimizer adam|lazy_adam] [--run CONFIG [--set KEY=VALUE ...]]
 
 Runs Keras' own train function (forward, loss, metrics, Adam with weight decay and
 clipping) on in-memory batches shaped like the Transform's output: the simulated
@@ -18,6 +18,13 @@ With `lazy_adam`, each round ends with a flush (`JointModel.catch_up_rows`: ever
 row of every table caught up on its missed steps), timed apart: a fit flushes
 before each validation pass and at each epoch's end.
 
+`--run CONFIG`: also the end-to-end examples/s of the last Trainer that ran (not
+from cache) under that pipeline config's output root (`make run` first): the examples
+its trainings stepped through (each training's epochs, from its TensorBoard folder,
+times the rows of its splits: train for a fit, train + validation for a refit)
+over the Trainer's wall time in MLMD -- tuning's set-up per model, validation passes,
+the export and all. `--hash-buckets` without values skips the step table.
+
 TensorFlow's thread pools come from the environment (`TF_NUM_INTRAOP_THREADS`,
 `TF_NUM_INTEROP_THREADS`, printed with the figures); docs/pipeline.md "Threads".
 """
@@ -25,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import json
 import os
 import time
 
@@ -34,8 +43,10 @@ import pfdx  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pfdx.config import ModelConfig  # noqa: E402
+from pfdx.components.trainer import TENSORBOARD_DIR  # noqa: E402
+from pfdx.config import ModelConfig, load_config  # noqa: E402
 from pfdx.models.model import build_model  # noqa: E402
+from pfdx.models.training import REFIT_SUFFIX  # noqa: E402
 from pfdx.simulator import schema  # noqa: E402
 
 PRIVILEGED = tuple(f"privileged__{n}" for n in schema.PAPER_DISCRETE[:6] + ("interact",)
@@ -117,6 +128,77 @@ def measure(base: ModelConfig, batch_size: int, batches: int, max_steps: int, ro
             for s, t in times.items()}, n
 
 
+def epochs_logged(training_dir: str) -> int:
+    """Epochs a training ran: the epoch summaries Keras' TensorBoard callback wrote
+    (distinct steps, so a resumed training's repeated epochs count once)."""
+    steps = set()
+    for path in glob.glob(os.path.join(training_dir, "train", "events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            if any(v.tag == "epoch_loss" for v in event.summary.value):
+                steps.add(event.step)
+    return len(steps)
+
+
+def trainer_throughput(config_path: str, overrides: list[str]) -> dict:
+    """The last Trainer that ran (not from cache) under the config's output root:
+    its wall seconds, trainings, epochs and the examples they trained on."""
+    from ml_metadata import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx import v1 as tfx
+
+    config = load_config(config_path, overrides)
+    if not os.path.exists(config.metadata_path):
+        raise SystemExit(f"--run: no {config.metadata_path}: run the pipeline first "
+                         f"(pfdx run --config {config_path})")
+    store = metadata_store.MetadataStore(
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
+    runs = [a for a in store.get_artifacts_by_type("ModelRun")]
+    for run in sorted(runs, key=lambda a: a.id, reverse=True):
+        events = store.get_events_by_artifact_ids([run.id])
+        executions = store.get_executions_by_id(
+            [e.execution_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT])
+        ran = [x for x in executions if x.last_known_state == metadata_store_pb2.Execution.COMPLETE]
+        if ran:
+            break
+    else:
+        raise SystemExit(f"--run: no Trainer ran in {config.metadata_path}")
+    trainer = ran[0]
+    inputs = store.get_artifacts_by_id(
+        [e.artifact_id for e in store.get_events_by_execution_ids([trainer.id])
+         if e.type == metadata_store_pb2.Event.INPUT])
+    (examples,) = [a for a in inputs
+                   if store.get_artifact_types_by_id([a.type_id])[0].name == "Examples"]
+    with open(os.path.join(examples.uri, "row_counts.json"), encoding="utf-8") as f:
+        rows = json.load(f)
+    fit_rows = rows["split:train"]
+    trainings = {}
+    for training_dir in sorted(glob.glob(os.path.join(run.uri, TENSORBOARD_DIR, "*"))):
+        name = os.path.basename(training_dir)
+        per_epoch = fit_rows + (rows["split:validation"] if name.endswith(REFIT_SUFFIX) else 0)
+        trainings[name] = (epochs_logged(training_dir), per_epoch)
+    return {"seconds": (trainer.last_update_time_since_epoch
+                        - trainer.create_time_since_epoch) / 1000,
+            "trainings": trainings, "strategy": config.model.strategy,
+            "hash_buckets": config.model.hash_buckets, "metadata": config.metadata_path}
+
+
+def print_trainer(run: dict, rates: dict[int, dict[str, float]]) -> None:
+    """`trainer_throughput`'s figures, and the share of the Trainer the steps alone
+    would take at the measured rate (`rates`: rows per table -> strategy -> examples/s)
+    of the run's strategy and table size."""
+    epochs = sum(e for e, _ in run["trainings"].values())
+    examples = sum(e * n for e, n in run["trainings"].values())
+    print(f"\nTrainer of the last run in {run['metadata']}: {len(run['trainings'])} trainings, "
+          f"{epochs} epochs, {examples:,} examples in {run['seconds']:.1f} s: "
+          f"{examples / run['seconds']:,.0f} examples/s end to end")
+    rate = rates.get(run["hash_buckets"], {}).get(run["strategy"])
+    if rate is not None:
+        busy = examples / rate
+        print(f"  its steps alone at the {run['strategy']} step above ({rate:,.0f} "
+              f"examples/s): {busy:.1f} s, {100 * busy / run['seconds']:.0f} % of the Trainer")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512)
@@ -125,12 +207,18 @@ def main() -> None:
     parser.add_argument("--round-seconds", type=float, default=2.0)
     parser.add_argument("--batches", type=int, default=100,
                         help="distinct batches, cycled (1: the same ids every step)")
-    parser.add_argument("--hash-buckets", type=int, nargs="+", default=[1_000, 100_000, 1_000_000],
-                        help="rows per categorical table, one measurement each")
+    parser.add_argument("--hash-buckets", type=int, nargs="*", default=[1_000, 100_000, 1_000_000],
+                        help="rows per categorical table, one measurement each (none: no table)")
     parser.add_argument("--embedding-optimizer", choices=["adam", "lazy_adam"],
                         default=ModelConfig().embedding_optimizer,
                         help="model.embedding_optimizer (default: the library's)")
+    parser.add_argument("--run", metavar="CONFIG",
+                        help="also the Trainer's end-to-end examples/s in this pipeline "
+                             "config's last run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for --run, as `pfdx run --set`")
     args = parser.parse_args()
+    run = trainer_throughput(args.run, args.set) if args.run else None
     print(f"batch {args.batch} ({args.batches} distinct), {args.rounds} rounds of up to "
           f"{args.steps} steps, "
           f"{len(schema.REGULAR_CATEGORICAL)} hashed features, {len(PRIVILEGED)} privileged "
@@ -154,11 +242,15 @@ def main() -> None:
             print(f"  ha_pfd_v2 step / student-only step ({label}): {r:.2f}x "
                   f"(target <= {TARGET_RATIO}x: {'met' if r <= TARGET_RATIO else 'NOT met'})")
         table.append((buckets, result))
-    print("\n| rows per table | none | ha_pfd_v2 |\n|---|---|---|")
+    if table:
+        print("\n| rows per table | none | ha_pfd_v2 |\n|---|---|---|")
     for buckets, result in table:
         cells = [f"{args.batch / w / 1000:.1f}k ex/s ({1000 * w:.1f} ms)"
                  for w, _, _ in (result["none"], result["ha_pfd_v2"])]
         print(f"| {buckets:,} | {cells[0]} | {cells[1]} |")
+    if run is not None:
+        print_trainer(run, {buckets: {s: args.batch / r[0] for s, r in result.items()}
+                            for buckets, result in table})
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from pfdx.serving import export
 PIPELINE_CONFIG_KEY = "pipeline_config"
 PSEUDO_LABEL_COLUMN_KEY = "pseudo_label_column"
 TRAINING_METRICS_FILE = "training_metrics.json"
+# Under the ModelRun artifact: one TensorBoard folder per training, by its name.
+TENSORBOARD_DIR = "logs"
 
 
 # What training reads of the pipeline config, section -> fields (None: all of it):
@@ -96,7 +98,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     def callbacks(name: str) -> list[tf.keras.callbacks.Callback]:
         return [
-            tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs", name)),
+            tf.keras.callbacks.TensorBoard(
+                log_dir=os.path.join(fn_args.model_run_dir, TENSORBOARD_DIR, name)),
             # Pre-emption: a re-run of a killed Trainer resumes from its last backup.
             resume.backup_and_restore(fn_args, name, config.runner.backup_seconds),
         ]

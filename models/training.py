@@ -33,6 +33,8 @@ from pfdx.models.predictions import Predictions, predict, summarize
 # teacher keeps the weights of its own best epoch by its ranking there.
 VALIDATION_METRIC = "student_auc"
 TEACHER_METRIC = "teacher_auc"
+# A refit's training name: its fit's, with this suffix (`callbacks(name)`).
+REFIT_SUFFIX = "-refit"
 
 
 @dataclasses.dataclass
@@ -222,7 +224,7 @@ class Fitter:
                 best_epochs.KeepWeights(best_epochs.teacher_side, epoch=teacher_epochs)]
             model.fit(self._train(config, [*self.splits.train, *self.splits.validation]),
                       epochs=max(epochs, teacher_epochs),
-                      callbacks=[*self.callbacks(f"{name}-refit"), *keep], verbose=self.verbose)
+                      callbacks=[*self.callbacks(name + REFIT_SUFFIX), *keep], verbose=self.verbose)
             metrics.update(refit_epochs=epochs, refit_teacher_epochs=teacher_epochs)
             failed = best_epochs.refit_failures(
                 fitted.validation.clicked(),
