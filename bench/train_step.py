@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import json
 import os
 import time
 
@@ -42,7 +41,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pfdx  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from ml_metadata import metadata_store  # noqa: E402
+from ml_metadata.proto import metadata_store_pb2  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+from tfx.types import standard_artifacts  # noqa: E402
 
+from pfdx.components import splits  # noqa: E402
+from pfdx.components.click_log_outputs import read_row_counts  # noqa: E402
+from pfdx.components.data_rules import SPLIT  # noqa: E402
 from pfdx.components.trainer import TENSORBOARD_DIR  # noqa: E402
 from pfdx.config import ModelConfig, load_config  # noqa: E402
 from pfdx.models.model import build_model  # noqa: E402
@@ -143,18 +149,14 @@ def epochs_logged(training_dir: str) -> int:
 def trainer_throughput(config_path: str, overrides: list[str]) -> dict:
     """The last Trainer that ran (not from cache) under the config's output root:
     its wall seconds, trainings, epochs and the examples they trained on."""
-    from ml_metadata import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-    from tfx import v1 as tfx
-
     config = load_config(config_path, overrides)
     if not os.path.exists(config.metadata_path):
         raise SystemExit(f"--run: no {config.metadata_path}: run the pipeline first "
                          f"(pfdx run --config {config_path})")
     store = metadata_store.MetadataStore(
         tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
-    runs = [a for a in store.get_artifacts_by_type("ModelRun")]
-    for run in sorted(runs, key=lambda a: a.id, reverse=True):
+    model_runs = store.get_artifacts_by_type(standard_artifacts.ModelRun.TYPE_NAME)
+    for run in sorted(model_runs, key=lambda a: a.id, reverse=True):
         events = store.get_events_by_artifact_ids([run.id])
         executions = store.get_executions_by_id(
             [e.execution_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT])
@@ -167,15 +169,15 @@ def trainer_throughput(config_path: str, overrides: list[str]) -> dict:
     inputs = store.get_artifacts_by_id(
         [e.artifact_id for e in store.get_events_by_execution_ids([trainer.id])
          if e.type == metadata_store_pb2.Event.INPUT])
-    (examples,) = [a for a in inputs
-                   if store.get_artifact_types_by_id([a.type_id])[0].name == "Examples"]
-    with open(os.path.join(examples.uri, "row_counts.json"), encoding="utf-8") as f:
-        rows = json.load(f)
-    fit_rows = rows["split:train"]
+    (examples,) = [a for a in inputs if store.get_artifact_types_by_id([a.type_id])[0].name
+                   == standard_artifacts.Examples.TYPE_NAME]
+    rows = read_row_counts(examples.uri)
+    fit_rows = rows[f"{SPLIT}:{splits.TRAIN}"]
     trainings = {}
     for training_dir in sorted(glob.glob(os.path.join(run.uri, TENSORBOARD_DIR, "*"))):
         name = os.path.basename(training_dir)
-        per_epoch = fit_rows + (rows["split:validation"] if name.endswith(REFIT_SUFFIX) else 0)
+        refit = name.endswith(REFIT_SUFFIX)
+        per_epoch = fit_rows + (rows[f"{SPLIT}:{splits.VALIDATION}"] if refit else 0)
         trainings[name] = (epochs_logged(training_dir), per_epoch)
     return {"seconds": (trainer.last_update_time_since_epoch
                         - trainer.create_time_since_epoch) / 1000,
