@@ -3,6 +3,11 @@ comparison gives the numbers of `tests/golden/compare/`, which the code before t
 split into `experiments/` wrote, and its report writers turn that run's summary and
 predictions back into the same files, byte for byte.
 
+The numbers match to 1e-8 relative, not to the last bit: CPUs differ in oneDNN's
+kernels, and on one with AVX-512 FP16 / AMX (2026-12-07) a few of the validation
+teacher's float32 predictions rounded otherwise, moving their mean by 9e-10 relative
+with everything else equal to the bit; a change to what is trained moves far more.
+
 Regenerate the golden files only for an intended change of behaviour:
 `.venv/bin/python -m tests.test_compare_golden` (then review the diff).
 """
@@ -10,6 +15,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -27,6 +33,9 @@ GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "com
 # reproduce from them.
 REPORT_FILES = ("compare.md", "compare.csv", "runs.csv", "tuning.csv", "reliability.png")
 ROWS, LOG_SEED = 30_000, 7
+# Floats of the summary: relative tolerance; of the saved predictions (float32): a
+# few units in the last place.
+SUMMARY_RTOL, PREDICTIONS_RTOL = 1e-8, 1e-6
 ARGS = ["--strategies", "none,ha_pfd_v2", "--seeds", "1", "--fixed"]
 # Every setting the golden numbers depend on is pinned, so a changed library default
 # does not read as a changed behaviour (the golden run used the vocabulary encoding).
@@ -73,13 +82,29 @@ def _numbers(summary: dict) -> dict:
 def test_a_fixed_seed_compare_gives_the_golden_numbers(tmp_path):
     out = run_tiny(str(tmp_path))
     golden = _load(GOLDEN)
-    assert _numbers(_load(out)) == _numbers(golden)  # exact: floats to the last bit
+    assert _mismatches(_numbers(_load(out)), _numbers(golden)) == []
     for run in golden["runs"]:
         with np.load(os.path.join(out, run["predictions"])) as new, \
                 np.load(os.path.join(GOLDEN, run["predictions"])) as old:
             assert sorted(new.files) == sorted(old.files)
             for key in old.files:
-                np.testing.assert_array_equal(new[key], old[key], err_msg=key)
+                np.testing.assert_allclose(new[key], old[key], rtol=PREDICTIONS_RTOL, atol=0,
+                                           err_msg=key)
+
+
+def _mismatches(new, old, path: str = "") -> list[str]:
+    """Where `new` differs from `old` (nested dicts and lists): floats beyond
+    SUMMARY_RTOL (NaN equal to NaN), anything else at all."""
+    if isinstance(new, float) and isinstance(old, float):
+        same = math.isclose(new, old, rel_tol=SUMMARY_RTOL, abs_tol=0.0) or (
+            math.isnan(new) and math.isnan(old))
+        return [] if same else [f"{path}: {new!r} != {old!r}"]
+    if isinstance(new, dict) and isinstance(old, dict) and new.keys() == old.keys():
+        return [m for k in old for m in _mismatches(new[k], old[k], f"{path}/{k}")]
+    if isinstance(new, list) and isinstance(old, list) and len(new) == len(old):
+        return [m for i, (a, b) in enumerate(zip(new, old))
+                for m in _mismatches(a, b, f"{path}[{i}]")]
+    return [] if new == old and type(new) is type(old) else [f"{path}: {new!r} != {old!r}"]
 
 
 def test_the_writers_turn_the_golden_run_into_the_same_files(tmp_path):
