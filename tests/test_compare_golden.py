@@ -3,10 +3,11 @@ comparison gives the numbers of `tests/golden/compare/`, which the code before t
 split into `experiments/` wrote, and its report writers turn that run's summary and
 predictions back into the same files, byte for byte.
 
-The numbers match to 1e-8 relative, not to the last bit: CPUs differ in oneDNN's
-kernels, and on one with AVX-512 FP16 / AMX (2026-12-07) a few of the validation
-teacher's float32 predictions rounded otherwise, moving their mean by 9e-10 relative
-with everything else equal to the bit; a change to what is trained moves far more.
+The numbers match to 1e-8 relative, not to the last bit: float kernels differ by CPU
+(oneDNN picks its matmul code per machine). On a Sapphire Rapids machine (2026-12-07)
+a few of the validation teacher's float32 predictions rounded otherwise, moving their
+mean by 9e-10 relative, with everything else equal to the bit; a change to what is
+trained moves far more.
 
 Regenerate the golden files only for an intended change of behaviour:
 `.venv/bin/python -m tests.test_compare_golden` (then review the diff).
