@@ -4,7 +4,7 @@ split into `experiments/` wrote, and its report writers turn that run's summary 
 predictions back into the same files, byte for byte.
 
 The numbers match to 1e-8 relative, not to the last bit: float kernels differ by CPU
-(oneDNN picks its matmul code per machine). On a Sapphire Rapids machine (2026-12-07)
+(oneDNN picks its matmul code per machine). On a Xeon with AMX and AVX-512 FP16 (2026-12-07)
 a few of the validation teacher's float32 predictions rounded otherwise, moving their
 mean by 9e-10 relative, with everything else equal to the bit; a change to what is
 trained moves far more.
