@@ -200,6 +200,32 @@ class JointModel(tfrs.Model):
             if isinstance(optimizer, LazyAdam):
                 optimizer.flush()
 
+    def release_optimizers(self) -> None:
+        """Replaces both optimizers by unbuilt ones of the same settings (and so drops
+        the Keras functions that captured their variables): a model only read from now on
+        (a fitted model its refit replaces, models/training.py) then no longer holds
+        Adam's two moments per weight and LazyAdam's last step per row, twice its
+        tables. Tuning holds every setup trial's model until it chooses: 279 MB of
+        optimizer state a `make run` setup trial, ten times that at tables ten times
+        larger."""
+        def fresh(optimizer):
+            return optimizer.__class__.from_config(optimizer.get_config())
+
+        # Keras' compiled functions stay referenced from the model's tracking (as
+        # checkpoint dependencies and in Keras' attribute counts) when `compile` sets
+        # them to None: they, and every variable they captured, would stay alive.
+        for name in ("train_function", "train_tf_function", "test_function",
+                     "predict_function"):
+            function = getattr(self, name, None)
+            if function is not None:
+                self._delete_tracking(name)  # AutoTrackable's and Keras' internals
+                self._obj_reference_counts.pop(function, None)  # (both pinned)
+        # Compiled again, as `build_model` compiled it: Keras also keeps the compile
+        # arguments, the old optimizer among them.
+        with self.distribute_strategy.scope():
+            self.compile(optimizer=fresh(self.optimizer),
+                         teacher_optimizer=fresh(self.teacher_optimizer))
+
     def zero_untrained_rows(self) -> dict[str, int]:
         """Sets to zero the rows of every table that no gradient ever reached
         (`model.zero_untrained_rows`): the student's and the teacher's, so both score

@@ -207,6 +207,8 @@ class Fitter:
                                validation, bins)["student_ece"])
             validation = self.predict(config, model, self.splits.validation)
         metrics.update({f"validation_{k}": v for k, v in summarize(validation, bins).items()})
+        if m.refit:  # `finish` trains a fresh model: this one is only read from now on
+            model.release_optimizers()
         return Result(model, None, metrics, validation)
 
     def finish(self, config: PipelineConfig, fitted: Result, name: str = "final") -> Result:

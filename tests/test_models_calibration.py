@@ -87,6 +87,9 @@ def test_a_restored_calibration_does_not_leak_into_the_fit(tmp_path):
         initialize=lambda c, model: model.student_model().calibration.assign(restored))
 
     fitted = fitter.fit(config)
+    # Without a refit the fitted model ships: its optimizer state stays (a warm start
+    # continues it), where a refit lets it go (`JointModel.release_optimizers`).
+    assert int(fitted.model.optimizer.iterations) > 0
     calibration_layer = fitted.model.student_model().calibration
     params = calibration_layer.params
     calibration_layer.assign(calibration.IDENTITY)

@@ -167,6 +167,36 @@ def test_variables_created_up_front_let_keras_trace_its_train_function_once(crea
     assert model.train_function.experimental_get_tracing_count() == (1 if created else 2)
 
 
+def test_a_model_releasing_its_optimizers_frees_their_state_and_predicts_the_same():
+    """A fitted model its refit replaces keeps no optimizer state (`release_optimizers`):
+    Adam's moments and LazyAdam's last steps of every table are freed, the weights and
+    the predictions stay, and the new optimizers hold only their step until they train."""
+    import gc
+    import weakref
+
+    model = _small_model()
+    batches = _small_batches()
+    model.fit(batches, epochs=1, verbose=0)
+    features = next(iter(batches))[0]
+    before = {k: v.numpy() for k, v in model(features).items()}
+    slots = [weakref.ref(v) for name in ("optimizer", "teacher_optimizer")
+             for v in getattr(model, name).variables]
+    assert len(slots) > 10  # both sides' moments (and the tables' last steps)
+    # The traced train step captured them: it must go too, or they stay in memory.
+    step = weakref.ref(model.train_function)
+    model.release_optimizers()
+    gc.collect()
+    assert [ref for ref in slots if ref() is not None] == [] and step() is None
+    for optimizer in (model.optimizer, model.teacher_optimizer):  # only their step, 0
+        assert [v.ref() for v in optimizer.variables] == [optimizer.iterations.ref()]
+        assert int(optimizer.iterations) == 0
+    after = model(features)
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key].numpy(), value)
+    model.fit(batches, epochs=1, verbose=0)  # and trains again, its steps counted anew
+    assert int(model.optimizer.iterations) == 4
+
+
 def test_keras_traces_the_model_steps_without_autograph(autograph_conversions):
     """The train and test steps are plain graph code: autograph's source transform of
     them and of everything they call (the optimizers, the strategies) took most of a
