@@ -202,29 +202,15 @@ class JointModel(tfrs.Model):
 
     def release_optimizers(self) -> None:
         """Replaces both optimizers by unbuilt ones of the same settings (and so drops
-        the Keras functions that captured their variables): a model only read from now on
-        (a fitted model its refit replaces, models/training.py) then no longer holds
-        Adam's two moments per weight and LazyAdam's last step per row, twice its
-        tables. Tuning holds every setup trial's model until it chooses: 279 MB of
-        optimizer state a `make run` setup trial, ten times that at tables ten times
-        larger."""
-        def fresh(optimizer):
-            return optimizer.__class__.from_config(optimizer.get_config())
-
-        # Keras' compiled functions stay referenced from the model's tracking (as
-        # checkpoint dependencies and in Keras' attribute counts) when `compile` sets
-        # them to None: they, and every variable they captured, would stay alive.
-        for name in ("train_function", "train_tf_function", "test_function",
-                     "predict_function"):
-            function = getattr(self, name, None)
-            if function is not None:
-                self._delete_tracking(name)  # AutoTrackable's and Keras' internals
-                self._obj_reference_counts.pop(function, None)  # (both pinned)
-        # Compiled again, as `build_model` compiled it: Keras also keeps the compile
-        # arguments, the old optimizer among them.
+        the Keras functions that captured their variables, `compile`): a model only
+        read from now on (a fitted model its refit replaces, models/training.py) then
+        no longer holds Adam's two moments per weight and LazyAdam's last step per row,
+        twice its tables. Tuning holds every setup trial's model until it chooses: 279
+        MB of optimizer state a `make run` setup trial, ten times that at tables ten
+        times larger."""
         with self.distribute_strategy.scope():
-            self.compile(optimizer=fresh(self.optimizer),
-                         teacher_optimizer=fresh(self.teacher_optimizer))
+            self.compile(optimizer=_unbuilt(self.optimizer),
+                         teacher_optimizer=_unbuilt(self.teacher_optimizer))
 
     def zero_untrained_rows(self) -> dict[str, int]:
         """Sets to zero the rows of every table that no gradient ever reached
@@ -340,10 +326,18 @@ class JointModel(tfrs.Model):
 
     def compile(self, optimizer="adam", teacher_optimizer=None, **kwargs):
         """Keras' compile, plus the teacher's own optimizer (`train_step`); by default
-        one with `optimizer`'s settings."""
+        one with `optimizer`'s settings. Compiled again, the model lets go of the
+        functions compiled before, and with them every variable they captured."""
+        # Keras sets them to None, but they stay referenced from the model's tracking
+        # (as checkpoint dependencies and in Keras' attribute counts).
+        for name in ("train_function", "train_tf_function", "test_function",
+                     "predict_function"):
+            function = getattr(self, name, None)
+            if function is not None:
+                self._delete_tracking(name)  # AutoTrackable's and Keras' internals
+                self._obj_reference_counts.pop(function, None)  # (both pinned)
         super().compile(optimizer=optimizer, **kwargs)
-        self.teacher_optimizer = teacher_optimizer or self.optimizer.__class__.from_config(
-            self.optimizer.get_config())
+        self.teacher_optimizer = teacher_optimizer or _unbuilt(self.optimizer)
 
     @property
     def teacher_stands_alone(self) -> bool:
@@ -403,6 +397,11 @@ class JointModel(tfrs.Model):
         per_example = tf.add_n(list(self.loss_terms(features, labels, training).values()))
         n = tf.cast(global_batch_size(tf.shape(per_example)[0]), per_example.dtype)
         return tf.reduce_sum(per_example) / n
+
+
+def _unbuilt(optimizer: tf.keras.optimizers.Optimizer) -> tf.keras.optimizers.Optimizer:
+    """A new optimizer of `optimizer`'s class and settings, without its state."""
+    return optimizer.__class__.from_config(optimizer.get_config())
 
 
 def split_labels(labels) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
