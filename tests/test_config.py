@@ -86,6 +86,16 @@ def test_shipped_configs_load(name):
     assert config.tuning == defaults.tuning
 
 
+def test_make_runs_beam_runs_in_memory_on_one_worker():
+    """`make run` repeats itself: in memory, a second Beam worker only splits bundles
+    across threads, and ExampleGen's shards then split the rows differently every
+    run, and with them the trained numbers (bench/results "One Beam worker")."""
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "pipeline", "configs", "simulated.yaml")
+    args = load_config(path, []).beam_pipeline_args
+    assert "--direct_running_mode=in_memory" in args and "--direct_num_workers=1" in args
+
+
 def _dag(tmp_path, strategy):
     from pfdx.pipeline import dag
     config = load_config(None, [f"runner.output_root={tmp_path}", f"model.strategy={strategy}"])
