@@ -1,8 +1,6 @@
 """The batches training iterates (models/datasets.py): every row once per pass, and
 no tf.data autotuning thread, whose running optimization each of Keras' per-epoch
 iterators waited for when it was destroyed."""
-import os
-
 import numpy as np
 import tensorflow as tf
 
@@ -30,30 +28,19 @@ def test_in_memory_rows_come_shuffled_once_per_pass_without_autotuning():
 
 
 def test_transformed_batches_come_without_autotuning(tmp_path):
-    import apache_beam as beam
-    import tensorflow_transform as tft
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+    """`transformed_dataset` on a Transform fitted as `pfdx compare` fits it."""
+    from pfdx.experiments import preprocessing, windows
+    from pfdx.simulator import simulate
 
-    spec = {"id": tf.io.FixedLenFeature([], tf.int64),
-            "conversion": tf.io.FixedLenFeature([], tf.int64)}
-    raw = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
-    out = str(tmp_path / "transform")
-    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
-        transform_fn = ((pipeline | beam.Create([{"id": 0, "conversion": 0}]), raw)
-                        | tft_beam.AnalyzeDataset(dict))  # the identity
-        _ = transform_fn | tft_beam.WriteTransformFn(out)
-    metadata_io.write_metadata(raw, os.path.join(out, tft.TFTransformOutput.RAW_METADATA_DIR))
-    path = str(tmp_path / "examples.gz")
-    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
-        for i in range(300):
-            w.write(tf.train.Example(features=tf.train.Features(feature={
-                k: tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2 if k == "conversion"
-                                                                          else i]))
-                for k in spec})).SerializeToString())
-    ds = datasets.transformed_dataset(dataset_factory, [path],
-                                      tft.TFTransformOutput(out),
-                                      PipelineConfig(), shuffle=False)
+    config = PipelineConfig()
+    (log,) = simulate.write(simulate.simulate(3000, seed=4), str(tmp_path / "log"))
+    rows = windows.read_log([log], config)[0][windows.CLICK]
+    window = windows.write_window("train", np.ones(len(rows.labels), bool), rows,
+                                  str(tmp_path / "train"))
+    output = preprocessing.fit_transform(
+        config, {"selected": [], "or_groups": {}, "thresholds": {}}, window, str(tmp_path))
+    ds = datasets.transformed_dataset(dataset_factory, [window.pattern], output, config,
+                                      shuffle=False)
     assert ds.options().autotune.enabled is False
-    ids = np.concatenate([features["id"].numpy() for features, _ in ds])
-    np.testing.assert_array_equal(ids, np.arange(300))
+    labels = np.concatenate([np.ravel(y.numpy()) for _, y in ds])
+    np.testing.assert_array_equal(labels, rows.labels)  # every row, in order
