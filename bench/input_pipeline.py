@@ -146,7 +146,8 @@ def measure(args: argparse.Namespace, work: str) -> None:
     rows = datasets.count_records(train)
     m = config.model
     print(f"train split: {rows} rows, batch {m.batch_size}, strategy {m.strategy}, "
-          f"{m.hash_buckets} hash buckets, {os.cpu_count()} CPU cores")
+          f"hashed ids in {m.hash_rows_per_id} rows per id, at most {m.hash_buckets}, "
+          f"{os.cpu_count()} CPU cores")
 
     def stream(run=config):
         return datasets.transformed_dataset(factory, train, tft_output, run, shuffle=True)

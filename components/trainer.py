@@ -112,7 +112,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                            selection_report.load_selection(selection)
                            if tf.io.gfile.exists(selection) else None)
     logging.info("warm start: %s", plan.reason)
-    restorer = warm_start.Restorer(plan, tokens)
+    restorer = warm_start.Restorer(plan, tokens, hashed=[
+        f for f in config.data.columns.regular_categorical if f not in tokens])
     fitter = training.Fitter(
         tf_transform_output, fn_args.data_accessor.tf_dataset_factory,
         training.Splits(fn_args.train_files, validation_files, eval_files), strategy, callbacks,

@@ -1,8 +1,8 @@
 """The pipeline's preprocessing fitted on one window: the selection Beam job
 (`features/selection_beam.py`, HA-PFD §3.3) on the clicked rows of TRAIN, and per
-example space a TFT analysis of `features/transform.py`'s `preprocessing_fn`
-(tft_beam.AnalyzeDataset) on that space's TRAIN window, as the pipeline fits both on
-its train split."""
+example space TFDV statistics (the hashed tables' sizes) and a TFT analysis of
+`features/transform.py`'s `preprocessing_fn` (tft_beam.AnalyzeDataset) on that
+space's TRAIN window, as the pipeline fits them on its train split."""
 from __future__ import annotations
 
 import functools
@@ -48,6 +48,7 @@ def fit_transform(config: PipelineConfig, selection: dict[str, Any], window: Win
     """The TFT analysis on `window` in `config.space` -> `out_dir/transform`;
     returns its TFTransformOutput."""
     import apache_beam as beam
+    import tensorflow_data_validation as tfdv
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -56,7 +57,11 @@ def fit_transform(config: PipelineConfig, selection: dict[str, Any], window: Win
 
     from pfdx.features import transform
 
-    custom_config = dict(transform.regular_config(config),
+    # The pipeline's StatisticsGen, on the window: the hashed tables' sizes.
+    statistics = tfdv.generate_statistics_from_tfrecord(
+        window.pattern, output_path=os.path.join(out_dir, "statistics", "train.tfrecord"),
+        pipeline_options=PipelineOptions(config.beam_pipeline_args))
+    custom_config = dict(transform.sized_hash_config(transform.regular_config(config), statistics),
                          privileged=transform.privileged_config(selection))
     schema = raw_schema(config)
     transform_dir = os.path.join(out_dir, "transform")
@@ -68,6 +73,7 @@ def fit_transform(config: PipelineConfig, selection: dict[str, Any], window: Win
                         | "Analyze" >> tft_beam.AnalyzeDataset(functools.partial(
                             transform.preprocessing_fn, custom_config=custom_config)))
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_dir)
+    transform.write_hash_rows(transform_dir, custom_config)
     # Where TFX's Transform puts the raw schema, which the Trainer parses with.
     metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
                                os.path.join(transform_dir, tft.TFTransformOutput.RAW_METADATA_DIR))

@@ -125,6 +125,17 @@ def _staged_notes(names: list[str], model: ModelConfig) -> str:
     return " " + "; ".join(notes) + "." if notes else ""
 
 
+def _id_tables(model: dict[str, Any]) -> str:
+    """The categorical ids' tables as the config made them (a summary written before
+    `hash_rows_per_id` existed used `hash_buckets` rows)."""
+    if model.get("categorical_encoding") == "vocabulary":
+        return f"ids in a vocabulary of at most {model['max_vocabulary']}"
+    if model.get("hash_rows_per_id"):
+        return (f"hashed ids in {model['hash_rows_per_id']} rows per id, at most "
+                f"{model['hash_buckets']}")
+    return f"hash buckets {model['hash_buckets']}"
+
+
 def markdown(summary: dict[str, Any]) -> str:
     table, windows, oracle = summary["table"], summary["windows"], summary["oracle_true_cvr"]
     model = summary["config"]["model"]
@@ -149,8 +160,8 @@ def markdown(summary: dict[str, Any]) -> str:
         + (" ± the sample standard deviation over seeds" if seeds > 1 else "") + ". "
         f"Model: hidden {model['hidden_units']}, at most {model['epochs']} epoch(s) with "
         f"early stopping on the validation window (patience "
-        f"{model['early_stopping_patience']}), batch {model['batch_size']}, hash buckets "
-        f"{model['hash_buckets']}, calibration {summary['config']['evaluation']['calibration']}"
+        f"{model['early_stopping_patience']}), batch {model['batch_size']}, {_id_tables(model)}, "
+        f"calibration {summary['config']['evaluation']['calibration']}"
         f"; configured lr {model['learning_rate']}, γ {model['kd']['gamma']}, "
         f"λ {model['kd']['lam']}, alignment weight {model['alignment']['weight']}. "
         f"Privileged features (selected on the train window): "

@@ -4,10 +4,13 @@ Every model input is an int64 id in [0, vocab) (models.layers.FeatureEmbeddings)
 - regular categorical (`model.categorical_encoding`): a vocabulary of the ids the
   train split holds at least `min_id_count` times (the `max_vocabulary` most
   frequent), the rest and ids first seen at serving in `oov_buckets` shared ids after
-  it; or `tft.hash_strings` into `hash_buckets`. A missing value is the empty string,
-  an id like any other. The vocabulary files are assets of the Transform graph (one
-  per feature, VOCABULARY_PREFIX + name), so the table sizes it chose are recorded
-  in the Transform artifact and travel into the served SavedModel;
+  it; or `tft.hash_strings` into a table sized to the data: `hash_rows_per_id` rows
+  per distinct value of the train split's statistics, rounded up to a power of two,
+  at most `hash_buckets` (`hash_rows`). A missing value is the empty string, an id
+  like any other. The table sizes are recorded in the Transform artifact: the
+  vocabulary files are assets of its graph (one per feature, VOCABULARY_PREFIX +
+  name) and travel into the served SavedModel; the hashed tables' rows are
+  HASH_ROWS_FILE beside the graph;
 - regular numeric: quantile buckets (`tft.bucketize`), missing -> an extra id;
 - privileged: the selection artifact's discretisation — continuous z >= threshold
   -> 1, discrete flag -> 0/1, OR-groups combined — missing -> 2, named by
@@ -25,7 +28,9 @@ column(s), and TFT prunes the graph to the outputs whose inputs are given.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import json
+import os
+from typing import Any, Iterable, Mapping
 
 import pfdx  # noqa: F401  (Keras flag before TensorFlow)
 import tensorflow as tf
@@ -35,6 +40,8 @@ from pfdx.features import contract
 
 PRIVILEGED_VOCAB = 3  # 0, 1, missing
 VOCABULARY_PREFIX = "vocabulary__"
+# Feature -> rows of its hashed table, beside the Transform's graph.
+HASH_ROWS_FILE = "hash_rows.json"
 
 
 def regular_config(config) -> dict[str, Any]:
@@ -51,14 +58,15 @@ def regular_config(config) -> dict[str, Any]:
         "min_id_count": config.model.min_id_count,
         "oov_buckets": config.model.oov_buckets,
         "hash_buckets": config.model.hash_buckets,
+        "hash_rows_per_id": config.model.hash_rows_per_id,
         "numeric_buckets": config.model.numeric_buckets,
         "privileged_buckets": config.model.privileged_buckets,
     }
 
 
 def privileged_config(selection: Mapping[str, Any]) -> dict[str, Any]:
-    """The run-time half, from the selection artifact (`load_selection`):
-    final feature -> its member columns and their thresholds."""
+    """The run-time half (with `sized_hash_config`), from the selection artifact
+    (`load_selection`): final feature -> its member columns and their thresholds."""
     privileged = {}
     for name in selection["selected"]:
         members = tuple(selection["or_groups"].get(name, (name,)))
@@ -75,7 +83,11 @@ def feature_vocab(custom_config: Mapping[str, Any],
     """Regular transformed feature name -> number of ids (a vocabulary's size is
     what the Transform `tf_transform_output` found in the data)."""
     if custom_config["categorical_encoding"] == "hash":
-        regular = {n: custom_config["hash_buckets"] for n in custom_config["regular_categorical"]}
+        path = os.path.join(os.path.dirname(tf_transform_output.transform_savedmodel_dir),
+                            HASH_ROWS_FILE)
+        with tf.io.gfile.GFile(path) as f:
+            rows = json.load(f)
+        regular = {n: rows[n] for n in custom_config["regular_categorical"]}
     else:
         regular = {n: tf_transform_output.vocabulary_size_by_name(VOCABULARY_PREFIX + n)
                    + custom_config["oov_buckets"] for n in custom_config["regular_categorical"]}
@@ -99,6 +111,47 @@ def privileged_vocab(transformed_names, encoding: str, buckets: int) -> dict[str
         else:
             vocab[name] = PRIVILEGED_VOCAB
     return vocab
+
+
+def hash_rows(distinct_ids: int, rows_per_id: int, cap: int) -> int:
+    """A hashed feature's table rows for `distinct_ids` ids in the train split:
+    `rows_per_id` rows per id rounded up to a power of two, at most `cap` (`cap`
+    itself when `rows_per_id` is 0). About 1 / `rows_per_id` of the rows are trained,
+    so an id, seen or new, shares its row with a trained one about that often. A
+    power of two divides every larger one: a table that doubles keeps each id's row
+    modulo the old size (a warm start tiles it, models/warm_start.py `tile_rows`)."""
+    if not rows_per_id:
+        return cap
+    return min(cap, 1 << (max(1, distinct_ids * rows_per_id) - 1).bit_length())
+
+
+def distinct_ids(statistics, features: Iterable[str]) -> dict[str, int]:
+    """Feature -> its distinct values in a split's TFDV statistics
+    (`DatasetFeatureStatisticsList`, StatisticsGen's or `tfdv`'s: exact counts), 0 for
+    a feature they lack (never present)."""
+    (dataset,) = statistics.datasets
+    unique = {f.path.step[-1] if f.path.step else f.name: f.string_stats.unique
+              for f in dataset.features}
+    return {name: int(unique.get(name, 0)) for name in features}
+
+
+def sized_hash_config(custom_config: Mapping[str, Any], statistics) -> dict[str, Any]:
+    """`custom_config` with `hash_rows` (feature -> its hashed table's rows; none with
+    a vocabulary) sized to the train split's `statistics`; what the Transform then
+    writes to HASH_ROWS_FILE."""
+    if custom_config["categorical_encoding"] != "hash":
+        return dict(custom_config, hash_rows={})
+    counts = distinct_ids(statistics, custom_config["regular_categorical"])
+    return dict(custom_config, hash_rows={
+        name: hash_rows(n, custom_config["hash_rows_per_id"], custom_config["hash_buckets"])
+        for name, n in counts.items()})
+
+
+def write_hash_rows(transform_dir: str, custom_config: Mapping[str, Any]) -> None:
+    """The table sizes the Transform hashed into, beside its graph (`feature_vocab`
+    reads them)."""
+    with tf.io.gfile.GFile(os.path.join(transform_dir, HASH_ROWS_FILE), "w") as f:
+        json.dump(custom_config["hash_rows"], f, indent=1, sort_keys=True)
 
 
 def dense(x: tf.Tensor | tf.SparseTensor, default: Any) -> tf.Tensor:
@@ -144,7 +197,7 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
     for name in custom_config["regular_categorical"]:
         ids = dense(inputs[name], "")
         if custom_config["categorical_encoding"] == "hash":
-            outputs[name] = tft.hash_strings(ids, custom_config["hash_buckets"])
+            outputs[name] = tft.hash_strings(ids, custom_config["hash_rows"][name])
         else:
             outputs[name] = tft.compute_and_apply_vocabulary(
                 ids, top_k=custom_config["max_vocabulary"],

@@ -16,9 +16,11 @@ Restoring into a model built for this run (`Restorer`), variable by variable:
 1. a side it must not take (the teacher side after a changed selection), or a path
    the base lacks: fresh;
 2. an embedding table whose feature has a token list in both runs: `remap_rows`;
-3. the same shape: copied (a hashed id keeps its bucket while `hash_buckets` stays,
+3. the same shape: copied (a hashed id keeps its bucket while its table's rows stay,
    a quantile bucket its index);
-4. another shape: fresh, and logged.
+4. a hashed feature's table that grew by a whole multiple (its rows are sized to the
+   data, features/transform.py `hash_rows`): tiled, `tile_rows`;
+5. another shape: fresh, and logged.
 Each variable's Adam slots follow it (fresh rows and fresh variables: zero moments);
 the step counters are restored, so Adam's bias correction continues.
 """
@@ -136,6 +138,16 @@ def remap_rows(old: np.ndarray, fresh: np.ndarray, old_tokens: Sequence[bytes],
     out[len(new_tokens):len(new_tokens) + copied_oov] = old[len(old_tokens):]
     return out, {"kept": len(pairs), "new": len(new_tokens) - len(pairs),
                  "dropped": len(old_tokens) - len(pairs), "oov_copied": copied_oov}
+
+
+def tile_rows(old: np.ndarray, rows: int) -> np.ndarray | None:
+    """A hashed table's `rows` rows from the `old` table's: an id hashes to its
+    Fingerprint64 mod the rows, so when the old count divides the new one, new row r
+    holds what old row r mod the old count held -- every id keeps its embedding. None
+    when it does not divide (a shrunk table, or one that reached `hash_buckets`)."""
+    if rows % len(old):
+        return None
+    return np.tile(old, (rows // len(old),) + (1,) * (old.ndim - 1))
 
 
 def vocabulary_tokens(tf_transform_output: tft.TFTransformOutput,
@@ -267,12 +279,14 @@ def _unreadable(params: Mapping[str, Mapping[str, Any]]) -> str | None:
 class Restorer:
     """Restores a freshly built model from the base's joint model of its strategy
     (`Plan.params` names those), mapping tables by token (`tokens`: feature ->
-    vocabulary file, this run's). Records per strategy what it did (`log`)."""
+    vocabulary file, this run's) and tiling the grown tables of `hashed` features.
+    Records per strategy what it did (`log`)."""
 
-    def __init__(self, plan_: Plan, tokens: Mapping[str, str],
+    def __init__(self, plan_: Plan, tokens: Mapping[str, str], hashed: Iterable[str] = (),
                  log: Callable[[str], None] = logging.info):
         self.plan = plan_
         self.tokens = {f: _read_tokens(p) for f, p in tokens.items()}
+        self.hashed = set(hashed)
         self.log = log
         self.restored: dict[str, dict[str, Any]] = {}
 
@@ -298,7 +312,7 @@ class Restorer:
         old_tokens = {f: _read_tokens(p) for f, p in self._base_tokens().items()}
         features = table_features(model)
         slots = {n: _slots(model, n, variables(model)) for n in OPTIMIZERS}
-        fresh, tables = [], {}
+        fresh, tables, tiled = [], {}, {}
 
         def value(path):
             return reader.get_tensor(f"{entries[path]['key']}/.ATTRIBUTES/VARIABLE_VALUE")
@@ -322,6 +336,10 @@ class Restorer:
             elif list(var.shape) == entries[path]["shape"]:
                 for target, key in pairs:
                     target.assign(value(key))
+            elif feature in self.hashed and tile_rows(value(path), var.shape[0]) is not None:
+                for target, key in pairs:
+                    target.assign(tile_rows(value(key), var.shape[0]))
+                tiled[path] = [entries[path]["shape"][0], var.shape[0]]
             else:
                 fresh.append(f"{path} (shape {entries[path]['shape']} -> {list(var.shape)})")
         steps = {}
@@ -336,7 +354,9 @@ class Restorer:
             self.log(f"warm start {name}: fresh {line}")
         for path, counts in tables.items():
             self.log(f"warm start {name}: {path} remapped by token {counts}")
-        return {"fresh": fresh, "remapped": tables, "steps": steps}
+        for path, (before, after) in tiled.items():
+            self.log(f"warm start {name}: {path} tiled from {before} to {after} rows")
+        return {"fresh": fresh, "remapped": tables, "tiled": tiled, "steps": steps}
 
     def _base_tokens(self) -> dict[str, str]:
         folder = os.path.join(self.plan.base_dir, JOINT_DIR, TOKENS_DIR)

@@ -71,6 +71,7 @@ def create_components(config: PipelineConfig, input_base: str, serving_dir: str,
     selection = PrivilegedFeatureSelection(examples=examples, config=config,
                                            base_model=base_model)
     transform_ = PrivilegedTransform(examples=examples, schema=schema_gen.outputs["schema"],
+                                     statistics=statistics_gen.outputs["statistics"],
                                      selection=selection.outputs["selection"],
                                      regular_config=transform.regular_config(config))
     # Nothing that reads the examples runs before the gate passes. An ordering edge,

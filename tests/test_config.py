@@ -36,6 +36,7 @@ def test_file_and_overrides(tmp_path):
     (["model.batch_size=0"], "model.batch_size: 0 is below 1"),
     (["model.epochs=0"], "model.epochs: 0 is below 1"),
     (["model.hash_buckets=0"], "model.hash_buckets: 0 is below 1"),
+    (["model.hash_rows_per_id=-1"], "model.hash_rows_per_id: -1 is below 0"),
     (["model.reader_threads=-1"], "model.reader_threads: -1 is below 0"),
     (["model.learning_rate=0"], "model.learning_rate: 0.0 is not positive"),
     (['data.separator=""'], "data.separator: '' is not one character"),

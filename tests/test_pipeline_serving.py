@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pfdx.features import transform
 from pfdx.pipeline import local_runner
 from pfdx.serving import client, export
 from pfdx.simulator import schema as S
@@ -99,6 +100,25 @@ def test_pushed_model_is_blessed_and_in_the_serving_layout(run):
     for name in ("report.md", "metrics.json", "reliability.png"):
         assert os.path.getsize(os.path.join(config.reports_dir, name)) > 0
     assert summary["rows"]["read"] == 30000
+
+
+def test_hashed_tables_are_sized_to_the_train_split_ids(run):
+    """The Transform sized each hashed table to the distinct values of the examples'
+    train split (counted here from the examples themselves, not TFDV's statistics),
+    and recorded the sizes the Trainer built with."""
+    config, *_ = run
+    examples = glob.glob(os.path.join(latest(config, "Examples").uri, "Split-train", "*"))
+    values = {name: set() for name in config.data.columns.regular_categorical}
+    for record in tf.data.TFRecordDataset(examples, compression_type="GZIP"):
+        features = tf.train.Example.FromString(record.numpy()).features.feature
+        for name, seen in values.items():
+            seen.update(features[name].bytes_list.value if name in features else ())
+    with open(os.path.join(latest(config, "TransformGraph").uri, transform.HASH_ROWS_FILE)) as f:
+        rows = json.load(f)
+    m = config.model
+    assert rows == {name: transform.hash_rows(len(seen), m.hash_rows_per_id, m.hash_buckets)
+                    for name, seen in values.items()}
+    assert rows["device"] == 64 and rows["user_id"] == m.hash_buckets  # 3 values; capped
 
 
 def test_signatures_ask_for_regular_features_only(run, fresh):

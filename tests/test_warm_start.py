@@ -120,6 +120,36 @@ def test_restore_maps_vocabulary_rows_by_token_and_slots_follow(tmp_path):
     assert restorer.restored["ha_pfd_v2"]["remapped"][path]["new"] == 1
 
 
+def test_tile_rows_keeps_every_hashed_id_on_its_embedding():
+    ids = [f"id{i}" for i in range(300)]
+    old = np.random.default_rng(0).normal(size=(64, 3))
+    new = warm_start.tile_rows(old, 256)
+    # An id's row is its Fingerprint64 mod the table's rows (features/transform.py).
+    before, after = (tf.strings.to_hash_bucket_fast(ids, n).numpy() for n in (64, 256))
+    np.testing.assert_array_equal(new[after], old[before])
+    assert warm_start.tile_rows(old, 100) is None and warm_start.tile_rows(old, 32) is None
+
+
+def test_restore_tiles_a_grown_hashed_table_and_its_slots(tmp_path):
+    base = _trained({"user_id": 4, "bid": 5})
+    warm_start.save(str(tmp_path / "base"), "ha_pfd_v2", base, {"kd.lam": 1.0}, ["day1"])
+    plan = warm_start.Plan(str(tmp_path / "base"), {"ha_pfd_v2": {"kd.lam": 1.0}}, True, "test")
+    restorer = warm_start.Restorer(plan, {}, hashed=["user_id"], log=lambda _: None)
+    tf.keras.utils.set_random_seed(2)
+    # user_id hashed into twice the rows; bid's quantile buckets doubled too, but a
+    # bucket index is not a hash: its table starts fresh.
+    model = build_model(SMALL, {"user_id": 8, "bid": 10}, PRIVILEGED)
+    model.create_variables(_batches(seed=1).element_spec)
+    restorer(load_config(None), model)
+    old, new = warm_start.state(base), warm_start.state(model)
+    path = "student/embeddings/tables/user_id/embeddings"
+    for key in (path, f"optimizer/m/{path}", f"optimizer/v/{path}"):
+        np.testing.assert_array_equal(new[key].numpy(), np.tile(old[key].numpy(), (2, 1)))
+    done = restorer.restored["ha_pfd_v2"]
+    assert done["tiled"][path] == [4, 8]
+    assert "student/embeddings/tables/bid/embeddings (shape [5, 16] -> [10, 16])" in done["fresh"]
+
+
 def test_a_changed_selection_restores_the_student_side_only(tmp_path):
     base = _trained({"user_id": 4, "bid": 5})
     model, restorer = _restore(tmp_path, base, TOKENS, teacher=False)
