@@ -140,14 +140,16 @@ def remap_rows(old: np.ndarray, fresh: np.ndarray, old_tokens: Sequence[bytes],
                  "dropped": len(old_tokens) - len(pairs), "oov_copied": copied_oov}
 
 
-def tile_rows(old: np.ndarray, rows: int) -> np.ndarray | None:
-    """A hashed table's `rows` rows from the `old` table's: an id hashes to its
-    Fingerprint64 mod the rows, so when the old count divides the new one, new row r
-    holds what old row r mod the old count held -- every id keeps its embedding. None
-    when it does not divide (a shrunk table, or one that reached `hash_buckets`)."""
-    if rows % len(old):
+def tile_rows(old: np.ndarray, shape: Sequence[int]) -> np.ndarray | None:
+    """A hashed table of `shape` from the `old` table: an id hashes to its
+    Fingerprint64 mod the rows, so when the old row count divides the new one, new row
+    r holds what old row r mod the old count held -- every id keeps its embedding. None
+    when it does not divide (a shrunk table, or one that reached `hash_buckets`) or a
+    row's shape changed."""
+    rows, row_shape = shape[0], tuple(shape[1:])
+    if rows % len(old) or old.shape[1:] != row_shape:
         return None
-    return np.tile(old, (rows // len(old),) + (1,) * (old.ndim - 1))
+    return np.tile(old, (rows // len(old),) + (1,) * len(row_shape))
 
 
 def vocabulary_tokens(tf_transform_output: tft.TFTransformOutput,
@@ -336,9 +338,11 @@ class Restorer:
             elif list(var.shape) == entries[path]["shape"]:
                 for target, key in pairs:
                     target.assign(value(key))
-            elif feature in self.hashed and tile_rows(value(path), var.shape[0]) is not None:
-                for target, key in pairs:
-                    target.assign(tile_rows(value(key), var.shape[0]))
+            elif feature in self.hashed and (
+                    grown := tile_rows(value(path), var.shape)) is not None:
+                var.assign(grown)
+                for target, key in pairs[1:]:  # its Adam moments
+                    target.assign(tile_rows(value(key), var.shape))
                 tiled[path] = [entries[path]["shape"][0], var.shape[0]]
             else:
                 fresh.append(f"{path} (shape {entries[path]['shape']} -> {list(var.shape)})")

@@ -123,11 +123,12 @@ def test_restore_maps_vocabulary_rows_by_token_and_slots_follow(tmp_path):
 def test_tile_rows_keeps_every_hashed_id_on_its_embedding():
     ids = [f"id{i}" for i in range(300)]
     old = np.random.default_rng(0).normal(size=(64, 3))
-    new = warm_start.tile_rows(old, 256)
+    new = warm_start.tile_rows(old, [256, 3])
     # An id's row is its Fingerprint64 mod the table's rows (features/transform.py).
     before, after = (tf.strings.to_hash_bucket_fast(ids, n).numpy() for n in (64, 256))
     np.testing.assert_array_equal(new[after], old[before])
-    assert warm_start.tile_rows(old, 100) is None and warm_start.tile_rows(old, 32) is None
+    for shape in ([100, 3], [32, 3], [128, 4]):  # not a multiple; shrunk; another row shape
+        assert warm_start.tile_rows(old, shape) is None
 
 
 def test_restore_tiles_a_grown_hashed_table_and_its_slots(tmp_path):
