@@ -56,6 +56,7 @@ def fit_transform(config, examples: list[bytes], out_dir: str, variable_length=(
     from ExampleGen's examples of the simulated log; the `variable_length` features
     as SchemaGen declares one that some examples lack (a VarLenFeature)."""
     import apache_beam as beam
+    import tensorflow_data_validation as tfdv
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
@@ -69,7 +70,17 @@ def fit_transform(config, examples: list[bytes], out_dir: str, variable_length=(
     spec.update((n, tf.io.FixedLenFeature([1], tf.float32)) for n in roles.regular_numeric)
     spec.update((n, tf.io.VarLenFeature(spec[n].dtype)) for n in variable_length)
     schema = schema_utils.schema_from_feature_spec(spec)
-    custom_config = dict(transform.regular_config(config), privileged={})
+    # The hashed tables sized as the pipeline sizes them: TFDV's statistics of the examples.
+    statistics_dir = out_dir + "-statistics"
+    os.makedirs(statistics_dir)
+    with tf.io.TFRecordWriter(os.path.join(statistics_dir, "examples.tfrecord")) as writer:
+        for serialized in examples:
+            writer.write(serialized)
+    statistics = tfdv.generate_statistics_from_tfrecord(
+        os.path.join(statistics_dir, "examples.tfrecord"),
+        output_path=os.path.join(statistics_dir, "statistics.tfrecord"))
+    custom_config = dict(transform.sized_hash_config(transform.regular_config(config), statistics),
+                         privileged={})
     instances = []
     for serialized in examples:
         feature = tf.train.Example.FromString(serialized).features.feature
@@ -84,6 +95,7 @@ def fit_transform(config, examples: list[bytes], out_dir: str, variable_length=(
                         | tft_beam.AnalyzeDataset(functools.partial(
                             transform.preprocessing_fn, custom_config=custom_config)))
         _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+    transform.write_hash_rows(out_dir, custom_config)
     metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
                                os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
     return tft.TFTransformOutput(out_dir)
