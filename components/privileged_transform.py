@@ -72,7 +72,7 @@ class Executor(transform_executor.Executor):
         custom = transform.sized_hash_config(
             json.loads(exec_properties[specs.CUSTOM_CONFIG_KEY]),
             # The split the stock Transform analyzes (its splits_config default).
-            stats_artifact_utils.load_statistics(statistics, splits.TRAIN).proto())
+            lambda: stats_artifact_utils.load_statistics(statistics, splits.TRAIN).proto())
         custom["privileged"] = transform.privileged_config(load_selection(selection_artifact.uri))
         props = dict(exec_properties, **{specs.CUSTOM_CONFIG_KEY: json_utils.dumps(custom)})
         super().Do(input_dict, output_dict, props)

@@ -57,10 +57,11 @@ def fit_transform(config: PipelineConfig, selection: dict[str, Any], window: Win
 
     from pfdx.features import transform
 
-    # The pipeline's StatisticsGen, on the window: the hashed tables' sizes.
-    statistics = tfdv.generate_statistics_from_tfrecord(
-        window.pattern, output_path=os.path.join(out_dir, "statistics", "train.tfrecord"),
-        pipeline_options=PipelineOptions(config.beam_pipeline_args))
+    def statistics():  # the pipeline's StatisticsGen, on the window: the hashed tables' sizes
+        return tfdv.generate_statistics_from_tfrecord(
+            window.pattern, output_path=os.path.join(out_dir, "statistics", "train.tfrecord"),
+            pipeline_options=PipelineOptions(config.beam_pipeline_args))
+
     custom_config = dict(transform.sized_hash_config(transform.regular_config(config), statistics),
                          privileged=transform.privileged_config(selection))
     schema = raw_schema(config)

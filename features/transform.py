@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import pfdx  # noqa: F401  (Keras flag before TensorFlow)
 import tensorflow as tf
@@ -135,16 +135,18 @@ def distinct_ids(statistics, features: Iterable[str]) -> dict[str, int]:
     return {name: int(unique.get(name, 0)) for name in features}
 
 
-def sized_hash_config(custom_config: Mapping[str, Any], statistics) -> dict[str, Any]:
+def sized_hash_config(custom_config: Mapping[str, Any],
+                      statistics: Callable[[], Any]) -> dict[str, Any]:
     """`custom_config` with `hash_rows` (feature -> its hashed table's rows; none with
-    a vocabulary) sized to the train split's `statistics`; what the Transform then
-    writes to HASH_ROWS_FILE."""
+    a vocabulary) sized to the train split's TFDV statistics, which `statistics()`
+    gives: called only when a table is sized from them (`hash_rows_per_id` > 0); what
+    the Transform then writes to HASH_ROWS_FILE."""
     if custom_config["categorical_encoding"] != "hash":
         return dict(custom_config, hash_rows={})
-    counts = distinct_ids(statistics, custom_config["regular_categorical"])
+    names, per_id = custom_config["regular_categorical"], custom_config["hash_rows_per_id"]
+    counts = distinct_ids(statistics(), names) if per_id else dict.fromkeys(names, 0)
     return dict(custom_config, hash_rows={
-        name: hash_rows(n, custom_config["hash_rows_per_id"], custom_config["hash_buckets"])
-        for name, n in counts.items()})
+        name: hash_rows(n, per_id, custom_config["hash_buckets"]) for name, n in counts.items()})
 
 
 def write_hash_rows(transform_dir: str, custom_config: Mapping[str, Any]) -> None:

@@ -37,7 +37,8 @@ def _fit(tmp_path, rows: list[str], **settings):
                      "privileged_buckets": 4, "categorical_encoding": "vocabulary",
                      "max_vocabulary": 100, "min_id_count": 2, "oov_buckets": 1,
                      "hash_buckets": 50, "hash_rows_per_id": 16, **settings}
-    custom_config = transform.sized_hash_config(custom_config, _statistics(len(set(rows))))
+    custom_config = transform.sized_hash_config(custom_config,
+                                                lambda: _statistics(len(set(rows))))
     schema = schema_utils.schema_from_feature_spec(
         {"item": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)})
     with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path / "tmp")):

@@ -71,14 +71,16 @@ def fit_transform(config, examples: list[bytes], out_dir: str, variable_length=(
     spec.update((n, tf.io.VarLenFeature(spec[n].dtype)) for n in variable_length)
     schema = schema_utils.schema_from_feature_spec(spec)
     # The hashed tables sized as the pipeline sizes them: TFDV's statistics of the examples.
-    statistics_dir = out_dir + "-statistics"
-    os.makedirs(statistics_dir)
-    with tf.io.TFRecordWriter(os.path.join(statistics_dir, "examples.tfrecord")) as writer:
-        for serialized in examples:
-            writer.write(serialized)
-    statistics = tfdv.generate_statistics_from_tfrecord(
-        os.path.join(statistics_dir, "examples.tfrecord"),
-        output_path=os.path.join(statistics_dir, "statistics.tfrecord"))
+    def statistics():
+        statistics_dir = out_dir + "-statistics"
+        os.makedirs(statistics_dir)
+        with tf.io.TFRecordWriter(os.path.join(statistics_dir, "examples.tfrecord")) as writer:
+            for serialized in examples:
+                writer.write(serialized)
+        return tfdv.generate_statistics_from_tfrecord(
+            os.path.join(statistics_dir, "examples.tfrecord"),
+            output_path=os.path.join(statistics_dir, "statistics.tfrecord"))
+
     custom_config = dict(transform.sized_hash_config(transform.regular_config(config), statistics),
                          privileged={})
     instances = []
